@@ -1,0 +1,143 @@
+"""The `codellama` command: a thin argparse layer over library functions.
+
+Subcommands come from the `codellama.commands` entry points declared in pyproject.toml,
+so `evals/`, `infilling/` and `long_context/` plug their commands in without the core
+importing them. Each entry point is a `register(cli: CommandTree)` function; it only
+declares arguments (no heavy imports), so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib.metadata import entry_points
+
+log = logging.getLogger("codellama")
+
+ENTRY_POINT_GROUP = "codellama.commands"
+# Registration order = order in `codellama --help`.
+BUILTIN_COMMANDS = ("codellama.commands.tokenizer:register", "codellama.commands.model:register",
+                    "codellama.commands.convert:register")
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+# Exceptions that describe bad input rather than a bug: one line, exit 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                                                 IsADirectoryError, PermissionError, KeyError, ValueError)
+
+
+class CommandTree:
+    """Gives plugins top-level commands and shared groups (`eval`, `data`, ...)."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+        self._sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        self._groups: dict[str, argparse._SubParsersAction] = {}
+
+    def command(self, name: str, *, help: str, description: str | None = None, epilog: str | None = None,
+                parent: str | None = None) -> argparse.ArgumentParser:
+        """Add `codellama [parent] name`; `epilog` should hold usage examples."""
+        sub = self.group(parent) if parent else self._sub
+        return sub.add_parser(name, help=help, description=description or help, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def group(self, name: str, help: str | None = None) -> argparse._SubParsersAction:
+        if name not in self._groups:
+            parser = self._sub.add_parser(name, help=help or f"{name} commands",
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+            parser.set_defaults(func=lambda args, p=parser: _missing_subcommand(p))
+            self._groups[name] = parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+        return self._groups[name]
+
+
+def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _load(spec: str):
+    module, _, attr = spec.partition(":")
+    mod = __import__(module, fromlist=[attr])
+    return getattr(mod, attr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codellama",
+        description="Specialize Llama 2 into the Code Llama family and measure it.",
+        epilog="examples:\n"
+               "  codellama tokenizer train --out runs/tokenizer\n"
+               "  codellama model init --preset tiny --tokenizer runs/tokenizer --out runs/tiny\n"
+               "  codellama model info llama2-7b\n\n"
+               "Run `codellama COMMAND --help` for the options and examples of each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    tree = CommandTree(parser)
+    seen = set()
+    for spec in BUILTIN_COMMANDS:
+        _load(spec)(tree)
+        seen.add(spec)
+    plugins = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    for ep in plugins:
+        if ep.value in seen:
+            continue
+        seen.add(ep.value)
+        ep.load()(tree)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _quiet_libraries()
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("codellama: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if args.debug or os.environ.get("CODELLAMA_DEBUG"):
+            raise
+        print(f"codellama: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if args.debug or os.environ.get("CODELLAMA_DEBUG"):
+            raise
+        print(f"codellama: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and logs say what happens; the libraries' per-file bars are noise."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(text):
+        text = f"{exc.strerror or text}: {exc.filename}"
+    return " ".join(str(text).split()) or type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""`codellama model ...`: create models from presets and describe them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from codellama.io import ensure_new_output_dir
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def register(cli) -> None:
+    cli.group("model", help="create models from presets and describe them")
+
+    p = cli.command("init", parent="model", help="initialise a LlamaForCausalLM from a preset, with a tokenizer",
+                    epilog="examples:\n"
+                           "  codellama model init --preset tiny --tokenizer runs/tokenizer --out runs/tiny\n"
+                           "  codellama model init --preset codellama-7b --tokenizer tokenizer.model --dtype bfloat16 --out runs/7b")
+    p.add_argument("--preset", required=True, help="preset name (see `codellama model presets`)")
+    p.add_argument("--tokenizer", type=Path, required=True,
+                   help="tokenizer directory or tokenizer.model (a Llama 2 model is extended to Code Llama's pieces)")
+    p.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_init)
+
+    p = cli.command("info", parent="model", help="shape, parameter count, vocab, RoPE base and context of a model",
+                    epilog="examples:\n  codellama model info runs/tiny\n  codellama model info llama2-70b --json")
+    p.add_argument("model", help="checkpoint directory or preset name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = cli.command("presets", parent="model", help="list the built-in presets",
+                    epilog="example:\n  codellama model presets")
+    p.set_defaults(func=cmd_presets)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import torch
+
+    from codellama.checkpoint import save_checkpoint
+    from codellama.model import build_model
+    from codellama.presets import get_preset
+    from codellama.tokenizer import CodeLlamaTokenizer
+
+    preset = get_preset(args.preset)
+    ensure_new_output_dir(args.out)
+    tok_path = args.tokenizer
+    tokenizer = CodeLlamaTokenizer.load(tok_path)
+    if not _has_infill_pieces(tokenizer):
+        model_file = tok_path / "tokenizer.model" if tok_path.is_dir() else tok_path
+        tokenizer = CodeLlamaTokenizer.extend_llama(model_file)
+    preset = preset.replace(vocab_size=tokenizer.vocab_size)
+    model = build_model(preset, dtype=getattr(torch, args.dtype), seed=args.seed)
+    save_checkpoint(model, args.out, tokenizer)
+    _print_info(describe_checkpoint(args.out), as_json=False)
+    return 0
+
+
+def _has_infill_pieces(tokenizer) -> bool:
+    try:
+        tokenizer.prefix_id
+        return True
+    except KeyError:
+        return False
+
+
+def describe_preset(name: str) -> dict:
+    from codellama.model import count_parameters
+    from codellama.presets import get_preset
+
+    preset = get_preset(name)
+    return _describe(preset, count_parameters(preset), source=f"preset {name}")
+
+
+def describe_checkpoint(path: Path) -> dict:
+    from codellama.checkpoint import load_config
+    from codellama.model import build_model, match_known_preset, preset_from_config
+
+    config = load_config(path)
+    preset = preset_from_config(config)
+    n_params = sum(p.numel() for p in build_model(preset, device="meta").parameters())
+    info = _describe(preset, n_params, source=str(path))
+    info["preset"] = getattr(config, "codellama_preset", None) or match_known_preset(preset) or "custom"
+    info["dtype"] = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
+    if getattr(config, "rope_parameters", None):
+        info["rope_parameters"] = dict(config.rope_parameters)
+    return info
+
+
+def _describe(preset, n_params: int, source: str) -> dict:
+    return {
+        "source": source, "preset": preset.name, "parameters": n_params, "vocab_size": preset.vocab_size,
+        "dim": preset.dim, "layers": preset.n_layers, "heads": preset.n_heads, "kv_heads": preset.n_kv_heads,
+        "ffn_dim": preset.ffn_dim, "norm_eps": preset.norm_eps, "rope_theta": preset.rope_theta,
+        "context": preset.max_seq_len,
+    }
+
+
+def _print_info(info: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    width = max(map(len, info))
+    for key, value in info.items():
+        if key == "parameters":
+            value = f"{value:,} ({value / 1e9:.2f}B)" if value >= 1e8 else f"{value:,} ({value / 1e6:.1f}M)"
+        print(f"{key:<{width}}  {value}")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from codellama.presets import PRESETS
+
+    path = Path(args.model)
+    if path.exists():
+        info = describe_checkpoint(path)
+    elif args.model in PRESETS:
+        info = describe_preset(args.model)
+    else:
+        raise FileNotFoundError(f"{args.model!r} is neither a checkpoint directory nor a preset "
+                                f"({', '.join(PRESETS)})")
+    _print_info(info, args.json)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from codellama.presets import PRESETS
+
+    print(f"{'name':<15}{'dim':>6}{'layers':>8}{'heads':>7}{'kv':>5}{'ffn':>7}{'vocab':>7}{'rope':>11}{'ctx':>7}  description")
+    for p in PRESETS.values():
+        print(f"{p.name:<15}{p.dim:>6}{p.n_layers:>8}{p.n_heads:>7}{p.n_kv_heads:>5}{p.ffn_dim:>7}{p.vocab_size:>7}"
+              f"{p.rope_theta:>11.0f}{p.max_seq_len:>7}  {p.description}")
+    return 0

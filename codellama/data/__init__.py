@@ -1,0 +1,1 @@
+"""Code data: ingest, filter, dedup, mix, tokenize and pack into token shards."""

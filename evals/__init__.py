@@ -1,0 +1,1 @@
+"""Evaluation: HumanEval pass@k with generated code run in a sandbox."""

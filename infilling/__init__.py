@@ -1,0 +1,1 @@
+"""Fill-in-the-middle: training transforms, infilling inference and the editor HTTP API."""

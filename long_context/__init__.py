@@ -1,0 +1,1 @@
+"""Long context: RoPE base/scaling helpers, key retrieval and perplexity versus length."""
