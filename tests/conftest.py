@@ -1,0 +1,62 @@
+"""Shared fixtures: every test builds its own small tokenizer and model; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+LLAMA2_TOKENIZER = SHARED / "data" / "llama2-tokenizer" / "tokenizer.model"
+HUMANEVAL_INFILLING = SHARED / "data" / "human-eval-infilling"
+
+
+def _stdlib_sample(n_files: int) -> list[str]:
+    from codellama.data.stdlib import read_source, stdlib_python_files
+
+    files = stdlib_python_files()
+    step = max(1, len(files) // n_files)
+    return [t for t in (read_source(p) for p in files[::step][:n_files]) if t]
+
+
+@pytest.fixture(scope="session")
+def stdlib_texts() -> list[str]:
+    """About 200 stdlib files spread across the library (a small, real code corpus)."""
+    return _stdlib_sample(200)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(stdlib_texts):
+    """A 2,016-piece Code Llama tokenizer (infilling pieces at 2007..2010) trained on stdlib code."""
+    from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions
+
+    return CodeLlamaTokenizer.train(stdlib_texts, TrainOptions(vocab_size=2016))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tiny_tokenizer, tmp_path_factory) -> Path:
+    from codellama.tokenizer import save_tokenizer_dir
+
+    return save_tokenizer_dir(tiny_tokenizer, tmp_path_factory.mktemp("tok") / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_tokenizer, tmp_path_factory) -> Path:
+    """A randomly initialised `tiny` preset checkpoint (HF format) with the tiny tokenizer. Read-only: copy it to modify."""
+    from codellama.checkpoint import save_checkpoint
+    from codellama.model import build_model
+    from codellama.presets import get_preset
+
+    model = build_model(get_preset("tiny").replace(vocab_size=tiny_tokenizer.vocab_size), seed=0)
+    return save_checkpoint(model, tmp_path_factory.mktemp("model") / "tiny", tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer_path() -> Path:
+    if not LLAMA2_TOKENIZER.is_file():
+        pytest.skip(f"Meta's Llama 2 tokenizer not found at {LLAMA2_TOKENIZER}")
+    return LLAMA2_TOKENIZER
