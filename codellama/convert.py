@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from codellama.io import atomic_directory, atomic_write_json
-from codellama.model import hf_config
+from codellama.model import hf_config, match_known_preset
 from codellama.presets import ModelPreset
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def convert_meta_to_hf(meta_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     paths = shard_paths(meta_dir)
     shards = [_load_shard(p) for p in paths]
     preset = preset_from_params(params, shards)
+    preset = preset.replace(name=match_known_preset(preset) or "custom")
     if max_seq_len:
         preset = preset.replace(max_seq_len=max_seq_len)
     dtype = dtype or shards[0]["tok_embeddings.weight"].dtype

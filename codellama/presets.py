@@ -32,7 +32,7 @@ class ModelPreset:
     rope_theta: float = LLAMA2_ROPE_THETA
     max_seq_len: int = 4096
     tie_embeddings: bool = False
-    description: str = ""
+    description: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads:

@@ -85,29 +85,11 @@ class CodeLlamaTokenizer:
         if options.vocab_size <= N_EXTRA_PIECES + 259:
             raise ValueError(f"vocab_size {options.vocab_size} is too small (byte fallback alone needs 259 pieces)")
         buffer = _ProtoBuffer()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(texts),
-            model_writer=buffer,
-            model_type="bpe",
-            vocab_size=options.vocab_size - N_EXTRA_PIECES,
-            character_coverage=options.character_coverage,
-            byte_fallback=True,
-            split_digits=True,
-            split_by_unicode_script=True,
-            split_by_whitespace=True,
-            allow_whitespace_only_pieces=True,
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=True,
-            normalization_rule_name="identity",
-            max_sentence_length=options.max_sentence_length,
-            input_sentence_size=options.input_sentence_size,
-            shuffle_input_sentence=False,  # deterministic: same corpus, same tokenizer
-            num_threads=options.num_threads,
-            seed_sentencepiece_size=1_000_000,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-            hard_vocab_limit=False,
-            minloglevel=2,
-        )
+        try:
+            _train_sentencepiece(texts, options, buffer)
+        except RuntimeError as exc:
+            raise ValueError(f"tokenizer training failed: {str(exc).splitlines()[0]}"
+                             " (a smaller --vocab-size or a larger corpus helps)") from None
         return cls(extend_proto(buffer.data))
 
     @classmethod
@@ -239,6 +221,31 @@ def save_tokenizer_dir(tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike
     with atomic_directory(out_dir) as tmp:
         tokenizer.save(tmp)
     return Path(out_dir)
+
+
+def _train_sentencepiece(texts: Iterable[str], options: TrainOptions, buffer: "_ProtoBuffer") -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(texts),
+        model_writer=buffer,
+        model_type="bpe",
+        vocab_size=options.vocab_size - N_EXTRA_PIECES,
+        character_coverage=options.character_coverage,
+        byte_fallback=True,
+        split_digits=True,
+        split_by_unicode_script=True,
+        split_by_whitespace=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        normalization_rule_name="identity",
+        max_sentence_length=options.max_sentence_length,
+        input_sentence_size=options.input_sentence_size,
+        shuffle_input_sentence=False,  # deterministic: same corpus, same tokenizer
+        num_threads=options.num_threads,
+        seed_sentencepiece_size=1_000_000,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        minloglevel=2,
+    )
 
 
 def _lines(texts: Iterable[str]) -> Iterator[str]:

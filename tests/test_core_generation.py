@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from codellama.checkpoint import load_model, load_tokenizer
+from codellama.generation import GenerationRequest, HFGenerator, SamplingParams, truncate_at_stop
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir):
+    return HFGenerator(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), batch_size=3)
+
+
+PROMPTS = ["def add(a, b):\n", "import os\nimport sys\n\nclass Foo:\n    def __init__(self):\n", "x", "# é 中文\n"]
+
+
+def test_batched_greedy_matches_transformers_generate(generator):
+    requests = [GenerationRequest(p, params=SamplingParams(max_new_tokens=12)) for p in PROMPTS]
+    batched = generator.generate(requests)
+    for request, got in zip(requests, batched):
+        ids = torch.tensor([generator.prompt_ids(request)])
+        ref = generator.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+        expected = [t for t in ref[0, ids.shape[1]:].tolist()]
+        eos = expected.index(2) if 2 in expected else len(expected)
+        assert got.token_ids == expected[:eos]
+        assert got.prompt_tokens == ids.shape[1]
+
+
+def test_streaming_deltas_add_up_to_the_text(generator):
+    pieces = {}
+    request = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=16))
+    [done] = generator.generate([request], on_text=lambda i, d: pieces.setdefault(i, []).append(d))
+    assert "".join(pieces[0]) == done.text and len(pieces[0]) > 1
+
+
+def test_stop_strings_cut_the_text(generator):
+    free = generator.generate([GenerationRequest(PROMPTS[1], params=SamplingParams(max_new_tokens=20))])[0]
+    stop = free.text[5:8]
+    assert stop
+    cut = generator.generate([GenerationRequest(PROMPTS[1], params=SamplingParams(max_new_tokens=20, stop=(stop,)))])[0]
+    assert cut.finish_reason == "stop" and cut.text == free.text[:free.text.find(stop)]
+    assert truncate_at_stop("a\ndef b\nclass", ["\nclass", "\ndef"]) == ("a", True)
+
+
+def test_sampling_is_seeded_and_cancellation_stops(generator):
+    params = SamplingParams(max_new_tokens=10, temperature=0.8, top_p=0.95, seed=7)
+    a = generator.generate([GenerationRequest(PROMPTS[0], params=params)])[0]
+    b = generator.generate([GenerationRequest(PROMPTS[0], params=params)])[0]
+    assert a.token_ids == b.token_ids
+    out = generator.generate([GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=50))] * 2,
+                             is_cancelled=lambda i: i == 1)
+    assert out[1].finish_reason == "cancelled" and out[1].token_ids == [] and out[0].finish_reason == "length"
+
+
+def test_context_overflow_is_a_clear_error(generator):
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        generator.generate([GenerationRequest("x " * 600, params=SamplingParams(max_new_tokens=10))])
+
+
+def test_infilling_returns_the_middle_and_stops_at_eot(tiny_model_dir):
+    """Teach the tiny model one infilling example, then check generation reproduces it and stops at <EOT>."""
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    prefix, middle, suffix = "def area(r):\n    ", "return 3.14 * r * r", "\n\nprint(area(2))\n"
+    for spm in (False, True):
+        prompt = tok.infilling_prompt(prefix, suffix, suffix_first=spm)
+        target = tok.encode_infilling(middle) + [tok.eot_id]
+        ids = torch.tensor([prompt + target])
+        labels = ids.clone()
+        labels[0, :len(prompt)] = -100
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(60):
+            opt.zero_grad()
+            model(input_ids=ids, labels=labels).loss.backward()
+            opt.step()
+        gen = HFGenerator(model, tok)
+        [out] = gen.generate([GenerationRequest(prefix, suffix=suffix, suffix_first=spm,
+                                                params=SamplingParams(max_new_tokens=40))])
+        assert out.text == middle and out.finish_reason == "stop"
+        assert out.token_ids == target[:-1]
