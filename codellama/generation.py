@@ -115,12 +115,13 @@ class HFGenerator:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | None = None,
-                        batch_size: int = 8) -> "HFGenerator":
+                        batch_size: int = 8, max_context: int | None = None) -> "HFGenerator":
         from codellama.checkpoint import load_model, load_tokenizer
 
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-        return cls(load_model(model_dir, dtype=dtype, device=device), load_tokenizer(model_dir), batch_size=batch_size)
+        return cls(load_model(model_dir, dtype=dtype, device=device), load_tokenizer(model_dir), batch_size=batch_size,
+                   max_context=max_context)
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.suffix is None:
@@ -293,9 +294,11 @@ class OpenAIGenerator:
 
 def load_generator(model_dir: str | os.PathLike | None = None, endpoint: str | None = None, *,
                    endpoint_model: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
-                   batch_size: int = 8) -> Generator:
+                   batch_size: int = 8, max_context: int | None = None) -> Generator:
+    """`max_context` overrides the checkpoint's context limit (to measure extrapolation)."""
     if (model_dir is None) == (endpoint is None):
         raise ValueError("give exactly one of a model directory or an endpoint URL")
     if endpoint is not None:
         return OpenAIGenerator(endpoint, model=endpoint_model)
-    return HFGenerator.from_pretrained(model_dir, device=device, dtype=dtype, batch_size=batch_size)
+    return HFGenerator.from_pretrained(model_dir, device=device, dtype=dtype, batch_size=batch_size,
+                                       max_context=max_context)
