@@ -22,6 +22,11 @@ BUILTIN_COMMANDS = ("codellama.commands.tokenizer:register", "codellama.commands
                     "codellama.commands.convert:register")
 
 
+# Groups that several packages add subcommands to get one help line, whoever registers first.
+GROUP_HELP = {"eval": "score models: HumanEval, infilling, key retrieval, long-context perplexity",
+              "data": "prepare and inspect training data", "rope": "change and study RoPE settings"}
+
+
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
@@ -48,7 +53,8 @@ class CommandTree:
 
     def group(self, name: str, help: str | None = None) -> argparse._SubParsersAction:
         if name not in self._groups:
-            parser = self._sub.add_parser(name, help=help or f"{name} commands",
+            help = GROUP_HELP.get(name) or help or f"{name} commands"
+            parser = self._sub.add_parser(name, help=help, description=help,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
             parser.set_defaults(func=lambda args, p=parser: _missing_subcommand(p))
             self._groups[name] = parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
