@@ -1,0 +1,166 @@
+"""Training throughput and MFU of the training loop, against numbers measured in the same run.
+
+    python benchmarks/bench_train.py                       # tiny + small on this CPU
+    python benchmarks/bench_train.py --preset 1b --device cuda --steps 20 --seq-len 4096 --micro 4
+
+For each preset: tokens/s of `codellama.train.train` (the real loop: shards, schedule, clipping,
+metrics) and of a plain reference loop (forward/backward/AdamW step over the same
+LlamaForCausalLM, same batches, same autocast), printed as a ratio; and model FLOPs utilisation,
+MFU = (6 N + 12 L d s) * tokens/s / (matmul rate), where N counts the weights used in matrix
+products (all but the input embedding), the second term is attention's score and value products
+(PaLM's convention), and the matmul rate is a torch matrix product measured here in the same
+dtype. Runs alternate (loop, reference, loop, ...) and the best of each is kept, so a busy
+machine hurts both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codellama.data.shards import ShardWriter
+from codellama.io import read_jsonl
+from codellama.model import build_model
+from codellama.presets import get_preset
+from codellama.train import resolve_config, train
+from codellama.train.loop import build_optimizer, use_bf16
+
+
+def matmul_tflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    best = float("inf")
+    for _ in range(3):
+        for _ in range(2):
+            a @ b
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * reps / best / 1e12
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def flops_per_token(preset, seq_len: int) -> float:
+    model = build_model(preset, device="meta")
+    n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    return 6 * n + 12 * preset.n_layers * preset.dim * seq_len
+
+
+def write_random_shards(path: Path, vocab: int, seq_len: int, n: int) -> None:
+    rng = np.random.default_rng(0)
+    writer = ShardWriter(path, seq_len, vocab, sequences_per_shard=4096)
+    for _ in range(n):
+        writer.add(rng.integers(3, vocab, seq_len))
+    writer.finish()
+
+
+def run_loop(preset_name: str, shards: Path, out: Path, args) -> float:
+    config = resolve_config("code", "tiny", [
+        f"seq_len={args.seq_len}", f"batch_tokens={args.seq_len * args.micro * args.accum}",
+        f"micro_batch_size={args.micro}", f"max_steps={args.steps}", "checkpoint_every=0",
+        f"precision={args.precision}", f"device={args.device}", "schedule.warmup_steps=2"],
+        base=preset_name, data=str(shards), out=str(out))
+    train(config, progress=False)
+    records = read_jsonl(out / "metrics.jsonl")[args.warmup:]
+    return sum(r["tokens"] - p["tokens"] for p, r in zip(records, records[1:])) / sum(
+        r["step_time_s"] for r in records[1:])
+
+
+def run_reference(preset, shards_tokens: np.ndarray, args) -> float:
+    """The plainest correct loop over the same model: what the real loop must not be slower than."""
+    device = torch.device(args.device)
+    config = resolve_config("code", "tiny", [f"precision={args.precision}"])
+    model = build_model(preset, seed=0).to(device)
+    model.config.use_cache = False
+    model.train()
+    optimizer = build_optimizer(model, config)
+    bf16 = use_bf16(args.precision, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    times = []
+    per_step = args.micro * args.accum
+    for step in range(args.steps):
+        _sync(args.device)
+        t = time.perf_counter()
+        batch = torch.from_numpy(shards_tokens[step * per_step:(step + 1) * per_step].astype(np.int64))
+        for micro in range(args.accum):
+            x = batch[micro * args.micro:(micro + 1) * args.micro].to(device)
+            with autocast():
+                loss = model(input_ids=x, labels=x).loss / args.accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(args.device)
+        times.append(time.perf_counter() - t)
+    return per_step * args.seq_len * (args.steps - args.warmup - 1) / sum(times[args.warmup + 1:])
+
+
+def bench(preset_name: str, args) -> dict:
+    preset = get_preset(preset_name)
+    bf16 = use_bf16(args.precision, torch.device(args.device))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        n = args.steps * args.micro * args.accum
+        write_random_shards(tmp / "shards", preset.vocab_size, args.seq_len, n)
+        from codellama.data.shards import TokenShards
+
+        shards = TokenShards(tmp / "shards")
+        # The loop shuffles; the reference reads in order: the same token statistics, same shapes.
+        tokens = np.stack([shards[i] for i in range(len(shards))])
+        loop_rates, ref_rates, mm = [], [], []
+        for r in range(args.rounds):
+            mm.append(matmul_tflops(torch.bfloat16 if bf16 else torch.float32, args.device))
+            loop_rates.append(run_loop(preset_name, tmp / "shards", tmp / f"run{r}", args))
+            ref_rates.append(run_reference(preset, tokens, args))
+    fpt = flops_per_token(preset, args.seq_len)
+    loop, ref, peak = max(loop_rates), max(ref_rates), max(mm)
+    return {"preset": preset_name, "device": args.device, "precision": "bf16" if bf16 else "fp32",
+            "seq_len": args.seq_len, "tokens_per_step": args.seq_len * args.micro * args.accum,
+            "loop_tokens_per_s": loop, "reference_tokens_per_s": ref, "loop_vs_reference": loop / ref,
+            "gflop_per_token": fpt / 1e9, "matmul_tflops": peak,
+            "mfu_loop": fpt * loop / (peak * 1e12), "mfu_reference": fpt * ref / (peak * 1e12),
+            "all_loop": loop_rates, "all_reference": ref_rates, "all_matmul": mm}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", action="append", help="model preset(s) (default: tiny and small)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--micro", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--accum", type=int, default=2, help="micro-batches per step")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2, help="first steps not timed")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
+    results = [bench(name, args) for name in (args.preset or ["tiny", "small"])]
+    print(f"{'preset':<7}{'dtype':>6}{'loop tok/s':>12}{'ref tok/s':>11}{'loop/ref':>10}{'GFLOP/tok':>11}"
+          f"{'matmul TF/s':>13}{'MFU loop':>10}{'MFU ref':>9}")
+    for r in results:
+        print(f"{r['preset']:<7}{r['precision']:>6}{r['loop_tokens_per_s']:>12,.0f}{r['reference_tokens_per_s']:>11,.0f}"
+              f"{r['loop_vs_reference']:>10.2f}{r['gflop_per_token']:>11.3f}{r['matmul_tflops']:>13.2f}"
+              f"{r['mfu_loop']:>10.1%}{r['mfu_reference']:>9.1%}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

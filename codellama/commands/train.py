@@ -1,0 +1,164 @@
+"""`codellama train BRANCH`: continued training with Code Llama's recipes (or a dry-run plan)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+BRANCHES = ("code", "python", "long-context", "instruct")  # = codellama.train.config.BRANCHES (kept light)
+SCALES = ("tiny", "7b", "13b", "34b", "70b")
+
+EXAMPLES = """examples:
+  # the tiny foundation branch on shards from `codellama data prepare` (CPU, a few minutes)
+  codellama train code --base runs/tiny --data runs/shards --out runs/code
+  # then Python, long-context and instruct on top of it
+  codellama train python --base runs/code/final --data runs/py-shards --out runs/python
+  codellama train long-context --base runs/python/final --data runs/shards --out runs/lcft
+  codellama train instruct --base runs/lcft/final --data chats.jsonl --rehearsal runs/shards:0.06 --out runs/instruct
+  # override any recipe field; continue a killed run exactly where its last checkpoint left it
+  codellama train code --data runs/shards --out runs/code --set optim.lr=1e-3 --set max_steps=500
+  codellama train code --out runs/code --resume
+  # what a 7B run needs: steps, token budget, memory per GPU on 4 nodes of 8 GPUs
+  codellama train code --scale 7b --nodes 4 --dry-run
+  # multi-GPU / multi-node: the same command under torchrun (FSDP2)
+  torchrun --nproc-per-node 8 -m codellama.cli train code --scale 7b --base llama2-7b-hf --data shards --out runs/7b
+
+recipes: codellama/train/recipes/<branch>.yaml (Code Llama paper settings per scale)."""
+
+
+def register(cli) -> None:
+    p = cli.command("train", help="train a branch (code, python, long-context, instruct) with Code Llama's recipe",
+                    epilog=EXAMPLES)
+    p.add_argument("branch", choices=BRANCHES, help="which Code Llama training stage")
+    p.add_argument("--scale", choices=SCALES, default="tiny", help="recipe scale (default: tiny, runs on a CPU)")
+    p.add_argument("--base", help="checkpoint directory or preset name to start from (default: the recipe's)")
+    p.add_argument("--data", help="shard directory (instruct: also a chat JSONL file)")
+    p.add_argument("--out", help="run directory: config, metrics, checkpoints, final/ HF checkpoint, loss.png")
+    p.add_argument("--tokenizer", help="tokenizer to export with the final weights (default: the base's)")
+    p.add_argument("--rehearsal", action="append", default=[], metavar="DIR:WEIGHT",
+                   help="extra shard set mixed in at this fraction of samples (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. optim.lr=1e-4, max_steps=200, precision=fp32 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config, steps, tokens and memory; train nothing")
+    p.add_argument("--world-size", type=int, help="GPUs in total, for --dry-run (default: nodes x 8; tiny: 1)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes of 8 GPUs, for --dry-run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics still go to metrics.jsonl)")
+    p.set_defaults(func=cmd_train)
+
+
+def parse_rehearsal(items: list[str]) -> list[dict] | None:
+    out = []
+    for item in items:
+        path, sep, weight = item.rpartition(":")
+        try:
+            out.append({"path": path, "weight": float(weight)})
+        except ValueError:
+            sep = ""
+        if not sep or not path:
+            raise ValueError(f"bad --rehearsal {item!r}: expected DIR:WEIGHT, e.g. runs/shards:0.06")
+    return out or None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from codellama.train import loop
+    from codellama.train.config import resolve_config
+
+    fields = {"base": args.base, "data": args.data, "out": args.out, "tokenizer": args.tokenizer,
+              "rehearsal": parse_rehearsal(args.rehearsal)}
+    if args.resume:
+        if not args.out:
+            raise ValueError("--resume needs --out (the run directory)")
+        config = loop.resume_config(args.out, fields, args.overrides)
+        if config.branch != args.branch:
+            raise ValueError(f"{args.out} is a {config.branch!r} run, not {args.branch!r}")
+    else:
+        config = resolve_config(args.branch, args.scale, args.overrides, **fields)
+    if args.dry_run:
+        print(dry_run_report(config, world_size=args.world_size, nodes=args.nodes))
+        return 0
+    result = loop.train(config, resume=args.resume, progress=not args.no_progress)
+    if _is_main():
+        print(f"trained {config.branch} ({config.scale}): steps {result.start_step}->{result.steps}, "
+              f"loss {result.first_loss:.4f} -> {result.last_loss:.4f}, {result.tokens_per_s:,.0f} tokens/s")
+        print(f"final weights: {result.final_dir}")
+        print(f"metrics: {Path(result.out_dir) / 'metrics.jsonl'}  plot: {result.plot}")
+    return 0
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> str:
+    """The plan of a run: resolved config, steps, token budget and memory per GPU."""
+    import json
+
+    import yaml
+
+    from codellama.train.memory import estimate
+    from codellama.train.loop import use_bf16
+
+    if nodes < 1 or (world_size is not None and world_size < 1):
+        raise ValueError("--nodes and --world-size must be >= 1")
+    world = world_size or (1 if config.scale == "tiny" else 8 * nodes)
+    preset = _model_shape(config)
+    lines = [f"# {config.description or config.branch} [{config.scale}]", "config:"]
+    raw = yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False)
+    lines += ["  " + line for line in raw.rstrip().splitlines()]
+    try:
+        accum = config.accumulation_steps(world)
+        split = f"{accum} micro-batch(es) of {config.micro_batch_size} sequence(s) per rank per step"
+    except ValueError as exc:
+        split = f"does not split: {exc}"
+    device = "cuda" if config.scale != "tiny" else "cpu"
+    import torch
+
+    bf16 = True if device == "cuda" and config.precision == "auto" else use_bf16(config.precision, torch.device(device))
+    mem = estimate(preset, seq_len=config.seq_len, micro_batch_size=config.micro_batch_size, world_size=world,
+                   gradient_checkpointing=config.gradient_checkpointing, bf16=bf16)
+    budget = config.steps * config.tokens_per_step
+    lines += [
+        "plan:",
+        f"  model               {preset.name}: {mem.parameters:,} parameters ({mem.parameters / 1e9:.2f}B)",
+        f"  world size          {world} ({'GPUs' if device == 'cuda' else 'process(es)'})",
+        f"  steps               {config.steps:,}",
+        f"  tokens per step     {config.tokens_per_step:,} ({config.batch_sequences:,} sequences of {config.seq_len:,})",
+        f"  token budget        {budget:,} ({budget / 1e9:.2f}B)",
+        f"  batch split         {split}",
+        f"  precision           {'bf16 autocast' if bf16 else 'fp32'}"
+        f"{', activation checkpointing' if config.gradient_checkpointing else ''}"
+        f"{', torch.compile' if config.compile else ''}",
+        f"memory per {'GPU' if device == 'cuda' else 'process'} (estimate, FSDP over {world}):",
+        f"  weights fp32        {mem.params_gib:9.2f} GiB",
+        f"  gradients fp32      {mem.grads_gib:9.2f} GiB",
+        f"  AdamW moments       {mem.optimizer_gib:9.2f} GiB",
+        f"  gathered layers     {mem.gathered_gib:9.2f} GiB",
+        f"  activations         {mem.activations_ckpt_gib:9.2f} GiB with checkpointing, "
+        f"{mem.activations_gib:.2f} GiB without",
+        f"  logits              {mem.logits_gib:9.2f} GiB",
+        f"  total               {mem.total_gib:9.2f} GiB as configured "
+        f"({mem.total_other_gib:.2f} GiB {'without' if config.gradient_checkpointing else 'with'} checkpointing)",
+    ]
+    return "\n".join(lines)
+
+
+def _model_shape(config):
+    from codellama.checkpoint import load_config
+    from codellama.model import preset_from_config
+    from codellama.presets import PRESETS
+
+    base = Path(config.base)
+    if base.is_dir():
+        preset = preset_from_config(load_config(base))
+    elif config.base in PRESETS:
+        preset = PRESETS[config.base]
+    else:
+        raise FileNotFoundError(f"base {config.base!r} is neither a checkpoint directory nor a preset")
+    if config.data and (Path(config.data) / "index.json").is_file():
+        from codellama.data.shards import ShardIndex
+
+        preset = preset.replace(vocab_size=max(preset.vocab_size, ShardIndex.load(config.data).vocab_size))
+    return preset

@@ -1,0 +1,248 @@
+"""Training configuration: typed dataclasses resolved from a branch recipe + scale + overrides.
+
+A recipe (`codellama/train/recipes/<branch>.yaml`) holds Code Llama's published settings for
+every scale; `--set key=value` (dotted keys, YAML values) changes any field on top. The resolved
+config is written next to the run, so a run can always be explained and resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+BRANCHES = ("code", "python", "long-context", "instruct")
+SCALES = ("tiny", "7b", "13b", "34b", "70b")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW as Llama 2 / Code Llama use it."""
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warmup, then cosine decay to `min_lr_ratio` of the peak."""
+
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 1 / 30
+
+
+@dataclass
+class RopeConfig:
+    """RoPE change applied to the base model before training (long-context branch); None = keep."""
+
+    base: float | None = None
+    max_context: int | None = None
+    scaling: dict | None = None
+
+
+@dataclass
+class TrainConfig:
+    branch: str
+    scale: str = "tiny"
+    base: str = "tiny"                 # checkpoint directory, or a preset name for a fresh model
+    data: str | None = None            # shard directory (or a chat JSONL for the instruct branch)
+    out: str | None = None
+    tokenizer: str | None = None       # exported with the final weights (default: the base checkpoint's)
+    rehearsal: list[dict] = field(default_factory=list)  # [{"path": shard dir, "weight": fraction}]
+    seq_len: int = 4096
+    batch_tokens: int = 4 * 2**20      # global batch, in tokens
+    micro_batch_size: int = 1          # sequences per forward pass on one rank
+    total_tokens: float = 500e9        # the token budget; steps = ceil(total / batch)
+    max_steps: int | None = None       # overrides total_tokens
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    precision: str = "auto"            # auto = bf16 autocast where the device supports it
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    checkpoint_every: int = 1000       # steps; 0 = only at the end
+    keep_checkpoints: int = 2          # retention: newest N are kept
+    log_every: int = 1
+    seed: int = 0
+    device: str = "auto"
+    data_expect: dict = field(default_factory=dict)  # what the recipe expects of the shards (fim_rate, ...)
+    description: str = ""
+
+    # -- derived ------------------------------------------------------------------------
+    @property
+    def batch_sequences(self) -> int:
+        return max(1, self.batch_tokens // self.seq_len)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_sequences * self.seq_len
+
+    @property
+    def steps(self) -> int:
+        if self.max_steps is not None:
+            return int(self.max_steps)
+        return max(1, math.ceil(float(self.total_tokens) / self.tokens_per_step))
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per rank per step; the global batch must split evenly over ranks."""
+        per_rank, rem = divmod(self.batch_sequences, world_size)
+        if rem or per_rank % self.micro_batch_size:
+            raise ValueError(
+                f"global batch of {self.batch_sequences} sequences ({self.batch_tokens} tokens / seq_len "
+                f"{self.seq_len}) does not split into {world_size} rank(s) x micro-batches of "
+                f"{self.micro_batch_size}; change batch_tokens or micro_batch_size")
+        return per_rank // self.micro_batch_size
+
+    def validate(self) -> "TrainConfig":
+        if self.branch not in BRANCHES:
+            raise ValueError(f"unknown branch {self.branch!r}; choose one of: {', '.join(BRANCHES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("seq_len", "batch_tokens", "micro_batch_size", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_tokens < self.seq_len:
+            raise ValueError(f"batch_tokens ({self.batch_tokens}) is smaller than one sequence ({self.seq_len})")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 0 <= self.schedule.min_lr_ratio <= 1:
+            raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.schedule.min_lr_ratio}")
+        if self.optim.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.optim.lr}")
+        weights = [float(r.get("weight", 0)) for r in self.rehearsal]
+        if any(not r.get("path") for r in self.rehearsal) or any(w <= 0 for w in weights) or sum(weights) >= 1:
+            raise ValueError("rehearsal entries need a path and a weight > 0, with weights summing to < 1")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- recipes -----------------------------------------------------------------------------
+def recipe_path(branch: str) -> Path:
+    if branch not in BRANCHES:
+        raise ValueError(f"unknown branch {branch!r}; choose one of: {', '.join(BRANCHES)}")
+    return Path(str(resources.files("codellama.train") / "recipes" / f"{branch}.yaml"))
+
+
+def load_recipe(branch: str, scale: str) -> dict:
+    """The recipe's defaults merged with its `scale` section, as a plain dict."""
+    raw = yaml.safe_load(recipe_path(branch).read_text())
+    scales = raw.get("scales", {})
+    if scale not in scales:
+        raise ValueError(f"branch {branch!r} has no scale {scale!r}; choose one of: {', '.join(scales)}")
+    merged = _deep_merge(raw.get("defaults", {}), scales[scale] or {})
+    merged.update(branch=branch, scale=scale, description=raw.get("description", ""))
+    return merged
+
+
+def resolve_config(branch: str, scale: str = "tiny", overrides: list[str] | tuple[str, ...] = (),
+                   **fields) -> TrainConfig:
+    """Recipe -> keyword fields (CLI options such as data/out/base; None is ignored) -> `key=value` overrides."""
+    raw = load_recipe(branch, scale)
+    raw.update({k: v for k, v in fields.items() if v is not None})
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply `key=value` strings (dotted keys, YAML values) to a raw config dict."""
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return raw
+
+
+def from_dict(raw: dict) -> TrainConfig:
+    return _build(TrainConfig, raw, "").validate()
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"bad --set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def _set_dotted(raw: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"bad --set key {key!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = value if isinstance(value, hint) else _build(hint, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, key: str):
+    """YAML gives '500e9' as a string and ints for floats: convert to the field's declared type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if hint is int:
+            number = float(value)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if origin is tuple:
+            return tuple(float(v) if a is float else v for v, a in zip(value, args, strict=True))
+        if origin is list:
+            if not isinstance(value, list):
+                raise ValueError
+            return value
+        if origin is dict or hint is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key}: {value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+    return value

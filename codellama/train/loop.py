@@ -1,0 +1,353 @@
+"""The training loop every branch runs: shards in, checkpoints and an HF model out.
+
+Each step consumes one global batch of `batch_tokens` tokens, split over ranks and then into
+micro-batches (gradient accumulation). The loss of every micro-batch is a *sum* over its target
+tokens divided by the number of target tokens in the whole global batch, so accumulation and
+data parallelism change nothing in the maths: 1 process or W ranks take the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from codellama.io import atomic_write_json, atomic_write_text, ensure_new_output_dir, read_jsonl
+from codellama.train import distributed as dist_utils
+from codellama.train import state
+from codellama.train.config import TrainConfig, from_dict
+from codellama.train.data import MixedStream, count_targets, open_stream, rank_batch
+from codellama.train.distributed import DistEnv
+from codellama.train.metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_loss
+from codellama.train.schedule import cosine_schedule
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    start_step: int
+    first_loss: float | None
+    last_loss: float | None
+    tokens: int
+    tokens_per_s: float
+    final_dir: Path | None
+    plot: Path | None
+
+
+# -- setup ---------------------------------------------------------------------------------------
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast where the hardware does bf16 matmuls natively (GPUs; CPUs with AMX/AVX512-BF16)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def load_base_model(config: TrainConfig, vocab_size: int):
+    """Base weights (checkpoint dir) or a fresh model (preset name), with the data's vocabulary."""
+    from codellama.checkpoint import load_model
+    from codellama.model import build_model, resize_vocab_mean_init
+    from codellama.presets import PRESETS
+
+    base = Path(config.base)
+    if base.is_dir():
+        model = load_model(base)
+        if model.config.vocab_size < vocab_size:
+            resize_vocab_mean_init(model, vocab_size)  # Llama 2 (32,000) -> Code Llama pieces (32,016)
+    elif config.base in PRESETS:
+        preset = PRESETS[config.base].replace(vocab_size=vocab_size)
+        model = build_model(preset, seed=config.seed)
+        log.info("fresh %s model (%s parameters)", config.base, f"{sum(p.numel() for p in model.parameters()):,}")
+    else:
+        raise FileNotFoundError(f"base {config.base!r} is neither a checkpoint directory nor a preset "
+                                f"({', '.join(PRESETS)})")
+    if config.rope.base is not None or config.rope.max_context is not None or config.rope.scaling is not None:
+        from long_context.rope import set_rope
+
+        set_rope(model, base=config.rope.base, max_context=config.rope.max_context, scaling=config.rope.scaling)
+    if config.seq_len > model.config.max_position_embeddings:
+        log.warning("training on %d-token sequences, beyond the model's context of %d",
+                    config.seq_len, model.config.max_position_embeddings)
+    model.config.use_cache = False
+    return model
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (norm gains stay undecayed, as in Llama)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.optim.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    # The fused kernel (CPU and CUDA) does the update in one pass instead of ~10 per tensor; FSDP's
+    # DTensor shards keep the default multi-tensor path.
+    plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
+                             fused=plain or None)
+
+
+def _tokenizer_for(config: TrainConfig):
+    from codellama.checkpoint import load_tokenizer
+    from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
+
+    if config.tokenizer:
+        return CodeLlamaTokenizer.load(config.tokenizer)
+    if (Path(config.base) / TOKENIZER_FILE).is_file():
+        return load_tokenizer(config.base)
+    return None
+
+
+def _prepare_chat_data(config: TrainConfig, out: Path, env: DistEnv) -> str:
+    """Instruct branch given a chat JSONL: pack it once into loss-masked shards inside the run."""
+    from codellama.chat import pack_dialogs, read_chat_jsonl
+    from codellama.data.shards import INDEX
+
+    target = out / "instruct-shards"
+    if env.is_main and not (target / INDEX).is_file():
+        tokenizer = _tokenizer_for(config)
+        if tokenizer is None:
+            raise ValueError("packing chat data needs a tokenizer: pass --tokenizer or a --base checkpoint with one")
+        import shutil
+
+        shutil.rmtree(target, ignore_errors=True)
+        stats = pack_dialogs(read_chat_jsonl(config.data), tokenizer, target, config.seq_len)
+        log.info("packed %d dialogs into %d sequences (%d answer tokens)", stats.dialogs, stats.sequences,
+                 stats.answer_tokens)
+    dist_utils.barrier(env)
+    return str(target)
+
+
+def _check_data_expectations(config: TrainConfig, stream: MixedStream) -> None:
+    meta = stream.sources[0].view.shards.index.meta
+    if isinstance(meta.get("config"), dict):  # `codellama data prepare` records its settings there
+        meta = {**meta["config"], **meta}
+    for key, expected in config.data_expect.items():
+        if key in meta and meta[key] != expected:
+            log.warning("the %s recipe expects %s=%s but %s was prepared with %s=%s", config.branch, key, expected,
+                        config.data, key, meta[key])
+    if config.branch == "instruct" and not stream.has_loss_mask:
+        log.warning("instruct data without a loss mask: every token is trained on, not only answers")
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Run (or resume) one branch's training; under torchrun every rank calls this."""
+    if not config.data:
+        raise ValueError("no training data: pass --data (a shard directory)")
+    if not config.out:
+        raise ValueError("no output directory: pass --out")
+    out = Path(config.out)
+    env = dist_utils.init(config.device)
+    if not env.is_main:  # one voice: other ranks only warn
+        logging.getLogger("codellama").setLevel(logging.WARNING)
+    if not resume:
+        ensure_new_output_dir(out)
+    dist_utils.barrier(env)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False))
+    torch.manual_seed(config.seed)
+
+    data_dir = config.data
+    if config.branch == "instruct" and Path(config.data).is_file():
+        data_dir = _prepare_chat_data(config, out, env)
+    stream = open_stream(data_dir, config.rehearsal, config.seq_len, config.seed)
+    _check_data_expectations(config, stream)
+    accum = config.accumulation_steps(env.world_size)
+    vocab = stream.sources[0].view.shards.vocab_size
+
+    bf16 = use_bf16(config.precision, env.device)
+    model = load_base_model(config, vocab)
+    if model.config.vocab_size < vocab:
+        raise ValueError(f"the data uses {vocab} token ids but the model has only {model.config.vocab_size}")
+    if config.gradient_checkpointing:
+        from codellama.model import set_gradient_checkpointing
+
+        set_gradient_checkpointing(model, True)
+    if config.compile:
+        for layer in model.model.layers:
+            layer.compile()
+    if env.distributed:
+        model = dist_utils.shard_model(model, env, param_dtype=torch.bfloat16 if bf16 and env.device.type == "cuda" else None)
+    else:
+        model.to(env.device)
+    model.train()
+    optimizer = build_optimizer(model, config)
+    total_steps = config.steps
+    scheduler = cosine_schedule(optimizer, warmup_steps=config.schedule.warmup_steps, total_steps=total_steps,
+                                min_ratio=config.schedule.min_lr_ratio)
+
+    start = 0
+    ckpt_root = out / CHECKPOINTS
+    latest = state.latest_checkpoint(ckpt_root) if resume else None
+    if latest is not None:
+        start = state.load(latest, model=model, optimizer=optimizer, scheduler=scheduler, env=env)["step"]
+    elif resume:
+        log.info("no checkpoint in %s yet: starting from step 0", ckpt_root)
+    metrics = MetricsLog(out, resume_step=start) if env.is_main else None
+
+    autocast = (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    params = [p for p in model.parameters() if p.requires_grad]
+    log.info("training %s/%s: steps %d..%d, %d tokens/step, %d rank(s) x %d micro-batches of %d, %s",
+             config.branch, config.scale, start, total_steps, config.tokens_per_step, env.world_size, accum,
+             config.micro_batch_size, "bf16 autocast" if bf16 else "fp32")
+    bar = None
+    if env.is_main and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start, unit="step", desc=f"train {config.branch}", dynamic_ncols=True)
+
+    first_loss = last_loss = None
+    rate = 0.0
+    train_time = 0.0
+    try:
+        for step in range(start, total_steps):
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            tokens, labels = rank_batch(stream, step, batch_sequences=config.batch_sequences, rank=env.rank,
+                                        world_size=env.world_size)
+            n_targets = max(1.0, dist_utils.all_sum(count_targets(labels), env))
+            loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+            for micro in range(accum):
+                rows = slice(micro * config.micro_batch_size, (micro + 1) * config.micro_batch_size)
+                x, y = tokens[rows].to(env.device, non_blocking=True), labels[rows].to(env.device, non_blocking=True)
+                with autocast():
+                    loss = model(input_ids=x, labels=y, num_items_in_batch=n_targets).loss
+                (loss * env.world_size).backward()  # FSDP averages over ranks; we want the sum
+                loss_sum += loss.detach()
+            max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = dist_utils.all_sum(loss_sum.item(), env)
+            if env.device.type == "cuda":
+                torch.cuda.synchronize(env.device)
+            elapsed = time.perf_counter() - t0
+            train_time += elapsed
+            rate = config.tokens_per_step / elapsed
+            first_loss = step_loss if first_loss is None else first_loss
+            last_loss = step_loss
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"loss is {step_loss} at step {step + 1}: lower optim.lr or check the data")
+            done = step + 1
+            if metrics is not None and (done % config.log_every == 0 or done == total_steps):
+                metrics.log({"step": done, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
+                             "tokens": done * config.tokens_per_step, "tokens_per_s": rate,
+                             "step_time_s": elapsed})
+            if bar is not None:
+                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+                bar.update(1)
+            if done < total_steps and config.checkpoint_every and done % config.checkpoint_every == 0:
+                _save(out, done, model, optimizer, scheduler, config, env)
+        if start < total_steps:
+            _save(out, total_steps, model, optimizer, scheduler, config, env)
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
+
+    final_dir = export_final(model, config, out / FINAL, env, overwrite=resume)
+    plot = None
+    if env.is_main:
+        records = [r for r in read_jsonl(out / METRICS_FILE) if r["step"] <= total_steps]
+        plot = plot_loss(records, out / PLOT_FILE, title=f"{config.branch} ({config.scale})")
+        first_loss = records[0]["loss"] if records else first_loss
+        last_loss = records[-1]["loss"] if records else last_loss
+        atomic_write_json(out / "summary.json", {
+            "branch": config.branch, "scale": config.scale, "steps": total_steps, "resumed_from": start,
+            "first_loss": first_loss, "last_loss": last_loss, "tokens": total_steps * config.tokens_per_step,
+            "tokens_per_s": (total_steps - start) * config.tokens_per_step / train_time if train_time else None,
+            "world_size": env.world_size, "precision": "bf16" if bf16 else "fp32", "final": str(final_dir)})
+    dist_utils.barrier(env)
+    return TrainResult(out, total_steps, start, first_loss, last_loss, total_steps * config.tokens_per_step,
+                       (total_steps - start) * config.tokens_per_step / train_time if train_time else 0.0,
+                       final_dir, plot)
+
+
+def _save(out: Path, step: int, model, optimizer, scheduler, config: TrainConfig, env: DistEnv) -> None:
+    state.save(out / CHECKPOINTS, step, model=model, optimizer=optimizer, scheduler=scheduler, env=env,
+               keep=config.keep_checkpoints,
+               trainer={"samples_seen": step * config.batch_sequences, "tokens_seen": step * config.tokens_per_step,
+                        "branch": config.branch, "scale": config.scale})
+
+
+def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, overwrite: bool) -> Path:
+    """Hugging Face checkpoint of the trained weights (+ tokenizer); gathered to rank 0 under FSDP."""
+    from codellama.checkpoint import save_checkpoint
+
+    if env.distributed:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from transformers import LlamaForCausalLM
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        plain = None
+        if env.is_main:
+            with torch.device("meta"):
+                plain = LlamaForCausalLM(model.config)
+            plain.load_state_dict(full, assign=True)
+            plain.model.rotary_emb = type(plain.model.rotary_emb)(config=plain.config)  # non-persistent buffer
+    else:
+        plain = model
+    if env.is_main:
+        if config.gradient_checkpointing:
+            from codellama.model import set_gradient_checkpointing
+
+            set_gradient_checkpointing(plain, False)
+        plain.config.use_cache = True
+        save_checkpoint(plain, target, _tokenizer_for(config), overwrite=overwrite)
+    dist_utils.barrier(env)
+    return target
+
+
+def train_branch(branch: str, *, data: str | None = None, out: str, base: str | None = None, scale: str = "tiny",
+                 overrides: list[str] | tuple[str, ...] = (), resume: bool = False, progress: bool = True,
+                 **fields) -> TrainResult:
+    """What a pipeline calls: `train_branch("code", data="runs/shards", base="runs/tiny", out="runs/code")`.
+
+    With resume=True the run's saved config is reused (given fields and overrides still apply).
+    """
+    from codellama.train.config import resolve_config
+
+    fields = {"data": data, "out": out, "base": base, **fields}
+    if resume and (Path(out) / CONFIG_FILE).is_file():
+        config = resume_config(out, fields, overrides)
+    else:
+        config = resolve_config(branch, scale, overrides, **fields)
+    return train(config, resume=resume, progress=progress)
+
+
+# -- resume --------------------------------------------------------------------------------------
+def load_run_config(out: str | Path) -> dict:
+    """The resolved config a run was started with."""
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} is not a training run (no {CONFIG_FILE}); start it without --resume")
+    return yaml.safe_load(path.read_text())
+
+
+def resume_config(out: str | Path, fields: dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The run's saved config, with fields given again (None = keep) and `key=value` overrides on top."""
+    from codellama.train.config import apply_overrides
+
+    raw = load_run_config(out)
+    raw.update({k: v for k, v in (fields or {}).items() if v is not None})
+    return from_dict(apply_overrides(raw, overrides))
