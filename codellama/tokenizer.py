@@ -143,8 +143,12 @@ class CodeLlamaTokenizer:
         ids = self.sp.encode(text)
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.sp.encode(texts)
+    def encode_batch(self, texts: list[str], *, num_threads: int = -1) -> list[list[int]]:
+        return self.sp.encode(texts, num_threads=num_threads)
+
+    def encode_infilling_batch(self, texts: list[str], *, num_threads: int = -1) -> list[list[int]]:
+        """encode_infilling for many texts in one SentencePiece call (the data pipeline's fast path)."""
+        return self._sp_no_prefix.encode(texts, num_threads=num_threads)
 
     def encode_infilling(self, text: str) -> list[int]:
         """Encode without SentencePiece's dummy leading space (Code Llama's suffix/middle rule)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,12 +61,32 @@ class ShardWriter:
     """Appends sequences; each shard file is written atomically when full, the index last."""
 
     def __init__(self, directory: str | os.PathLike, seq_len: int, vocab_size: int, *,
-                 sequences_per_shard: int = 8192, with_loss_mask: bool = False):
+                 sequences_per_shard: int = 8192, with_loss_mask: bool = False,
+                 on_flush: Callable[[dict], None] | None = None):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.index = ShardIndex(seq_len, vocab_size, sequences_per_shard, has_loss_mask=with_loss_mask)
         self._tokens: list[np.ndarray] = []
         self._masks: list[np.ndarray] = []
+        self.on_flush = on_flush  # called with each finished shard's entry (a resumable job records it)
+
+    def resume(self, shards: list[dict]) -> None:
+        """Continue after the shards of an interrupted run, which must be on disk and complete."""
+        if self.index.shards or self._tokens:
+            raise ValueError("resume() must come before any add()")
+        for n, entry in enumerate(shards):
+            if entry["tokens"] != f"shard-{n:05d}.tokens":
+                raise ValueError(f"shard list out of order at {entry['tokens']}")
+            expected = {"tokens": entry["num_sequences"] * self.index.seq_len * self.index.dtype.itemsize,
+                        "mask": entry["num_sequences"] * self.index.seq_len}
+            for kind, size in expected.items():
+                if entry.get(kind) is None:
+                    continue
+                path = self.directory / entry[kind]
+                if not path.is_file() or path.stat().st_size != size:
+                    raise ValueError(f"cannot resume: {path} is missing or has the wrong size")
+        self.index.shards = [dict(e) for e in shards]
+        self.index.num_sequences = sum(e["num_sequences"] for e in shards)
 
     def add(self, tokens, loss_mask=None) -> None:
         tokens = np.asarray(tokens)
@@ -91,6 +112,8 @@ class ShardWriter:
         self.index.shards.append(entry)
         self.index.num_sequences += len(self._tokens)
         self._tokens, self._masks = [], []
+        if self.on_flush is not None:
+            self.on_flush(entry)
 
     def finish(self, meta: dict | None = None) -> ShardIndex:
         self.flush()

@@ -1,0 +1,93 @@
+"""Where to cut a document for fill-in-the-middle: character spans and syntax-aligned spans.
+
+Code Llama cuts at two uniformly random character positions. Structure-aware FIM (e.g.
+"Structure-Aware Fill-in-the-Middle Pretraining for Code", Gong et al. 2024) instead
+makes the middle one or more whole syntax nodes (a statement, a block, an expression, a
+function body), which matches what an editor asks for and helps infilling. Both return
+character offsets `(start, end)` with `0 <= start <= end <= len(text)`; the middle is
+`text[start:end]`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import random
+
+log = logging.getLogger(__name__)
+
+# tree-sitter grammar module per language; a grammar that is not installed means char spans.
+GRAMMARS = {
+    "python": "tree_sitter_python", "c": "tree_sitter_c", "cpp": "tree_sitter_cpp",
+    "java": "tree_sitter_java", "javascript": "tree_sitter_javascript", "go": "tree_sitter_go",
+    "rust": "tree_sitter_rust", "shell": "tree_sitter_bash",
+}
+STOP_PROBABILITY = 0.5  # random descent: chance to take the current node instead of going deeper
+EXTEND_PROBABILITY = 0.5  # chance to add one more following sibling statement to the middle
+
+
+def char_span(length: int, rng: random.Random) -> tuple[int, int]:
+    """Code Llama's split: two independent uniform positions in [0, length], sorted."""
+    a, b = rng.randint(0, length), rng.randint(0, length)
+    return (a, b) if a <= b else (b, a)
+
+
+@functools.cache
+def get_parser(language: str | None):
+    """A tree-sitter parser for `language`, or None when no grammar is installed."""
+    module = GRAMMARS.get(language or "")
+    if module is None:
+        return None
+    try:
+        import tree_sitter
+
+        grammar = importlib.import_module(module)
+        return tree_sitter.Parser(tree_sitter.Language(grammar.language()))
+    except (ImportError, AttributeError, ValueError) as exc:
+        log.debug("no tree-sitter grammar for %s (%s)", language, exc)
+        return None
+
+
+def syntax_nodes(text: str, language: str | None):
+    """The parse tree's root node, or None when there is no grammar or the file does not parse."""
+    parser = get_parser(language)
+    if parser is None:
+        return None
+    root = parser.parse(text.encode("utf-8")).root_node
+    if root.has_error or root.named_child_count == 0:
+        return None
+    return root
+
+
+def syntax_span(text: str, rng: random.Random, language: str | None) -> tuple[int, int] | None:
+    """Character offsets of one or more whole sibling syntax nodes, or None (caller falls back).
+
+    A random descent from the root (stop here with probability STOP_PROBABILITY, else go
+    into a random named child) picks a node in O(depth) without walking the whole tree;
+    a statement may then grow over following sibling statements, so middles range from a
+    single identifier to several statements or a whole function body.
+    """
+    root = syntax_nodes(text, language)
+    if root is None:
+        return None
+    node = _random_child(root, rng)
+    while node.named_child_count and rng.random() >= STOP_PROBABILITY:
+        node = _random_child(node, rng)
+    first = last = node
+    if node.parent is not None and node.parent.type in ("module", "block", "translation_unit",
+                                                         "compound_statement", "program", "source_file"):
+        while rng.random() < EXTEND_PROBABILITY and last.next_named_sibling is not None:
+            last = last.next_named_sibling
+    return _char_offset(text, first.start_byte), _char_offset(text, last.end_byte)
+
+
+def _random_child(node, rng: random.Random):
+    return node.named_children[rng.randrange(node.named_child_count)]
+
+
+def _char_offset(text: str, byte_offset: int) -> int:
+    """tree-sitter reports UTF-8 byte offsets; FIM works on characters."""
+    if text.isascii():
+        return byte_offset
+    return len(text.encode("utf-8")[:byte_offset].decode("utf-8"))
