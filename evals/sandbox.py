@@ -387,3 +387,27 @@ def run_programs(programs: Sequence[str], config: SandboxConfig | None = None, *
     """One-shot convenience: start a pool, run the programs, tear it down."""
     with SandboxPool(config) as pool:
         return pool.run(programs, progress=progress)
+
+
+class LazySandboxPool:
+    """A SandboxPool started on first use: a resumed job whose programs already ran never starts one."""
+
+    def __init__(self, config: SandboxConfig | None = None):
+        self.config, self.pool = config, None
+
+    def run(self, programs: Sequence[str], *, timeout: float | None = None,
+            on_result: Callable[[int, ExecutionResult], None] | None = None) -> list[ExecutionResult]:
+        if self.pool is None:
+            config = self.config or SandboxConfig(timeout=timeout or SandboxConfig.timeout)
+            self.pool = SandboxPool(config)
+        return self.pool.run(programs, timeout=timeout, on_result=on_result)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def __enter__(self) -> "LazySandboxPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,152 @@
+"""The family report: results.json + report.md + PNG plots, in the spirit of the Code Llama paper's tables.
+
+`results.json` schema (what the pipeline fills in, per model):
+  {"models": {NAME: {"branch", "base", "path", "parameters", "train": {"curve": [[step, loss], ...],
+   "tokens", "first_loss", "final_loss"}, "humaneval": {"pass@1": x, ...,"failures": {kind: n}},
+   "infilling": {BENCH: {"psm": {"pass@1": x}, "spm": {...}}}, "key_retrieval": {...},
+   "long_ppl": {"lengths": [...], "ppl": [...]}}}, "config": {...}, "stages": {...}}
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from codellama.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PLOTS = {"loss_curves": "loss_curves.png", "pass_at_k": "pass_at_k.png", "infilling": "infilling.png",
+         "long_ppl": "long_ppl.png"}
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
+    """Write results.json, report.md and the plots; returns the written paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "results.json", results)
+    plots = _plots(results, out_dir)
+    atomic_write_text(out_dir / "report.md", _markdown(results, plots))
+    return {"results": out_dir / "results.json", "report": out_dir / "report.md", **plots}
+
+
+def _markdown(results: dict, plots: dict[str, Path]) -> str:
+    models = results.get("models", {})
+    lines = ["# Code Llama family report", ""]
+    if results.get("summary"):
+        lines += [results["summary"], ""]
+    lines += ["## Models", "", "| model | branch | from | parameters | tokens trained | loss start → end |",
+              "|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        t = m.get("train") or {}
+        loss = f"{t['first_loss']:.3f} → {t['final_loss']:.3f}" if t.get("final_loss") is not None else "–"
+        lines.append(f"| {name} | {m.get('branch', '–')} | {m.get('base', '–')} | {m.get('parameters', 0):,} | "
+                     f"{t.get('tokens', 0):,} | {loss} |")
+    if "loss_curves" in plots:
+        lines += ["", f"![loss curves]({plots['loss_curves'].name})"]
+
+    he = {n: m["humaneval"] for n, m in models.items() if m.get("humaneval")}
+    if he:
+        ks = sorted({k for r in he.values() for k in r if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+        lines += ["", "## HumanEval", "", "| model | " + " | ".join(ks) + " | problems | failure kinds |",
+                  "|---|" + "---|" * (len(ks) + 2)]
+        for name, r in he.items():
+            fails = ", ".join(f"{k} {v}" for k, v in sorted((r.get("failures") or {}).items()))
+            lines.append(f"| {name} | " + " | ".join(_pct(r.get(k)) for k in ks) +
+                         f" | {r.get('problems', '–')} | {fails or '–'} |")
+        if "pass_at_k" in plots:
+            lines += ["", f"![pass@k]({plots['pass_at_k'].name})"]
+
+    inf = {n: m["infilling"] for n, m in models.items() if m.get("infilling")}
+    if inf:
+        lines += ["", "## Infilling (HumanEval infilling, pass@1)", "", "| model | benchmark | PSM | SPM | problems |",
+                  "|---|---|---|---|---|"]
+        for name, benches in inf.items():
+            for bench, r in benches.items():
+                lines.append(f"| {name} | {bench} | {_pct((r.get('psm') or {}).get('pass@1'))} | "
+                             f"{_pct((r.get('spm') or {}).get('pass@1'))} | {r.get('problems', '–')} |")
+        if "infilling" in plots:
+            lines += ["", f"![infilling]({plots['infilling'].name})"]
+
+    longs = {n: m for n, m in models.items() if m.get("key_retrieval") or m.get("long_ppl")}
+    if longs:
+        lines += ["", "## Long context", ""]
+        for name, m in longs.items():
+            kr = m.get("key_retrieval")
+            if kr:
+                cells = ", ".join(f"{k}: {_pct(v)}" for k, v in (kr.get("accuracy_by_length") or {}).items())
+                lines.append(f"- **{name}** key retrieval accuracy by context length: {cells or '–'}")
+            lp = m.get("long_ppl")
+            if lp:
+                cells = ", ".join(f"{n}: {p:.2f}" for n, p in zip(lp["lengths"], lp["ppl"]))
+                lines.append(f"- **{name}** perplexity by context length: {cells}")
+        if "long_ppl" in plots:
+            lines += ["", f"![perplexity vs length]({plots['long_ppl'].name})"]
+    if results.get("stages"):
+        lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {s} | {r.get('seconds', '–')} |" for s, r in results["stages"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results.get("models", {})
+    written: dict[str, Path] = {}
+
+    def save(fig, key):
+        path = out_dir / PLOTS[key]
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written[key] = path
+
+    curves = {n: m["train"]["curve"] for n, m in models.items() if (m.get("train") or {}).get("curve")}
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, curve in curves.items():
+            steps, losses = zip(*curve)
+            ax.plot(steps, losses, label=name)
+        ax.set(xlabel="step", ylabel="training loss", title="Loss per branch")
+        ax.legend()
+        save(fig, "loss_curves")
+
+    he = {n: m["humaneval"] for n, m in models.items() if m.get("humaneval")}
+    if he:
+        ks = sorted({k for r in he.values() for k in r if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        width = 0.8 / max(1, len(ks))
+        for j, k in enumerate(ks):
+            ax.bar([i + j * width for i in range(len(he))], [100 * (r.get(k) or 0) for r in he.values()], width, label=k)
+        ax.set_xticks([i + width * (len(ks) - 1) / 2 for i in range(len(he))], list(he))
+        ax.set(ylabel="%", title="HumanEval pass@k")
+        ax.legend()
+        save(fig, "pass_at_k")
+
+    rows = [(f"{n}\n{b}", r) for n, m in models.items() for b, r in (m.get("infilling") or {}).items()]
+    if rows:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for j, mode in enumerate(("psm", "spm")):
+            ax.bar([i + j * 0.4 for i in range(len(rows))], [100 * ((r.get(mode) or {}).get("pass@1") or 0)
+                                                             for _, r in rows], 0.4, label=mode.upper())
+        ax.set_xticks([i + 0.2 for i in range(len(rows))], [label for label, _ in rows])
+        ax.set(ylabel="pass@1 %", title="HumanEval infilling")
+        ax.legend()
+        save(fig, "infilling")
+
+    ppl = {n: m["long_ppl"] for n, m in models.items() if m.get("long_ppl")}
+    if ppl:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, lp in ppl.items():
+            ax.plot(lp["lengths"], lp["ppl"], marker="o", label=name)
+        ax.set(xlabel="context length (tokens)", ylabel="perplexity", xscale="log", yscale="log",
+               title="Perplexity versus context length")
+        ax.legend()
+        save(fig, "long_ppl")
+    return written
