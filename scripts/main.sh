@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# Set up (idempotent), then run the main job on the embedded default corpus (the Python stdlib).
+# Set up (idempotent), then run the main job: the whole Code Llama family at the tiny scale on the
+# embedded default corpus (the Python standard library), scored, with a report. Resumable: rerun it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-RUN=${RUN:-runs/main}
-[ -d "$RUN/tokenizer" ] || codellama tokenizer train --out "$RUN/tokenizer"
-[ -d "$RUN/tiny" ] || codellama model init --preset tiny --tokenizer "$RUN/tokenizer" --out "$RUN/tiny"
-codellama model info "$RUN/tiny"
+exec codellama pipeline --run "${RUN:-runs/family}" "$@"
