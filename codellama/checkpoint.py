@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from codellama.io import atomic_directory
+from codellama.io import atomic_directory, read_json_file
 from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
 
 log = logging.getLogger(__name__)
@@ -33,12 +32,7 @@ def save_checkpoint(model: LlamaForCausalLM, out_dir: str | os.PathLike,
 
 def load_config(model_dir: str | os.PathLike) -> LlamaConfig:
     path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{model_dir} is not a checkpoint directory (no config.json)")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    raw = read_json_file(path, missing=f"{model_dir} is not a checkpoint directory (no config.json)")
     if raw.get("model_type") != "llama":
         raise CheckpointError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'llama'")
     return LlamaConfig.from_pretrained(str(model_dir))

@@ -13,7 +13,6 @@ shards as it goes, so a 70B model does not need 140 GB of RAM.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from codellama.io import atomic_directory, atomic_write_json
+from codellama.io import atomic_directory, atomic_write_json, read_json_file
 from codellama.model import hf_config, match_known_preset
 from codellama.presets import ModelPreset
 
@@ -46,12 +45,7 @@ def permute_for_hf(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def read_params(meta_dir: Path) -> dict:
     path = meta_dir / "params.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{meta_dir} is not a Meta checkpoint (no params.json)")
-    try:
-        params = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc.msg})") from None
+    params = read_json_file(path, missing=f"{meta_dir} is not a Meta checkpoint (no params.json)")
     for key in ("dim", "n_layers", "n_heads"):
         if key not in params:
             raise ValueError(f"{path} lacks {key!r}")

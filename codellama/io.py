@@ -76,6 +76,19 @@ def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 
+def read_json_file(path: str | os.PathLike, *, missing: str | None = None):
+    """Parse a JSON file; a missing or broken file is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(missing or f"file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 text file") from None
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line and fsync it: finished work survives a crash."""
     with open(path, "a", encoding="utf-8") as f:

@@ -43,9 +43,22 @@ def write_report(report: dict, json_path: str | os.PathLike, png_path: str | os.
     atomic_write_bytes(png_path, render_png(report))
 
 
-def render_png(report: dict) -> bytes:
+def figure_png(fig, *, unsandboxed: bool = False) -> bytes:
+    """PNG bytes of a finished figure; results from unisolated runs say so in red on the picture."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    if unsandboxed:
+        fig.suptitle("WARNING: code ran WITHOUT sandbox isolation", color="red")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_png(report: dict) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,10 +77,4 @@ def render_png(report: dict) -> bytes:
     ax2.bar_label(bars)
     ax2.set_xlabel("samples")
     ax2.set_title("verdicts and failure kinds")
-    if report.get("warnings"):
-        fig.suptitle("WARNING: code ran WITHOUT sandbox isolation", color="red")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, unsandboxed=bool(report.get("warnings")))

@@ -223,8 +223,6 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, generator
 
 def render_png(report: dict) -> bytes:
     """pass@k per prompt mode, side by side."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,13 +241,9 @@ def render_png(report: dict) -> bytes:
     ax.set_ylabel("%")
     ax.set_title(f"HumanEval {report['benchmark']} infilling: {report['problems']} problems")
     ax.legend()
-    if any(m.get("warnings") for m in modes.values()):
-        fig.suptitle("WARNING: code ran WITHOUT sandbox isolation", color="red")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    from evals.report import figure_png
+
+    return figure_png(fig, unsandboxed=any(m.get("warnings") for m in modes.values()))
 
 
 __all__ = ["BENCHMARKS", "BenchmarkConfig", "InfillingProblem", "build_program", "data_path", "execute_samples",

@@ -10,7 +10,6 @@ data-parallel ranks and resume at an exact sample.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codellama.io import atomic_write_bytes, atomic_write_json
+from codellama.io import atomic_write_bytes, atomic_write_json, read_json_file
 
 FORMAT = "codellama-shards/1"
 INDEX = "index.json"
@@ -46,12 +45,7 @@ class ShardIndex:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "ShardIndex":
         path = Path(directory) / INDEX
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} is not a finished shard directory (no {INDEX})")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc.msg})") from None
+        raw = read_json_file(path, missing=f"{directory} is not a finished shard directory (no {INDEX})")
         if raw.get("format") != FORMAT:
             raise ValueError(f"{path}: unknown shard format {raw.get('format')!r}")
         return cls(**raw)
