@@ -88,6 +88,11 @@ def build_model(preset: ModelPreset, *, dtype: torch.dtype = torch.float32, devi
 
 def set_gradient_checkpointing(model: LlamaForCausalLM, enabled: bool, *, offload: bool = False) -> None:
     """Recompute activations in backward (and optionally keep saved ones in CPU memory)."""
+    if enabled and offload and not torch.accelerator.is_available():
+        # Activations already live in host memory, and transformers' offload asks for pinned memory,
+        # which torch cannot allocate without an accelerator: plain checkpointing is the same thing here.
+        log.info("activation offload needs an accelerator; on the CPU it is plain checkpointing")
+        offload = False
     if enabled:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
                                               offload=offload)
