@@ -123,8 +123,14 @@ def list_code_files(root: Path, languages: Iterable[str] = ()) -> list[Path]:
 
 
 def _git_files(root: Path) -> list[Path] | None:
-    """Tracked + untracked-but-not-ignored files, if `root` is inside a git checkout."""
+    """Tracked + untracked-but-not-ignored files, if `root` is inside a git checkout.
+
+    A directory the enclosing checkout ignores (say a Python install under a dotfiles repo)
+    is not part of that checkout: None, so it is walked like any plain directory.
+    """
     try:
+        if subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "."], capture_output=True).returncode == 0:
+            return None
         out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                              capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
