@@ -101,6 +101,7 @@ class _Row:
         self.text = ""
         self.emitted = 0
         self.finish: str | None = None
+        self.budget = request.params.max_new_tokens
 
 
 class HFGenerator:
@@ -149,11 +150,14 @@ class HFGenerator:
     def _generate_batch(self, rows: list[_Row], on_text: OnText | None, is_cancelled: IsCancelled | None) -> None:
         from transformers import DynamicCache
 
-        max_new = max(r.request.params.max_new_tokens for r in rows)
+        for row in rows:  # each row's positions are its own (left padding), so each has its own room
+            room = self.max_context - len(row.prompt_ids) if self.max_context else None
+            if room is not None and room <= 0:
+                raise ValueError(f"prompt of {len(row.prompt_ids)} tokens exceeds the model's context of "
+                                 f"{self.max_context}")
+            row.budget = min(row.request.params.max_new_tokens, room if room is not None else 1 << 62)
+        max_new = max(r.budget for r in rows)
         longest = max(len(r.prompt_ids) for r in rows)
-        if self.max_context and longest + max_new > self.max_context:
-            raise ValueError(f"prompt of {longest} tokens + {max_new} new tokens exceeds the model's "
-                             f"context of {self.max_context}")
         pad = self.tokenizer.eos_id
         input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
         attention = torch.zeros((len(rows), longest), dtype=torch.long)
@@ -193,7 +197,7 @@ class HFGenerator:
                 else:
                     row.ids.append(token)
                     self._update_text(row, on_text)
-                    if not row.finish and len(row.ids) >= row.request.params.max_new_tokens:
+                    if not row.finish and len(row.ids) >= row.budget:  # max_new_tokens or the context's end
                         row.finish = "length"
                 if row.finish and on_text is not None:
                     self._flush(row, on_text)

@@ -54,9 +54,14 @@ def test_sampling_is_seeded_and_cancellation_stops(generator):
     assert out[1].finish_reason == "cancelled" and out[1].token_ids == [] and out[0].finish_reason == "length"
 
 
-def test_context_overflow_is_a_clear_error(generator):
+def test_context_overflow_is_a_clear_error_or_a_shorter_budget(generator):
     with pytest.raises(ValueError, match="exceeds the model's context"):
         generator.generate([GenerationRequest("x " * 600, params=SamplingParams(max_new_tokens=10))])
+    # A prompt that fits generates until the context is full, then stops with "length".
+    request = GenerationRequest("x " * 250, params=SamplingParams(max_new_tokens=400))
+    room = generator.max_context - len(generator.prompt_ids(request))
+    out = generator.generate([request, GenerationRequest("y", params=SamplingParams(max_new_tokens=3))])[0]
+    assert 0 < room < 400 and out.finish_reason == "length" and len(out.token_ids) <= room
 
 
 def test_infilling_returns_the_middle_and_stops_at_eot(tiny_model_dir):
