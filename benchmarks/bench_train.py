@@ -1,13 +1,16 @@
 """Training throughput and MFU of the training loop, against numbers measured in the same run.
 
     python benchmarks/bench_train.py                       # tiny + small on this CPU
+    python benchmarks/bench_train.py --compile             # the loop with `--set compile=true`
     python benchmarks/bench_train.py --preset 1b --device cuda --steps 20 --seq-len 4096 --micro 4
+    python benchmarks/bench_train.py --loss-memory 16384   # peak memory: transformers' loss vs the loop's
 
 For each preset: tokens/s of `codellama.train.train` (the real loop: shards, schedule, clipping,
 metrics) and of a plain reference loop (forward/backward/AdamW step over the same
 LlamaForCausalLM, same batches, same autocast), printed as a ratio; and model FLOPs utilisation,
 MFU = (6 N + 12 L d s) * tokens/s / (matmul rate), where N counts the weights used in matrix
-products (all but the input embedding), the second term is attention's score and value products
+products (all parameters but the input embedding, which is a lookup; the output layer is
+included), the second term is attention's score and value products
 (PaLM's convention), and the matmul rate is a torch matrix product measured here in the same
 dtype. Runs alternate (loop, reference, loop, ...) and the best of each is kept, so a busy
 machine hurts both sides alike.
@@ -72,7 +75,8 @@ def run_loop(preset_name: str, shards: Path, out: Path, args) -> float:
     config = resolve_config("code", "tiny", [
         f"seq_len={args.seq_len}", f"batch_tokens={args.seq_len * args.micro * args.accum}",
         f"micro_batch_size={args.micro}", f"max_steps={args.steps}", "checkpoint_every=0",
-        f"precision={args.precision}", f"device={args.device}", "schedule.warmup_steps=2"],
+        f"precision={args.precision}", f"device={args.device}", "schedule.warmup_steps=2",
+        f"compile={str(args.compile).lower()}"],
         base=preset_name, data=str(shards), out=str(out))
     train(config, progress=False)
     records = read_jsonl(out / "metrics.jsonl")[args.warmup:]
@@ -129,11 +133,48 @@ def bench(preset_name: str, args) -> dict:
     fpt = flops_per_token(preset, args.seq_len)
     loop, ref, peak = max(loop_rates), max(ref_rates), max(mm)
     return {"preset": preset_name, "device": args.device, "precision": "bf16" if bf16 else "fp32",
+            "compile": args.compile, "threads": torch.get_num_threads(),
             "seq_len": args.seq_len, "tokens_per_step": args.seq_len * args.micro * args.accum,
             "loop_tokens_per_s": loop, "reference_tokens_per_s": ref, "loop_vs_reference": loop / ref,
             "gflop_per_token": fpt / 1e9, "matmul_tflops": peak,
             "mfu_loop": fpt * loop / (peak * 1e12), "mfu_reference": fpt * ref / (peak * 1e12),
             "all_loop": loop_rates, "all_reference": ref_rates, "all_matmul": mm}
+
+
+def _loss_memory_child(path: str, seq_len: int, queue) -> None:
+    """One forward + backward of one sequence through the tiny model; peak RSS growth in GiB."""
+    import resource
+
+    from codellama.train.loss import causal_lm_loss
+
+    model = build_model(get_preset("tiny"), seed=0)
+    model.config.use_cache = False
+    x = torch.randint(3, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[:, 0] = -100
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if path == "transformers":
+        with autocast():
+            loss = model(input_ids=x, labels=y).loss
+    else:
+        loss = causal_lm_loss(model, x, y, autocast=autocast, compute_dtype=torch.bfloat16) / (seq_len - 1)
+    loss.backward()
+    queue.put((loss.item(), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20))
+
+
+def loss_memory(seq_len: int) -> None:
+    """Each loss path in a fresh process, so each peak is its own."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for path in ("transformers", "chunked"):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_loss_memory_child, args=(path, seq_len, queue))
+        proc.start()
+        loss, gib = queue.get()
+        proc.join()
+        print(f"{path:<13} loss {loss:.4f}  peak memory growth {gib:.2f} GiB  ({seq_len} tokens, tiny, bf16)")
 
 
 def main() -> None:
@@ -142,16 +183,24 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--micro", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--accum", type=int, default=2, help="micro-batches per step")
+    p.add_argument("--micro", type=int, default=16, help="sequences per forward pass (tiny recipe: 16)")
+    p.add_argument("--accum", type=int, default=1, help="micro-batches per step (tiny recipe: 1)")
+    p.add_argument("--compile", action="store_true", help="run the loop with compile=true (the reference stays eager)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="first steps not timed")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--loss-memory", type=int, metavar="SEQ_LEN",
+                   help="instead: peak memory of one SEQ_LEN-token sequence, transformers' loss vs the loop's")
     args = p.parse_args()
+    if args.loss_memory:
+        loss_memory(args.loss_memory)
+        return
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     results = [bench(name, args) for name in (args.preset or ["tiny", "small"])]
+    print(f"device {args.device}, {torch.get_num_threads()} threads, loop compile={args.compile}, "
+          f"{args.micro} x {args.seq_len} tokens per micro-batch, {args.accum} micro-batch(es) per step")
     print(f"{'preset':<7}{'dtype':>6}{'loop tok/s':>12}{'ref tok/s':>11}{'loop/ref':>10}{'GFLOP/tok':>11}"
           f"{'matmul TF/s':>13}{'MFU loop':>10}{'MFU ref':>9}")
     for r in results:

@@ -25,6 +25,7 @@ from codellama.train import state
 from codellama.train.config import TrainConfig, from_dict
 from codellama.train.data import MixedStream, count_targets, open_stream, rank_batch
 from codellama.train.distributed import DistEnv
+from codellama.train.loss import causal_lm_loss
 from codellama.train.metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_loss
 from codellama.train.schedule import cosine_schedule
 
@@ -202,6 +203,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     metrics = MetricsLog(out, resume_step=start) if env.is_main else None
 
     autocast = (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    compute_dtype = torch.bfloat16 if bf16 else torch.float32
     params = [p for p in model.parameters() if p.requires_grad]
     log.info("training %s/%s: steps %d..%d, %d tokens/step, %d rank(s) x %d micro-batches of %d, %s",
              config.branch, config.scale, start, total_steps, config.tokens_per_step, env.world_size, accum,
@@ -226,8 +228,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             for micro in range(accum):
                 rows = slice(micro * config.micro_batch_size, (micro + 1) * config.micro_batch_size)
                 x, y = tokens[rows].to(env.device, non_blocking=True), labels[rows].to(env.device, non_blocking=True)
-                with autocast():
-                    loss = model(input_ids=x, labels=y, num_items_in_batch=n_targets).loss
+                loss = causal_lm_loss(model, x, y, autocast=autocast, compute_dtype=compute_dtype) / n_targets
                 (loss * env.world_size).backward()  # FSDP averages over ranks; we want the sum
                 loss_sum += loss.detach()
             max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
