@@ -69,6 +69,7 @@ class TrainConfig:
     rope: RopeConfig = field(default_factory=RopeConfig)
     precision: str = "auto"            # auto = bf16 autocast where the device supports it
     gradient_checkpointing: bool = False
+    activation_offload: bool = False   # with checkpointing: keep saved layer inputs in host memory (GPU only)
     compile: bool = False              # decoder layers through torch.compile: +14% on `small`, ~+5% on tiny
     checkpoint_every: int = 1000       # steps; 0 = only at the end
     keep_checkpoints: int = 2          # retention: newest N are kept

@@ -145,6 +145,20 @@ def _check_data_expectations(config: TrainConfig, stream: MixedStream) -> None:
         log.warning("instruct data without a loss mask: every token is trained on, not only answers")
 
 
+def _check_inputs(config: TrainConfig) -> None:
+    from codellama.data.shards import ShardIndex
+    from codellama.presets import PRESETS
+
+    data = Path(config.data)
+    if not (config.branch == "instruct" and data.is_file()):
+        ShardIndex.load(data)  # a missing or unfinished shard directory is a one-line error
+    for extra in config.rehearsal:
+        ShardIndex.load(extra["path"])
+    if not Path(config.base).is_dir() and config.base not in PRESETS:
+        raise FileNotFoundError(f"base {config.base!r} is neither a checkpoint directory nor a preset "
+                                f"({', '.join(PRESETS)})")
+
+
 # -- the loop ------------------------------------------------------------------------------------
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Run (or resume) one branch's training; under torchrun every rank calls this."""
@@ -158,6 +172,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         logging.getLogger("codellama").setLevel(logging.WARNING)
     if not resume:
         ensure_new_output_dir(out)
+    _check_inputs(config)  # before anything is written: a bad --data or --base leaves no run directory behind
     dist_utils.barrier(env)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +194,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if config.gradient_checkpointing:
         from codellama.model import set_gradient_checkpointing
 
-        set_gradient_checkpointing(model, True)
+        set_gradient_checkpointing(model, True, offload=config.activation_offload)
     if config.compile:
         for layer in model.model.layers:
             layer.compile()
