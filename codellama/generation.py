@@ -52,7 +52,7 @@ class GenerationRequest:
 class Completion:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" | "length" | "cancelled"
+    finish_reason: str  # "stop" | "length" | "cancelled" | "context" (the prompt alone fills the context)
     prompt_tokens: int
 
 
@@ -107,7 +107,13 @@ class _Row:
 class HFGenerator:
     """Local generation with a static batch and transformers' KV cache."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 8, max_context: int | None = None):
+    def __init__(self, model, tokenizer, *, batch_size: int = 8, max_context: int | None = None,
+                 overflow: str = "error"):
+        """`overflow`: what a prompt longer than the context gets: "error" (ValueError) or "skip"
+        (an empty completion with finish_reason "context", so a benchmark scores it as failed)."""
+        if overflow not in ("error", "skip"):
+            raise ValueError(f"overflow must be 'error' or 'skip', got {overflow!r}")
+        self.overflow = overflow
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -116,13 +122,13 @@ class HFGenerator:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | None = None,
-                        batch_size: int = 8, max_context: int | None = None) -> "HFGenerator":
+                        batch_size: int = 8, max_context: int | None = None, overflow: str = "error") -> "HFGenerator":
         from codellama.checkpoint import load_model, load_tokenizer
 
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         return cls(load_model(model_dir, dtype=dtype, device=device), load_tokenizer(model_dir), batch_size=batch_size,
-                   max_context=max_context)
+                   max_context=max_context, overflow=overflow)
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.suffix is None:
@@ -140,8 +146,17 @@ class HFGenerator:
     def generate(self, requests: Sequence[GenerationRequest], *, on_text: OnText | None = None,
                  is_cancelled: IsCancelled | None = None) -> list[Completion]:
         rows = [_Row(i, r, self.prompt_ids(r)) for i, r in enumerate(requests)]
+        fits = [r for r in rows if not self.max_context or len(r.prompt_ids) < self.max_context]
+        if len(fits) < len(rows):
+            if self.overflow == "error":
+                longest = max(len(r.prompt_ids) for r in rows)
+                raise ValueError(f"prompt of {longest} tokens exceeds the model's context of {self.max_context}")
+            for row in set(rows) - set(fits):
+                row.finish = "context"
+            log.warning("%d prompt(s) longer than the model's context of %d tokens: left empty",
+                        len(rows) - len(fits), self.max_context)
         # Similar lengths together: less padding per batch.
-        order = sorted(rows, key=lambda r: len(r.prompt_ids))
+        order = sorted(fits, key=lambda r: len(r.prompt_ids))
         for start in range(0, len(order), self.batch_size):
             self._generate_batch(order[start:start + self.batch_size], on_text, is_cancelled)
         return [Completion(r.text, r.ids, r.finish or "length", len(r.prompt_ids)) for r in rows]
@@ -298,11 +313,12 @@ class OpenAIGenerator:
 
 def load_generator(model_dir: str | os.PathLike | None = None, endpoint: str | None = None, *,
                    endpoint_model: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
-                   batch_size: int = 8, max_context: int | None = None) -> Generator:
-    """`max_context` overrides the checkpoint's context limit (to measure extrapolation)."""
+                   batch_size: int = 8, max_context: int | None = None, overflow: str = "error") -> Generator:
+    """`max_context` overrides the checkpoint's context limit (to measure extrapolation); `overflow`
+    says what an over-long prompt gets (see HFGenerator)."""
     if (model_dir is None) == (endpoint is None):
         raise ValueError("give exactly one of a model directory or an endpoint URL")
     if endpoint is not None:
         return OpenAIGenerator(endpoint, model=endpoint_model)
     return HFGenerator.from_pretrained(model_dir, device=device, dtype=dtype, batch_size=batch_size,
-                                       max_context=max_context)
+                                       max_context=max_context, overflow=overflow)

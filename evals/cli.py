@@ -117,7 +117,7 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
     def make_generator():
         from codellama.generation import load_generator
 
-        return load_generator(model_dir=args.model, endpoint=args.endpoint, endpoint_model=args.endpoint_model,
+        return load_generator(model_dir=args.model, endpoint=args.endpoint, endpoint_model=args.endpoint_model, overflow="skip",
                               device=args.device, batch_size=args.batch_size)
 
     report = run_humaneval(args.out, config, make_generator, _sandbox_config(args))

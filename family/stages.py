@@ -231,8 +231,9 @@ def run_instruct_data(ctx: RunContext) -> dict:
                                    question_sampling=replace(base.question_sampling, max_new_tokens=tokens),
                                    tests_sampling=replace(base.tests_sampling, max_new_tokens=tokens),
                                    solution_sampling=replace(base.solution_sampling, max_new_tokens=tokens)),
-                question_model=lambda: HFGenerator.from_pretrained(model_dir, batch_size=16),
-                solver_model=lambda: HFGenerator.from_pretrained(model_dir, batch_size=16), executor=sandbox)
+                question_model=lambda: HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip"),
+                solver_model=lambda: HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip"),
+                executor=sandbox)
         finally:
             sandbox.close()
         passed = list(read_chat_jsonl(self_instruct)) if Path(self_instruct).is_file() else []
@@ -266,7 +267,7 @@ def make_eval_stage(branch: str) -> Stage:
             if "g" not in generator_cache:
                 from codellama.generation import HFGenerator
 
-                generator_cache["g"] = HFGenerator.from_pretrained(model_dir, batch_size=16)
+                generator_cache["g"] = HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip")
             return generator_cache["g"]
 
         he = cfg.eval["humaneval"]

@@ -211,7 +211,7 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
         if args.model is not None and not args.model.is_dir():
             raise FileNotFoundError(f"model directory not found: {args.model}")
         generator = load_generator(args.model, args.endpoint, endpoint_model=args.endpoint_model, device=args.device,
-                                   dtype=_dtype(args.dtype), batch_size=args.batch_size)
+                                   dtype=_dtype(args.dtype), batch_size=args.batch_size, overflow="skip")
     report = run_benchmark(config, args.out, generator, data=args.data, workers=args.workers)
     print(f"HumanEval {report['benchmark']} infilling, {report['problems']} problems, model {report['model']}")
     for mode, summary in report["modes"].items():

@@ -62,6 +62,10 @@ def test_context_overflow_is_a_clear_error_or_a_shorter_budget(generator):
     room = generator.max_context - len(generator.prompt_ids(request))
     out = generator.generate([request, GenerationRequest("y", params=SamplingParams(max_new_tokens=3))])[0]
     assert 0 < room < 400 and out.finish_reason == "length" and len(out.token_ids) <= room
+    # A benchmark asks for over-long prompts to be skipped: an empty completion, the others unharmed.
+    skipping = HFGenerator(generator.model, generator.tokenizer, overflow="skip")
+    long, short = skipping.generate([GenerationRequest("x " * 600), GenerationRequest("y", params=SamplingParams(max_new_tokens=3))])
+    assert (long.text, long.finish_reason) == ("", "context") and short.finish_reason == "length"
 
 
 def test_infilling_returns_the_middle_and_stops_at_eot(tiny_model_dir):
