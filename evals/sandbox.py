@@ -106,13 +106,19 @@ def bwrap_available() -> str | None:
     if exe is None:
         return "bwrap not found on PATH"
     try:
-        proc = subprocess.run(_bwrap_args(uid=None, tmpfs_mb=4) + ["--", sys.executable, "-I", "-c", "pass"],
+        proc = subprocess.run(_bwrap_args(uid=None, tmpfs_mb=4) + ["--", PYTHON, "-I", "-c", "pass"],
                               capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bwrap failed: {exc}"
     if proc.returncode != 0:
         return f"bwrap cannot create namespaces: {proc.stderr.decode(errors='replace').strip()[:200]}"
     return None
+
+
+# The sandboxed interpreter is the real binary behind sys.executable: a virtual environment's
+# `bin/python` is a symlink the sandbox cannot see (it binds only the base installation), and
+# generated code needs only the standard library.
+PYTHON = os.path.realpath(sys.executable)
 
 
 def _bwrap_args(uid: int | None, tmpfs_mb: int) -> list[str]:
@@ -167,12 +173,12 @@ class _Worker:
         limits = self.config.limits()
         if self.isolated:
             conf = {"uid": self.uid, "tmp": "/tmp", "pidns": True}
-            cmd = _bwrap_args(self.uid, self.config.tmpfs_mb) + ["--", sys.executable, "-I", "-B", "-c", source]
+            cmd = _bwrap_args(self.uid, self.config.tmpfs_mb) + ["--", PYTHON, "-I", "-B", "-c", source]
         else:
             self.host_tmp = tempfile.mkdtemp(prefix="codellama-sandbox-")
             os.chmod(self.host_tmp, 0o1777)
             conf = {"uid": self.uid, "tmp": self.host_tmp, "pidns": False}
-            cmd = [sys.executable, "-I", "-B", "-c", source]
+            cmd = [PYTHON, "-I", "-B", "-c", source]
             if self.uid is None:  # a non-root user's NPROC counts all their processes: leave headroom
                 limits = dict(limits, RLIMIT_NPROC=limits["RLIMIT_NPROC"] + _count_own_processes())
         conf.update(limits=limits, max_output=self.config.max_output_bytes)
