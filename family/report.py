@@ -107,13 +107,15 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
         plt.close(fig)
         written[key] = path
 
-    curves = {n: m["train"]["curve"] for n, m in models.items() if (m.get("train") or {}).get("curve")}
+    curves = {n: m["train"] for n, m in models.items() if (m.get("train") or {}).get("curve")}
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4))
-        for name, curve in curves.items():
-            steps, losses = zip(*curve)
-            ax.plot(steps, losses, label=name)
-        ax.set(xlabel="step", ylabel="training loss", title="Loss per branch")
+        for name, train in curves.items():
+            steps, losses = zip(*train["curve"])
+            start = train.get("start_step", 0)  # a branch continues from its parent's last step
+            ax.plot([start + s for s in steps], losses, label=name)
+        ax.set(xlabel="step (branches start where their parent ended)", ylabel="training loss",
+               title="Loss per branch")
         ax.legend()
         save(fig, "loss_curves")
 

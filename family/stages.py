@@ -374,7 +374,10 @@ def run_report(ctx: RunContext) -> dict:
         t = ctx.outputs[stage]
         models[branch] = {"branch": branch, "base": BRANCH_FROM.get(branch, str(cfg.base["model"])),
                           "path": t["path"], "parameters": t["parameters"],
-                          "train": {k: t[k] for k in ("curve", "tokens", "first_loss", "final_loss")},
+                          "train": {**{k: t[k] for k in ("curve", "tokens", "first_loss", "final_loss")},
+                                    # where the branch starts on the family's step axis: after its parent
+                                    "start_step": ctx.outputs[TRAIN_STAGES[BRANCH_FROM[branch]]]["steps"]
+                                    if branch in BRANCH_FROM else 0},
                           **ctx.outputs.get(f"eval-{branch}", {})}
     state = RunState(ctx.run_dir).data["finished"]
     results = {"config": cfg.to_dict(), "models": models,
