@@ -77,12 +77,11 @@ def describe_preset(name: str) -> dict:
 
 def describe_checkpoint(path: Path) -> dict:
     from codellama.checkpoint import load_config
-    from codellama.model import build_model, match_known_preset, preset_from_config
+    from codellama.model import count_parameters, match_known_preset, preset_from_config
 
     config = load_config(path)
     preset = preset_from_config(config)
-    n_params = sum(p.numel() for p in build_model(preset, device="meta").parameters())
-    info = _describe(preset, n_params, source=str(path))
+    info = _describe(preset, count_parameters(preset), source=str(path))
     info["preset"] = getattr(config, "codellama_preset", None) or match_known_preset(preset) or "custom"
     info["dtype"] = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
     if getattr(config, "rope_parameters", None):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from codellama.model import count_parameters
 from codellama.presets import ModelPreset
 
 GIB = 2**30
@@ -34,14 +35,6 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def count_parameters(preset: ModelPreset) -> int:
-    """Closed form for LlamaForCausalLM (matches a meta-device count; untied embeddings)."""
-    d, kv = preset.dim, preset.n_kv_heads * preset.head_dim
-    per_layer = 2 * d * d + 2 * d * kv + 3 * d * preset.ffn_dim + 2 * d
-    head = d * preset.vocab_size * (1 if preset.tie_embeddings else 2)
-    return preset.n_layers * per_layer + head + d
 
 
 def activation_bytes_per_token_layer(preset: ModelPreset, compute_bytes: int) -> int:
