@@ -150,13 +150,10 @@ def _model_shape(config):
     from codellama.model import preset_from_config
     from codellama.presets import PRESETS
 
-    base = Path(config.base)
-    if base.is_dir():
-        preset = preset_from_config(load_config(base))
-    elif config.base in PRESETS:
-        preset = PRESETS[config.base]
+    if config.base_kind == "checkpoint":
+        preset = preset_from_config(load_config(config.base))
     else:
-        raise FileNotFoundError(f"base {config.base!r} is neither a checkpoint directory nor a preset")
+        preset = PRESETS[config.base]
     if config.data and (Path(config.data) / "index.json").is_file():
         from codellama.data.shards import ShardIndex
 

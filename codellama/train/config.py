@@ -81,6 +81,18 @@ class TrainConfig:
 
     # -- derived ------------------------------------------------------------------------
     @property
+    def base_kind(self) -> str:
+        """"checkpoint" (a directory) or "preset" (fresh weights); anything else is a one-line error."""
+        from codellama.presets import PRESETS
+
+        if Path(self.base).is_dir():
+            return "checkpoint"
+        if self.base in PRESETS:
+            return "preset"
+        raise FileNotFoundError(f"base {self.base!r} is neither a checkpoint directory nor a preset "
+                                f"({', '.join(PRESETS)})")
+
+    @property
     def batch_sequences(self) -> int:
         return max(1, self.batch_tokens // self.seq_len)
 

@@ -67,18 +67,14 @@ def load_base_model(config: TrainConfig, vocab_size: int):
     from codellama.model import build_model, resize_vocab_mean_init
     from codellama.presets import PRESETS
 
-    base = Path(config.base)
-    if base.is_dir():
-        model = load_model(base)
+    if config.base_kind == "checkpoint":
+        model = load_model(config.base)
         if model.config.vocab_size < vocab_size:
             resize_vocab_mean_init(model, vocab_size)  # Llama 2 (32,000) -> Code Llama pieces (32,016)
-    elif config.base in PRESETS:
+    else:
         preset = PRESETS[config.base].replace(vocab_size=vocab_size)
         model = build_model(preset, seed=config.seed)
         log.info("fresh %s model (%s parameters)", config.base, f"{sum(p.numel() for p in model.parameters()):,}")
-    else:
-        raise FileNotFoundError(f"base {config.base!r} is neither a checkpoint directory nor a preset "
-                                f"({', '.join(PRESETS)})")
     if config.rope.base is not None or config.rope.max_context is not None or config.rope.scaling is not None:
         from long_context.rope import set_rope
 
@@ -147,16 +143,13 @@ def _check_data_expectations(config: TrainConfig, stream: MixedStream) -> None:
 
 def _check_inputs(config: TrainConfig) -> None:
     from codellama.data.shards import ShardIndex
-    from codellama.presets import PRESETS
 
     data = Path(config.data)
     if not (config.branch == "instruct" and data.is_file()):
         ShardIndex.load(data)  # a missing or unfinished shard directory is a one-line error
     for extra in config.rehearsal:
         ShardIndex.load(extra["path"])
-    if not Path(config.base).is_dir() and config.base not in PRESETS:
-        raise FileNotFoundError(f"base {config.base!r} is neither a checkpoint directory nor a preset "
-                                f"({', '.join(PRESETS)})")
+    config.base_kind  # a base that is neither a checkpoint nor a preset is a one-line error
 
 
 # -- the loop ------------------------------------------------------------------------------------
