@@ -27,11 +27,11 @@ def _cfg(ctx: RunContext) -> PipelineConfig:
 
 
 # -- tokenizer ---------------------------------------------------------------------------------
-def _texts(cfg: PipelineConfig):
-    from codellama.data.stdlib import iter_source_texts
+def _texts(cfg: PipelineConfig) -> list[str]:
+    """The documents the data stage reads too (every language, .gitignore honoured), before filtering."""
+    from codellama.data.ingest import SourceSpec, load_documents
 
-    sources = [Path(s) for s in cfg.data.get("sources") or []]
-    return iter_source_texts(sources or None)
+    return list(load_documents(SourceSpec(location=str(s)) for s in cfg.data.get("sources") or [])["text"])
 
 
 def run_tokenizer(ctx: RunContext) -> dict:
@@ -42,7 +42,7 @@ def run_tokenizer(ctx: RunContext) -> dict:
         if cfg.tokenizer.get("base"):
             tok = CodeLlamaTokenizer.extend_llama(cfg.tokenizer["base"])
         else:
-            tok = CodeLlamaTokenizer.train(list(_texts(cfg)), TrainOptions(vocab_size=int(cfg.tokenizer["vocab_size"])))
+            tok = CodeLlamaTokenizer.train(_texts(cfg), TrainOptions(vocab_size=int(cfg.tokenizer["vocab_size"])))
         shutil.rmtree(out, ignore_errors=True)
         save_tokenizer_dir(tok, out)
     tok = CodeLlamaTokenizer.load(out)
