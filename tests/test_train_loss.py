@@ -77,3 +77,28 @@ def test_bf16_autocast_loss_is_close_to_transformers():
     with autocast():
         theirs = model(input_ids=ids, labels=labels).loss
     assert ours.item() == pytest.approx(theirs.item(), rel=2e-3)
+
+
+def test_kept_logits_buffer_is_reused_and_regrown_without_changing_results():
+    """The CPU buffer outlives a call: a larger vocabulary regrows it, a smaller one reuses it."""
+    from codellama.train import loss as loss_module
+
+    torch.manual_seed(2)
+    results = []
+    for vocab, rows in [(300, 40), (700, 90), (50, 10), (300, 40)]:
+        hidden = torch.randn(rows, 16, dtype=torch.float64, requires_grad=True)
+        weight = torch.randn(vocab, 16, dtype=torch.float64, requires_grad=True)
+        targets = torch.randint(0, vocab, (rows,))
+        targets[1] = IGNORE_INDEX
+        ours = linear_cross_entropy(hidden, weight, targets, chunk=32)
+        ours.backward()
+        grads = hidden.grad.clone(), weight.grad.clone()
+        hidden.grad = weight.grad = None
+        _reference(hidden, weight, targets).backward()
+        torch.testing.assert_close(grads[0], hidden.grad)
+        torch.testing.assert_close(grads[1], weight.grad)
+        results.append(ours.item())
+    kept = loss_module._buffers[(torch.float64, torch.device("cpu"))]  # kept between calls on CPU
+    assert kept.numel() == 32 * 700  # grown once to the largest [chunk, vocab], then reused
+    loss_module.release_buffers()
+    assert not loss_module._buffers

@@ -25,7 +25,7 @@ from codellama.train import state
 from codellama.train.config import TrainConfig, from_dict
 from codellama.train.data import MixedStream, count_targets, open_stream, rank_batch
 from codellama.train.distributed import DistEnv
-from codellama.train.loss import causal_lm_loss
+from codellama.train.loss import causal_lm_loss, release_buffers
 from codellama.train.metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_loss
 from codellama.train.schedule import cosine_schedule
 
@@ -269,6 +269,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         if start < total_steps:
             _save(out, total_steps, model, optimizer, scheduler, config, env)
     finally:
+        release_buffers()
         if bar is not None:
             bar.close()
         if metrics is not None:

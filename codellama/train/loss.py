@@ -5,9 +5,12 @@ of them (upcast, log-softmax, its gradient): at 16,384 tokens x 32,016 pieces th
 each. Here the output layer and the loss run together, `chunk` tokens at a time, and the
 gradients of the hidden states and of the output weight are computed in the same pass (the
 softmax is at hand then; nothing is recomputed in backward, as in Liger-Kernel's fused
-linear-cross-entropy). Memory stays at one chunk of logits (in the compute dtype); the fp32
-log-softmax runs on `block`-row slices small enough to stay in the CPU cache, which on CPU is
-3-4x faster than one pass over the whole [tokens, vocab] tensor.
+linear-cross-entropy). Memory stays at one chunk of logits (in the compute dtype), which the
+softmax gradient then overwrites in place; the fp32 softmax runs on `block`-row slices small
+enough to stay in the CPU cache.
+
+On CPU the chunk of logits lives in a buffer kept between calls: a fresh 100+ MB tensor per
+chunk is a fresh mmap, and first-touching its pages cost as much as the matmul that fills it.
 """
 
 from __future__ import annotations
@@ -15,24 +18,56 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
-BLOCK_ELEMENTS = 2**20  # fp32 log-softmax rows per block: ~4 MB, an L2 cache's worth
+BLOCK_ELEMENTS = 2**19  # fp32 softmax rows per block: ~2 MB, inside one core's L2
+
+_buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
 
-def ce_block(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy of a block of logit rows and its gradient (softmax - one-hot).
+def logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A [rows, vocab] scratch tensor; on CPU the same memory each call (GPU allocators cache already)."""
+    if device.type != "cpu":
+        return torch.empty(rows, vocab, dtype=dtype, device=device)
+    key = (dtype, device)
+    buf = _buffers.get(key)
+    if buf is None or buf.numel() < rows * vocab:
+        _buffers.pop(key, None)  # drop the old one before allocating its successor
+        buf = _buffers[key] = torch.empty(rows * vocab, dtype=dtype, device=device)
+    return buf[:rows * vocab].view(rows, vocab)
 
-    The log-softmax runs in fp32 in one kernel straight from the (bf16) logits; the softmax is
-    then made in place from it. Rows whose target is IGNORE_INDEX add nothing and get a zero
-    gradient. The gradient comes back in fp32 (the caller rounds it once, where it stores it).
+
+def release_buffers() -> None:
+    """Give the kept logits memory back (the loop calls this when it ends)."""
+    _buffers.clear()
+
+
+def softmax_rows_(logits: torch.Tensor) -> torch.Tensor:
+    """Replace a block of logit rows by their softmax (fp32 inside, one exp each); return log-sum-exp."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 logits: in place
+    m = x.amax(-1, keepdim=True)
+    x.sub_(m).exp_()
+    s = x.sum(-1, keepdim=True)
+    logits.copy_(x.mul_(s.reciprocal()))
+    return (m + s.log())[:, 0]
+
+
+def ce_chunk_(logits: torch.Tensor, targets: torch.Tensor, block: int) -> torch.Tensor:
+    """Summed cross-entropy of a chunk of logit rows; the rows become its gradient (softmax - one-hot).
+
+    Rows whose target is IGNORE_INDEX add nothing and get a zero gradient.
     """
     valid = targets != IGNORE_INDEX
     tgt = targets.clamp(min=0)[:, None]
-    logp = torch.log_softmax(logits, -1, dtype=torch.float32)
-    loss = -(logp.gather(1, tgt)[:, 0] * valid).sum()
-    grad = logp.exp_()
-    grad.scatter_add_(1, tgt, -valid[:, None].to(grad.dtype))
-    grad.index_fill_(0, (~valid).nonzero()[:, 0], 0)
-    return loss, grad
+    picked = logits.gather(1, tgt)[:, 0].float()
+    lse = torch.cat([softmax_rows_(logits[b:b + block]) for b in range(0, logits.shape[0], block)])
+    loss = ((lse - picked) * valid).sum()
+    flat = logits.view(-1)  # minus the one-hot (bf16 scatter_add_ on CPU upcasts the whole chunk)
+    at = torch.arange(logits.shape[0], device=logits.device) * logits.shape[1] + tgt[:, 0]
+    flat[at] = flat[at] - valid.to(logits.dtype)
+    if logits.device.type != "cpu":
+        logits.masked_fill_(~valid[:, None], 0)  # no host sync on accelerators
+    elif not bool(valid.all()):
+        logits.index_fill_(0, (~valid).nonzero()[:, 0], 0)
+    return loss
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -42,18 +77,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w_t = w.T.contiguous()                     # oneDNN is faster on [dim, vocab] than on a transposed view
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty(hidden.shape, dtype=compute_dtype, device=hidden.device)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_w_t = torch.zeros(w_t.shape, dtype=torch.float32, device=weight.device)
+        buffer = logits_buffer(min(chunk, hidden.shape[0]), weight.shape[0], compute_dtype, hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start:start + chunk].to(compute_dtype)
-            t = targets[start:start + chunk]
-            logits = h @ w_t                       # [chunk, vocab] in the compute dtype
-            for b in range(0, logits.shape[0], block):
-                part, g = ce_block(logits[b:b + block], t[b:b + block])
-                loss += part
-                logits[b:b + block] = g            # the gradient overwrites the logits it came from
-            grad_h[start:start + chunk] = logits @ w
-            grad_w += (h.T.contiguous() @ logits).T
-        ctx.save_for_backward(grad_h.to(hidden.dtype), grad_w.to(weight.dtype))
+            logits = buffer[:h.shape[0]]
+            torch.matmul(h, w_t, out=logits)
+            loss += ce_chunk_(logits, targets[start:start + chunk], block)
+            torch.matmul(logits, w, out=grad_h[start:start + chunk])
+            grad_w_t += h.T.contiguous() @ logits
+        ctx.save_for_backward(grad_h.to(hidden.dtype), grad_w_t.T.to(weight.dtype, memory_format=torch.contiguous_format))
         return loss
 
     @staticmethod
@@ -71,7 +104,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     (default: the hidden states' dtype), the softmax in fp32. Divide by the number of targets
     yourself: the loop divides by the count of the whole global batch.
     """
-    block = block or max(1, BLOCK_ELEMENTS // weight.shape[0])
+    if block is None:  # CPU: cache-sized slices; GPUs: one softmax kernel per chunk
+        block = max(1, BLOCK_ELEMENTS // weight.shape[0]) if hidden.device.type == "cpu" else chunk
     return _LinearCrossEntropy.apply(hidden, weight, targets, compute_dtype or hidden.dtype, chunk, block)
 
 
