@@ -4,6 +4,7 @@
     python benchmarks/bench_train.py --compile             # the loop with `--set compile=true`
     python benchmarks/bench_train.py --preset 1b --device cuda --steps 20 --seq-len 4096 --micro 4
     python benchmarks/bench_train.py --loss-memory 16384   # peak memory: transformers' loss vs the loop's
+    python benchmarks/bench_train.py --loss-parts          # the output layer's cost per token, by part
 
 For each preset: tokens/s of `codellama.train.train` (the real loop: shards, schedule, clipping,
 metrics) and of a plain reference loop (forward/backward/AdamW step over the same
@@ -177,6 +178,65 @@ def loss_memory(seq_len: int) -> None:
         print(f"{path:<13} loss {loss:.4f}  peak memory growth {gib:.2f} GiB  ({seq_len} tokens, tiny, bf16)")
 
 
+def loss_parts(preset_name: str, tokens: int = 2048, reps: int = 5) -> None:
+    """Where a token's time goes in the output layer + loss, against the budget of a 25% MFU step.
+
+    Each part is timed alone on one chunk of `tokens` rows (bf16, the loop's shapes and buffers):
+    the three output-layer matmuls, the loop's softmax pass, and a bare fp32 exp over the same
+    elements (the floor of any softmax that computes each probability once).
+    """
+    from codellama.train.loss import BLOCK_ELEMENTS, softmax_rows_
+
+    preset = get_preset(preset_name)
+    bf16, vocab, dim = torch.bfloat16, preset.vocab_size, preset.dim
+    h = torch.randn(tokens, dim, dtype=bf16)
+    w = (torch.randn(vocab, dim) * dim ** -0.5).to(bf16)
+    w_t, h_t = w.T.contiguous(), h.T.contiguous()
+    logits = h @ w_t
+    scratch, out_h, fp32 = torch.empty_like(logits), torch.empty(tokens, dim, dtype=bf16), logits.float()
+    block = max(1, BLOCK_ELEMENTS // vocab)
+
+    def softmax_pass():
+        scratch.copy_(logits)
+        for b in range(0, tokens, block):
+            softmax_rows_(scratch[b:b + block])
+
+    def timed(fn) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            best = min(best, (time.perf_counter() - t) / reps)
+        return best / tokens * 1e6  # us per token
+
+    peak = matmul_tflops(bf16, "cpu")
+    copy = timed(lambda: scratch.copy_(logits))
+    parts = {
+        "output matmul h @ W^T": timed(lambda: torch.matmul(h, w_t, out=scratch)),
+        "grad hidden  G @ W": timed(lambda: torch.matmul(logits, w, out=out_h)),
+        "grad weight  h^T @ G": timed(lambda: h_t @ logits),
+        "softmax pass (loop's)": timed(softmax_pass) - copy,
+    }
+    exp_out = torch.empty_like(fp32[:block])
+
+    def bare_exp():
+        for b in range(0, tokens, block):
+            rows = fp32[b:b + block]
+            torch.exp(rows, out=exp_out[:len(rows)])
+
+    exp_floor = timed(bare_exp)
+    budget = flops_per_token(preset, 256) / (0.25 * peak * 1e12) * 1e6
+    print(f"{preset_name}: dim {dim}, vocab {vocab:,}; matmul {peak:.2f} TF/s; a 25% MFU step allows "
+          f"{budget:.1f} us/token for everything")
+    for name, us in parts.items():
+        print(f"  {name:<24}{us:>7.1f} us/token")
+    print(f"  {'= output layer + loss':<24}{sum(parts.values()):>7.1f} us/token "
+          f"({sum(parts.values()) / budget:.0%} of the budget)")
+    print(f"  {'(bare fp32 exp, floor)':<24}{exp_floor:>7.1f} us/token")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", action="append", help="model preset(s) (default: tiny and small)")
@@ -192,7 +252,13 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--loss-memory", type=int, metavar="SEQ_LEN",
                    help="instead: peak memory of one SEQ_LEN-token sequence, transformers' loss vs the loop's")
+    p.add_argument("--loss-parts", action="store_true",
+                   help="instead: time the output layer's matmuls and softmax per token, against a 25%% MFU budget")
     args = p.parse_args()
+    if args.loss_parts:
+        for name in args.preset or ["tiny", "small"]:
+            loss_parts(name)
+        return
     if args.loss_memory:
         loss_memory(args.loss_memory)
         return

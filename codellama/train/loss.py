@@ -86,7 +86,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss += ce_chunk_(logits, targets[start:start + chunk], block)
             torch.matmul(logits, w, out=grad_h[start:start + chunk])
             grad_w_t += h.T.contiguous() @ logits
-        ctx.save_for_backward(grad_h.to(hidden.dtype), grad_w_t.T.to(weight.dtype, memory_format=torch.contiguous_format))
+        grad_w = torch.empty_like(weight, memory_format=torch.contiguous_format).copy_(grad_w_t.T)  # the param's layout
+        ctx.save_for_backward(grad_h.to(hidden.dtype), grad_w)
         return loss
 
     @staticmethod
