@@ -34,3 +34,23 @@ def test_two_gloo_ranks_match_one_process(shards, tiny_tokenizer_dir, tmp_path):
     assert a.keys() == b.keys()
     for key in a:  # per tensor: Adam can turn summation-order noise in a ~0 gradient into a visible step
         assert ((a[key] - b[key]).norm() / b[key].norm()).item() < 1e-4, key
+
+
+def test_checkpoint_base_reaches_every_rank_from_rank0(shards, tiny_model_dir, tmp_path):
+    """Only rank 0 reads the base; the others get their shards by broadcast, RoPE buffers rebuilt."""
+    from codellama.checkpoint import load_model
+
+    frozen = [a if a != "optim.lr=3e-3" else "optim.lr=1e-30" for a in ARGS]  # steps below fp32 resolution
+    common = ["train", "code", "--data", str(shards), "--base", str(tiny_model_dir), *frozen,
+              "--set", "rope.base=1000000"]  # a changed RoPE: the rebuilt buffers must follow the config
+    two = run_cli(*common, "--out", str(tmp_path / "two"), torchrun=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run_cli(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    for (_, a), (_, b) in zip(metric_losses(tmp_path / "two"), metric_losses(tmp_path / "one")):
+        assert a == pytest.approx(b, rel=1e-5)
+    base = load_model(tiny_model_dir).state_dict()
+    exported = final_weights(tmp_path / "two")
+    assert exported.keys() == {k for k in base if "rotary" not in k}
+    for key, value in exported.items():
+        assert torch.equal(value, base[key]), key

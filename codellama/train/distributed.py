@@ -100,3 +100,16 @@ def shard_model(model: torch.nn.Module, env: DistEnv, *, param_dtype: torch.dtyp
     fully_shard(model, mesh=mesh, mp_policy=mp)
     log.info("FSDP2: %d layers + root sharded over %d ranks", len(model.model.layers), env.world_size)
     return model
+
+
+def load_full_state_from_rank0(model: torch.nn.Module, full_state: dict, env: DistEnv) -> None:
+    """Give a sharded meta-device model real storage and fill it from rank 0's full state dict.
+
+    Collective: rank 0 passes the whole state dict, the others an empty one; each rank keeps only
+    its own shards of what rank 0 broadcasts.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.to_empty(device=env.device)
+    set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    log.info("rank 0's weights broadcast into %d ranks' shards", env.world_size)

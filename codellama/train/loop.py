@@ -86,6 +86,45 @@ def load_base_model(config: TrainConfig, vocab_size: int):
     return model
 
 
+def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, bf16: bool):
+    """The model this rank trains, on its device (sharded under torchrun).
+
+    Under FSDP only rank 0 loads the base weights; every rank builds an empty twin on the meta
+    device, shards it, and receives its shards from rank 0. Host memory is then one full model on
+    rank 0 instead of one per rank (8 x 280 GB for a 70B fp32 model on one node otherwise).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from codellama.model import set_gradient_checkpointing
+
+    if env.distributed:
+        base = load_base_model(config, vocab_size) if env.is_main else None
+        shape = dist_utils.broadcast_object(
+            (base.config.to_dict(), next(base.parameters()).dtype) if base is not None else None, env)
+        with torch.device("meta"):
+            model = LlamaForCausalLM(LlamaConfig.from_dict(shape[0])).to(shape[1])
+        model.config.use_cache = False
+    else:
+        model = base = load_base_model(config, vocab_size)
+    if model.config.vocab_size < vocab_size:
+        raise ValueError(f"the data uses {vocab_size} token ids but the model has only {model.config.vocab_size}")
+    if config.gradient_checkpointing:
+        set_gradient_checkpointing(model, True, offload=config.activation_offload)
+    if config.compile:
+        for layer in model.model.layers:
+            layer.compile()
+    if not env.distributed:
+        return model.to(env.device)
+    dist_utils.shard_model(model, env, param_dtype=torch.bfloat16 if bf16 and env.device.type == "cuda" else None)
+    dist_utils.load_full_state_from_rank0(model, base.state_dict() if base is not None else {}, env)
+    del base
+    # Non-persistent buffers (RoPE's inverse frequencies) are not in a state dict: recompute them.
+    rotary = type(model.model.rotary_emb)(config=model.config).to(env.device)
+    for name, buffer in rotary.named_buffers():
+        model.model.rotary_emb.get_buffer(name).copy_(buffer)
+    return model
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (norm gains stay undecayed, as in Llama)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -181,20 +220,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     vocab = stream.sources[0].view.shards.vocab_size
 
     bf16 = use_bf16(config.precision, env.device)
-    model = load_base_model(config, vocab)
-    if model.config.vocab_size < vocab:
-        raise ValueError(f"the data uses {vocab} token ids but the model has only {model.config.vocab_size}")
-    if config.gradient_checkpointing:
-        from codellama.model import set_gradient_checkpointing
-
-        set_gradient_checkpointing(model, True, offload=config.activation_offload)
-    if config.compile:
-        for layer in model.model.layers:
-            layer.compile()
-    if env.distributed:
-        model = dist_utils.shard_model(model, env, param_dtype=torch.bfloat16 if bf16 and env.device.type == "cuda" else None)
-    else:
-        model.to(env.device)
+    model = build_training_model(config, vocab, env, bf16=bf16)
     model.train()
     optimizer = build_optimizer(model, config)
     total_steps = config.steps
