@@ -138,7 +138,7 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
         f"  gathered layers     {mem.gathered_gib:9.2f} GiB",
         f"  activations         {mem.activations_ckpt_gib:9.2f} GiB with checkpointing, "
         f"{mem.activations_gib:.2f} GiB without",
-        f"  logits              {mem.logits_gib:9.2f} GiB",
+        f"  output layer + loss {mem.logits_gib:9.2f} GiB",
         f"  total               {mem.total_gib:9.2f} GiB as configured "
         f"({mem.total_other_gib:.2f} GiB {'without' if config.gradient_checkpointing else 'with'} checkpointing)",
     ]

@@ -5,8 +5,8 @@ weights (4 B), fp32 gradients (4 B) and AdamW's two moments (8 B) per parameter,
 the world size, plus the bf16 copies of the layers being gathered. Activations are counted per
 token and layer for a Llama block with memory-efficient attention (no s^2 scores kept):
 without checkpointing every intermediate of the block is kept for backward; with it only
-each block's input survives and one block is recomputed at a time. The output logits (fp32,
-vocabulary-wide) are counted separately because at 32k vocabulary they rival a layer stack.
+each block's input survives and one block is recomputed at a time. The output layer and loss
+are counted as the loop runs them: one chunk of logits at a time, never the whole [tokens, vocab].
 """
 
 from __future__ import annotations
@@ -38,13 +38,33 @@ class MemoryEstimate:
 
 
 def activation_bytes_per_token_layer(preset: ModelPreset, compute_bytes: int) -> int:
-    """Saved tensors of one decoder block per token: residual inputs, norms, q/k/v, attention output, SwiGLU."""
-    d, kv, f = preset.dim, preset.n_kv_heads * preset.head_dim, preset.ffn_dim
+    """Bytes autograd saves per token in one decoder block (transformers' Llama, SDPA attention).
+
+    Counted from the saved-tensor hooks (tests/test_longctx_lcft.py measures it): RMSNorm keeps its
+    fp32 input, normalised input and 1/rms in any precision; under bf16 autocast every projection
+    keeps its own bf16 cast of its input (3 for q/k/v, 2 for gate/up), in fp32 they share one.
+    SDPA keeps q, k, v, its output (o_proj's input) and a log-sum-exp per head; SwiGLU keeps gate,
+    up, silu(gate) and their product. RoPE keeps only cos/sin, shared by all layers.
+    """
+    d, kv, f, h = preset.dim, preset.n_kv_heads * preset.head_dim, preset.ffn_dim, preset.n_heads
     b = compute_bytes
-    residual = 2 * 4 * d                    # the two fp32 residual-stream inputs of the norms
-    attention = b * (d + d + 2 * kv + d)    # norm output, q, k+v, attention output (o_proj input)
-    mlp = b * (d + 4 * f)                   # norm output, gate, up, silu(gate), gate*up
-    return residual + attention + mlp
+    autocast = b < 4
+    norms = 2 * (4 * d + 4 * d + 4)                      # input, normalised input, 1/rms; fp32
+    projection_inputs = ((3 + 2) if autocast else 2) * b * d
+    attention = b * (d + 2 * kv + d) + 4 * h             # q, k, v, output, log-sum-exp
+    mlp = 4 * b * f                                      # gate, up, silu(gate), silu(gate) * up
+    return norms + projection_inputs + attention + mlp
+
+
+def output_layer_bytes(preset: ModelPreset, tokens: int, compute_bytes: int, chunk: int = 2048) -> int:
+    """The loop's fused output layer + loss: one chunk of logits, plus the gradients it makes in forward.
+
+    The [tokens, vocab] logits are never held (codellama/train/loss.py): one `chunk` of them in the
+    compute dtype, the output weight's fp32 gradient and the hidden states' gradient, kept from
+    the forward pass until backward.
+    """
+    v, d = preset.vocab_size, preset.dim
+    return min(chunk, tokens) * v * compute_bytes + 4 * v * d + tokens * d * compute_bytes
 
 
 def estimate(preset: ModelPreset, *, seq_len: int, micro_batch_size: int, world_size: int,
@@ -60,7 +80,7 @@ def estimate(preset: ModelPreset, *, seq_len: int, micro_batch_size: int, world_
     per_layer = activation_bytes_per_token_layer(preset, compute_bytes)
     act_full = tokens * per_layer * preset.n_layers
     act_ckpt = tokens * 4 * preset.dim * preset.n_layers + tokens * per_layer  # block inputs + one recompute
-    logits = tokens * preset.vocab_size * (compute_bytes + 4 + 4)  # logits, fp32 copy, its gradient
+    logits = output_layer_bytes(preset, tokens, compute_bytes)
     states = 16 * n / w
     with_ckpt = states + gathered + act_ckpt + logits
     without = states + gathered + act_full + logits
