@@ -76,9 +76,16 @@ def test_tokenizer_train_and_extend_commands(tmp_path, llama2_tokenizer_path):
         (src / f"m{i}.py").write_text("\n".join(
             f"def {rng.choice(words)}_{rng.choice(words)}({rng.choice(words)}):\n    return {rng.choice(words)}"
             f".{rng.choice(words)}({rng.randint(0, 999)})" for _ in range(50)))
+    (src / "util.c").write_text("int count(int *items, int n) { return n; }\n")
+    (src / ".gitignore").write_text("build/\n")
+    (src / "build").mkdir()
+    (src / "build" / "generated.py").write_text("x = 1\n")
     res = run_cli("tokenizer", "train", "--source", str(src), "--vocab-size", "400", "--out", str(tmp_path / "tok"))
     assert res.returncode == 0, res.stderr
-    assert "400 pieces, <PRE>=391 <SUF>=392 <MID>=393 <EOT>=394" in res.stdout
+    # Read as `data prepare` reads: every language (the .c file), .gitignore honoured (not build/).
+    assert "on 41 documents: 400 pieces, <PRE>=391 <SUF>=392 <MID>=393 <EOT>=394" in res.stdout
+    res = run_cli("tokenizer", "train", "--source", str(src), "--languages", "rust", "--out", str(tmp_path / "t0"))
+    assert res.returncode == 2 and "no documents found" in res.stderr and not (tmp_path / "t0").exists()
     res = run_cli("tokenizer", "train", "--source", str(src), "--vocab-size", "30000", "--out", str(tmp_path / "t2"))
     assert res.returncode == 2 and "tokenizer training failed" in res.stderr and not (tmp_path / "t2").exists()
     res = run_cli("tokenizer", "extend", "--base", str(llama2_tokenizer_path), "--out", str(tmp_path / "ext"))

@@ -14,10 +14,13 @@ def register(cli) -> None:
     p = cli.command("train", parent="tokenizer", help="train a Llama-style BPE tokenizer with the infilling pieces",
                     epilog="examples:\n"
                            "  codellama tokenizer train --out runs/tokenizer            # on the Python stdlib\n"
-                           "  codellama tokenizer train --source src/ --vocab-size 32016 --out runs/tok")
-    p.add_argument("--source", type=Path, action="append",
-                   help="file or directory of code (repeatable; default: the Python standard library)")
-    p.add_argument("--suffix", action="append", default=None, help="file suffixes to read from directories (default .py)")
+                           "  codellama tokenizer train --source src/ --vocab-size 32016 --out runs/tok\n"
+                           "  codellama tokenizer train --source repo/ --languages python,c --out runs/tok")
+    p.add_argument("--source", action="append", default=None,
+                   help="where documents come from, as in `data prepare`: a directory or git checkout, a source "
+                        "file, JSONL/Parquet, a saved dataset (repeatable; default: the Python standard library)")
+    p.add_argument("--languages", default="", help="comma-separated languages to read from directories (default: all)")
+    p.add_argument("--text-column", default=None, help="text column of JSONL/Parquet sources (default: text/content)")
     p.add_argument("--vocab-size", type=int, default=8016,
                    help="total pieces including the 16 Code Llama pieces (Code Llama: 32016; default 8016)")
     p.add_argument("--out", type=Path, required=True, help="output directory (must not exist or be empty)")
@@ -37,17 +40,19 @@ def register(cli) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from codellama.data.stdlib import iter_source_texts
+    from codellama.data.ingest import SourceSpec, load_documents
     from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, save_tokenizer_dir
 
     ensure_new_output_dir(args.out)
-    suffixes = tuple(args.suffix) if args.suffix else (".py",)
-    texts = list(iter_source_texts(args.source, suffixes))
+    # The same reader as `data prepare`, so the tokenizer learns from the documents it will encode.
+    languages = tuple(x.strip() for x in args.languages.split(",") if x.strip())
+    specs = [SourceSpec(s, text_column=args.text_column, languages=languages) for s in args.source or ()]
+    texts = [t for t in load_documents(specs)["text"] if t.strip()]
     if not texts:
-        raise ValueError("no source files found to train on")
+        raise ValueError("no documents found to train on (check --source and --languages)")
     tok = CodeLlamaTokenizer.train(texts, TrainOptions(vocab_size=args.vocab_size))
     save_tokenizer_dir(tok, args.out)
-    print(f"trained tokenizer on {len(texts)} files: {tok.vocab_size} pieces, "
+    print(f"trained tokenizer on {len(texts)} documents: {tok.vocab_size} pieces, "
           f"<PRE>={tok.prefix_id} <SUF>={tok.suffix_id} <MID>={tok.middle_id} <EOT>={tok.eot_id} -> {args.out}")
     return 0
 
