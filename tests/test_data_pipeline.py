@@ -187,24 +187,38 @@ class _Stream:
         return self.tokens[a:b]
 
 
+def _in_order_sequences(lengths, seq_len):
+    """Whole-files packing in stream order (the simple way): what best-fit must not be worse than."""
+    count, fill = 0, 0
+    for n in lengths:
+        if fill + n <= seq_len:
+            fill += n
+        else:  # close the open sequence; a long file fills whole ones and its tail opens the next
+            count += (fill > 0) + n // seq_len
+            fill = n % seq_len
+        if fill == seq_len:
+            count, fill = count + 1, 0
+    return count + (fill > 0)
+
+
 @settings(max_examples=150, deadline=None)
 @given(lengths=st.lists(st.integers(0, 40), max_size=30), seq_len=st.integers(2, 16))
 def test_whole_files_packing_never_splits_a_file_that_fits(lengths, seq_len):
     layout = pack_layout(np.array(lengths, dtype=np.int64), seq_len, "whole-files")
     total = sum(lengths)
-    assert int(layout.lengths.sum()) == total  # nothing lost, nothing duplicated
-    assert (layout.lengths > 0).all() and (layout.lengths <= seq_len).all()
-    assert np.array_equal(layout.starts[1:], layout.starts[:-1] + layout.lengths[:-1])  # in order, contiguous
-    bounds = set((layout.starts + layout.lengths).tolist()) | set(layout.starts.tolist())
+    order = np.argsort(layout.starts, kind="stable")  # the segments tile the stream: nothing lost or doubled
+    assert int(layout.lengths.sum()) == total and (layout.lengths > 0).all()
+    assert np.array_equal(layout.starts[order][1:], (layout.starts + layout.lengths)[order][:-1])
+    assert (layout.sequence_lengths <= seq_len).all() and (layout.sequence_lengths > 0).all()
+    segments = set(zip(layout.starts.tolist(), layout.lengths.tolist()))
     pos = 0
-    for n in lengths:  # a document no longer than a sequence is inside one sequence
-        if 0 < n <= seq_len:
-            inside = [(s, s + k) for s, k in zip(layout.starts.tolist(), layout.lengths.tolist())
-                      if s <= pos and pos + n <= s + k]
-            assert inside, (pos, n)
-        elif n > seq_len:
-            assert pos in bounds  # a long document starts a fresh sequence
+    for n in lengths:
+        whole, rest = divmod(n, seq_len)
+        # a document that fits is one segment; a longer one fills whole sequences, then its tail is one segment
+        expected = [(pos + k * seq_len, seq_len) for k in range(whole)] + ([(pos + whole * seq_len, rest)] if rest else [])
+        assert set(expected) <= segments, (pos, n)
         pos += n
+    assert len(layout) <= _in_order_sequences(lengths, seq_len)  # best-fit never pads more than stream order
 
 
 def test_concat_packing_and_sequence_blocks():
@@ -214,10 +228,16 @@ def test_concat_packing_and_sequence_blocks():
     assert len(layout) == 6 and layout.dropped_tokens == 0
     block, mask = sequence_block(stream, layout, 1, 3, pad_id=2)
     assert mask is None and block.tolist() == [stream.tokens[4:8].tolist(), stream.tokens[8:12].tolist()]
+    # Whole files at 8 tokens: the 9-token file fills a sequence and leaves a 1-token tail; best fit then
+    # packs 7+1 and 5+3 (no padding at all), where stream order needs 5 sequences (5, 7, 3, 8, 1).
     whole = pack_layout([len(d) for d in docs], 8, "whole-files")
     block, mask = sequence_block(stream, whole, 0, len(whole), pad_id=-1)
-    assert block[0].tolist() == docs[0].tolist() + [-1] * 3 and mask[0].tolist() == [1] * 5 + [0] * 3
-    assert block[1].tolist() == docs[1].tolist() + [-1] and block[2].tolist() == docs[2].tolist() + [-1] * 5
+    assert block.tolist() == [docs[3][:8].tolist(), docs[1].tolist() + docs[3][8:].tolist(),
+                              docs[0].tolist() + docs[2].tolist()]
+    assert mask.all() and whole.padding_tokens == 0
+    short = pack_layout([5, 2], 8, "whole-files")  # padding is masked out
+    block, mask = sequence_block(_Stream([docs[0], docs[1][:2]]), short, 0, 1, pad_id=-1)
+    assert block[0].tolist() == docs[0].tolist() + docs[1][:2].tolist() + [-1] and mask[0].tolist() == [1] * 7 + [0]
 
 
 def test_shard_writer_resumes_after_a_crash(tmp_path):

@@ -120,18 +120,18 @@ def test_whole_files_packing_and_syntax_spans(tiny_tokenizer_dir, tiny_tokenizer
     assert stats["padding_tokens"] > 0 and stats["dropped_tail_tokens"] == 0
     real = sum(int(shards.loss_mask(i).sum()) for i in range(len(shards)))
     assert real == stats["tokens"]  # every token is kept once; padding is masked out of the loss
-    # padding only ever follows a whole document, and a sequence only starts inside a document
-    # when that document did not fit in one sequence (the one before it is full)
+    # padding only ever follows the end of a document (the layout tests cover where files go)
     full = []
     for i in range(len(shards)):
         seq = shards[i][: int(shards.loss_mask(i).sum())].tolist()
         full.append(len(seq) == 16384)
         if not full[-1]:
             assert seq[-1] == tiny_tokenizer.eos_id
-        if seq[0] != tiny_tokenizer.bos_id:
-            assert i > 0 and full[i - 1]
     assert not all(full)
-    assert main(["data", "inspect", str(out), "--index", "0"]) == 0
+    # best-fit keeps the padding small (stream order padded the stdlib 17.8% at 16k)
+    assert stats["padding_tokens"] < 0.1 * len(shards) * 16384
+    capsys.readouterr()
+    assert main(["data", "inspect", str(out), "--index", str(full.index(False))]) == 0
     assert "padding:" in capsys.readouterr().out
 
 
