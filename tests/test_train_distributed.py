@@ -54,3 +54,29 @@ def test_checkpoint_base_reaches_every_rank_from_rank0(shards, tiny_model_dir, t
     assert exported.keys() == {k for k in base if "rotary" not in k}
     for key, value in exported.items():
         assert torch.equal(value, base[key]), key
+
+
+def test_mesh_shape_is_flat_on_one_node_and_hybrid_across_nodes():
+    from codellama.train.distributed import DistEnv, shard_mesh_shape
+
+    assert shard_mesh_shape(DistEnv(world_size=8, local_world_size=8)) == (1, 8)
+    assert shard_mesh_shape(DistEnv(world_size=32, local_world_size=8)) == (4, 8)  # one replica per node
+    assert shard_mesh_shape(DistEnv(world_size=32, local_world_size=8), 32) == (1, 32)  # flat, on request
+    assert shard_mesh_shape(DistEnv(world_size=32, local_world_size=8), 16) == (2, 16)
+    with pytest.raises(ValueError, match="does not divide"):
+        shard_mesh_shape(DistEnv(world_size=32, local_world_size=8), 12)
+
+
+def test_hybrid_sharding_matches_one_process(shards, tiny_tokenizer_dir, tmp_path):
+    """4 ranks as 2 replicas x 2 shards (HSDP, as across two nodes) take the steps one process takes."""
+    common = ["train", "code", "--data", str(shards), "--tokenizer", str(tiny_tokenizer_dir), *ARGS]
+    four = run_cli(*common, "--set", "fsdp_shard_size=2", "--out", str(tmp_path / "four"), torchrun=4)
+    assert four.returncode == 0, four.stderr[-3000:]
+    assert "HSDP: 2 layers + root sharded over 2 ranks, 2 replicas" in four.stderr
+    one = run_cli(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    for (_, a), (_, b) in zip(metric_losses(tmp_path / "four"), metric_losses(tmp_path / "one")):
+        assert a == pytest.approx(b, rel=1e-5)
+    a, b = final_weights(tmp_path / "four"), final_weights(tmp_path / "one")
+    for key in a:
+        assert ((a[key] - b[key]).norm() / b[key].norm()).item() < 1e-4, key

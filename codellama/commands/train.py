@@ -20,8 +20,10 @@ EXAMPLES = """examples:
   codellama train code --out runs/code --resume
   # what a 7B run needs: steps, token budget, memory per GPU on 4 nodes of 8 GPUs
   codellama train code --scale 7b --nodes 4 --dry-run
-  # multi-GPU / multi-node: the same command under torchrun (FSDP2)
+  # multi-GPU / multi-node: the same command under torchrun (FSDP2; HSDP across nodes)
   torchrun --nproc-per-node 8 -m codellama.cli train code --scale 7b --base llama2-7b-hf --data shards --out runs/7b
+  torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m codellama.cli \
+      train code --scale 34b --base llama2-34b-hf --data shards --out runs/34b --set fsdp_shard_size=16
 
 recipes: codellama/train/recipes/<branch>.yaml (Code Llama paper settings per scale)."""
 
@@ -117,7 +119,12 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
     import torch
 
     bf16 = True if device == "cuda" and config.precision == "auto" else use_bf16(config.precision, torch.device(device))
-    mem = estimate(preset, seq_len=config.seq_len, micro_batch_size=config.micro_batch_size, world_size=world,
+    from codellama.train.distributed import DistEnv, shard_mesh_shape
+
+    per_node = world // nodes if world % nodes == 0 else world
+    replicas, shard = shard_mesh_shape(DistEnv(world_size=world, local_world_size=per_node), config.fsdp_shard_size)
+    sharding = f"FSDP over {shard}" if replicas == 1 else f"HSDP: sharded over {shard}, {replicas} replicas"
+    mem = estimate(preset, seq_len=config.seq_len, micro_batch_size=config.micro_batch_size, world_size=shard,
                    gradient_checkpointing=config.gradient_checkpointing, bf16=bf16)
     budget = config.steps * config.tokens_per_step
     lines += [
@@ -131,7 +138,7 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
         f"  precision           {'bf16 autocast' if bf16 else 'fp32'}"
         f"{', activation checkpointing' if config.gradient_checkpointing else ''}"
         f"{', torch.compile' if config.compile else ''}",
-        f"memory per {'GPU' if device == 'cuda' else 'process'} (estimate, FSDP over {world}):",
+        f"memory per {'GPU' if device == 'cuda' else 'process'} (estimate, {sharding}):",
         f"  weights fp32        {mem.params_gib:9.2f} GiB",
         f"  gradients fp32      {mem.grads_gib:9.2f} GiB",
         f"  AdamW moments       {mem.optimizer_gib:9.2f} GiB",

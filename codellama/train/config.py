@@ -71,6 +71,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     activation_offload: bool = False   # with checkpointing: keep saved layer inputs in host memory (GPU only)
     compile: bool = False              # decoder layers through torch.compile: +14% on `small`, ~+5% on tiny
+    fsdp_shard_size: int = 0           # ranks sharing one model copy; 0 = one node's (HSDP across nodes)
     checkpoint_every: int = 1000       # steps; 0 = only at the end
     keep_checkpoints: int = 2          # retention: newest N are kept
     log_every: int = 1
@@ -130,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if not 0 <= self.schedule.min_lr_ratio <= 1:
             raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.schedule.min_lr_ratio}")
+        if self.fsdp_shard_size < 0:
+            raise ValueError(f"fsdp_shard_size must be >= 0 (0 = automatic), got {self.fsdp_shard_size}")
         if self.optim.lr <= 0:
             raise ValueError(f"optim.lr must be positive, got {self.optim.lr}")
         weights = [float(r.get("weight", 0)) for r in self.rehearsal]

@@ -115,7 +115,8 @@ def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, 
             layer.compile()
     if not env.distributed:
         return model.to(env.device)
-    dist_utils.shard_model(model, env, param_dtype=torch.bfloat16 if bf16 and env.device.type == "cuda" else None)
+    dist_utils.shard_model(model, env, param_dtype=torch.bfloat16 if bf16 and env.device.type == "cuda" else None,
+                           shard_size=config.fsdp_shard_size)
     dist_utils.load_full_state_from_rank0(model, base.state_dict() if base is not None else {}, env)
     del base
     # Non-persistent buffers (RoPE's inverse frequencies) are not in a state dict: recompute them.
