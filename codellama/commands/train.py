@@ -22,7 +22,7 @@ EXAMPLES = """examples:
   codellama train code --scale 7b --nodes 4 --dry-run
   # multi-GPU / multi-node: the same command under torchrun (FSDP2; HSDP across nodes)
   torchrun --nproc-per-node 8 -m codellama.cli train code --scale 7b --base llama2-7b-hf --data shards --out runs/7b
-  torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m codellama.cli \
+  torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m codellama.cli \\
       train code --scale 34b --base llama2-34b-hf --data shards --out runs/34b --set fsdp_shard_size=16
 
 recipes: codellama/train/recipes/<branch>.yaml (Code Llama paper settings per scale)."""
