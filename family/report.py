@@ -38,7 +38,7 @@ def _markdown(results: dict, plots: dict[str, Path]) -> str:
     lines = ["# Code Llama family report", ""]
     if results.get("summary"):
         lines += [results["summary"], ""]
-    lines += ["## Models", "", "| model | branch | from | parameters | tokens trained | loss start → end |",
+    lines += ["## Models", "", "| model | branch | from | parameters | tokens trained | loss, first → last tenth of steps |",
               "|---|---|---|---|---|---|"]
     for name, m in models.items():
         t = m.get("train") or {}

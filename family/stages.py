@@ -34,6 +34,12 @@ def _texts(cfg: PipelineConfig) -> list[str]:
     return list(load_documents(SourceSpec(location=str(s)) for s in cfg.data.get("sources") or [])["text"])
 
 
+def _edge_means(losses: list[float]) -> tuple[float, float]:
+    """Mean loss of the first and of the last tenth of the steps: one step's batch is too noisy to compare."""
+    k = max(1, len(losses) // 10)
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k
+
+
 def run_tokenizer(ctx: RunContext) -> dict:
     from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, save_tokenizer_dir
 
@@ -176,9 +182,9 @@ def make_train_stage(branch: str) -> Stage:
         from codellama.io import read_jsonl
 
         curve = [[r["step"], r["loss"]] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+        first, final = _edge_means([loss for _, loss in curve]) if curve else (result.first_loss, result.last_loss)
         return {"path": str(result.final_dir), "steps": result.steps, "tokens": result.tokens,
-                "first_loss": curve[0][1] if curve else result.first_loss,
-                "final_loss": curve[-1][1] if curve else result.last_loss, "curve": curve,
+                "first_loss": first, "final_loss": final, "curve": curve,
                 "from": base_of(ctx), "parameters": _parameters(result.final_dir)}
 
     def plan(ctx: RunContext) -> dict:
