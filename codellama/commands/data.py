@@ -35,7 +35,8 @@ def register(cli) -> None:
     p.add_argument("--out", type=Path, required=True, help="output shard directory (new, or an unfinished run)")
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per training sequence (default 4096)")
     p.add_argument("--packing", choices=("concat", "whole-files"), default="concat",
-                   help="concat: concatenate and chop; whole-files: never split a file that fits (padding masked)")
+                   help="concat: concatenate and chop; whole-files: never split a file that fits, files packed "
+                        "best-fit so little is padding (padding masked out of the loss)")
     p.add_argument("--fim-rate", type=float, default=0.9, help="share of documents FIM-transformed (default 0.9)")
     p.add_argument("--spm-rate", type=float, default=0.5, help="share of FIM documents in SPM order (default 0.5)")
     p.add_argument("--span-mode", choices=("char", "syntax"), default="char",
