@@ -216,8 +216,14 @@ class HFGenerator:
                         row.finish = "length"
                 if row.finish and on_text is not None:
                     self._flush(row, on_text)
-            if all(r.finish for r in rows):
+            alive = [b for b, row in enumerate(rows) if not row.finish]
+            if not alive:
                 break
+            if len(alive) < len(rows):  # finished or cancelled rows leave the batch: no compute spent on them
+                keep = torch.tensor(alive, device=self.device)
+                cache.batch_select_indices(keep)
+                attention, next_tokens = attention[keep], next_tokens[keep]
+                rows, rngs, stop_ids = [rows[b] for b in alive], [rngs[b] for b in alive], [stop_ids[b] for b in alive]
             step_input = next_tokens[:, None]
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         for row in rows:

@@ -25,6 +25,22 @@ def test_batched_greedy_matches_transformers_generate(generator):
         assert got.prompt_tokens == ids.shape[1]
 
 
+def test_finished_rows_leave_the_batch_and_the_others_are_unchanged(generator):
+    """Rows with small budgets finish first; the batch shrinks and the long row decodes as it would alone."""
+    budgets = [2, 5, 16]
+    requests = [GenerationRequest(PROMPTS[1], params=SamplingParams(max_new_tokens=n)) for n in budgets]
+    alone = [generator.generate([r])[0].token_ids for r in requests]
+    widths = []
+    hook = generator.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[0]),
+                                                     with_kwargs=True)
+    try:
+        together = generator.generate(requests)
+    finally:
+        hook.remove()
+    assert [c.token_ids for c in together] == alone
+    assert widths[:2] == [3, 3] and widths[-1] == 1 and sorted(widths, reverse=True) == widths  # shrinks: 3, 2, 1
+
+
 def test_streaming_deltas_add_up_to_the_text(generator):
     pieces = {}
     request = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=16))
