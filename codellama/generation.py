@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 OnText = Callable[[int, str], None]
 IsCancelled = Callable[[int], bool]
+OnDone = Callable[[int, "Completion"], None]
+Admit = Callable[[int], Sequence["GenerationRequest"]]
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,88 @@ class _Row:
         self.budget = request.params.max_new_tokens
 
 
+def _completion(row: _Row) -> Completion:
+    return Completion(row.text, row.ids, row.finish or "length", len(row.prompt_ids))
+
+
+def _report(row: _Row, on_done: OnDone | None) -> None:
+    if on_done is not None:
+        on_done(row.index, _completion(row))
+
+
+class _Batch:
+    """The rows decoding together: left-padded inputs, their attention mask and one KV cache.
+
+    Every row keeps its own positions (from the mask), so rows of any prompt length can share the
+    batch, and rows can leave (done) or join (admitted) between steps.
+    """
+
+    def __init__(self, rows: list[_Row], input_ids: torch.Tensor, attention: torch.Tensor, stop_ids: list[set[int]],
+                 config, device: torch.device):
+        from transformers import DynamicCache
+
+        self.rows, self.step_input, self.attention, self.stop_ids = rows, input_ids, attention, stop_ids
+        self.cache = DynamicCache(config=config)
+        self.device = device
+        self.logits: torch.Tensor | None = None
+        # One generator per seeded row: a sample's tokens depend on its seed, not on its batch-mates.
+        self.rngs = []
+        for r in rows:
+            rng = None
+            if r.request.params.seed is not None:
+                rng = torch.Generator(device=device)
+                rng.manual_seed(r.request.params.seed)
+            self.rngs.append(rng)
+
+    def step(self, model) -> None:
+        positions = (self.attention.cumsum(-1) - 1).clamp(min=0)[:, -self.step_input.shape[1]:]
+        out = model(input_ids=self.step_input, attention_mask=self.attention, position_ids=positions,
+                    cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.logits = out.logits[:, -1, :]
+
+    def sample(self) -> torch.Tensor:
+        tokens = torch.empty(len(self.rows), dtype=torch.long, device=self.device)
+        for b, row in enumerate(self.rows):
+            p = row.request.params
+            tokens[b] = sample_next(self.logits[b:b + 1], p.temperature, p.top_p, self.rngs[b])[0]
+        self.step_input = tokens[:, None]
+        self.attention = torch.cat([self.attention, torch.ones_like(self.attention[:, :1])], dim=1)
+        return tokens
+
+    def keep_unfinished(self) -> "_Batch | None":
+        """Finished and cancelled rows leave: no compute is spent on them from now on."""
+        alive = [b for b, row in enumerate(self.rows) if not row.finish]
+        if not alive:
+            return None
+        if len(alive) < len(self.rows):
+            keep = torch.tensor(alive, device=self.device)
+            self.cache.batch_select_indices(keep)
+            self.step_input, self.attention = self.step_input[keep], self.attention[keep]
+            self.rows, self.rngs, self.stop_ids = ([xs[b] for b in alive] for xs in (self.rows, self.rngs, self.stop_ids))
+        return self
+
+    def merge(self, other: "_Batch") -> "_Batch":
+        """Append `other`'s rows; the shorter side's cache and mask are left-padded (masked) to match."""
+        mine, theirs = self.attention.shape[1], other.attention.shape[1]
+        self._left_pad(max(0, theirs - mine))
+        other._left_pad(max(0, mine - theirs))
+        for a, b in zip(self.cache.layers, other.cache.layers):
+            a.keys, a.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
+        self.attention = torch.cat([self.attention, other.attention])
+        self.step_input = torch.cat([self.step_input, other.step_input])
+        self.rows, self.rngs, self.stop_ids = self.rows + other.rows, self.rngs + other.rngs, self.stop_ids + other.stop_ids
+        return self
+
+    def _left_pad(self, n: int) -> None:
+        if n:
+            for layer in self.cache.layers:
+                layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, n, 0))
+                layer.values = torch.nn.functional.pad(layer.values, (0, 0, n, 0))
+            self.attention = torch.nn.functional.pad(self.attention, (n, 0))
+
+
 class HFGenerator:
-    """Local generation with a static batch and transformers' KV cache."""
+    """Local generation: continuous batching over transformers' KV cache."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8, max_context: int | None = None,
                  overflow: str = "error"):
@@ -144,7 +226,15 @@ class HFGenerator:
         return ids
 
     def generate(self, requests: Sequence[GenerationRequest], *, on_text: OnText | None = None,
-                 is_cancelled: IsCancelled | None = None) -> list[Completion]:
+                 is_cancelled: IsCancelled | None = None, on_done: OnDone | None = None,
+                 admit: Admit | None = None) -> list[Completion]:
+        """Complete `requests` (row i = requests[i]); returns their completions in order.
+
+        `on_done(i, completion)` fires as soon as row i finishes. `admit(free)` makes this
+        continuous batching: between decode steps it may return up to `free` new requests, which
+        join the running batch and get the next row numbers (len(requests), then up); their
+        results arrive only through `on_done`.
+        """
         rows = [_Row(i, r, self.prompt_ids(r)) for i, r in enumerate(requests)]
         fits = [r for r in rows if not self.max_context or len(r.prompt_ids) < self.max_context]
         if len(fits) < len(rows):
@@ -153,84 +243,95 @@ class HFGenerator:
                 raise ValueError(f"prompt of {longest} tokens exceeds the model's context of {self.max_context}")
             for row in set(rows) - set(fits):
                 row.finish = "context"
+                _report(row, on_done)
             log.warning("%d prompt(s) longer than the model's context of %d tokens: left empty",
                         len(rows) - len(fits), self.max_context)
         # Similar lengths together: less padding per batch.
         order = sorted(fits, key=lambda r: len(r.prompt_ids))
+        next_index = [len(rows)]
         for start in range(0, len(order), self.batch_size):
-            self._generate_batch(order[start:start + self.batch_size], on_text, is_cancelled)
-        return [Completion(r.text, r.ids, r.finish or "length", len(r.prompt_ids)) for r in rows]
+            self._generate_batch(order[start:start + self.batch_size], on_text, is_cancelled, on_done, admit,
+                                 next_index)
+        return [_completion(r) for r in rows]
+
+    def _admit(self, admit: Admit, free: int, next_index: list[int], on_done: OnDone | None) -> list[_Row]:
+        """New rows for a running batch; one whose prompt fills the context is answered at once."""
+        rows = []
+        for request in admit(free):
+            row = _Row(next_index[0], request, self.prompt_ids(request))
+            next_index[0] += 1
+            if self.max_context and len(row.prompt_ids) >= self.max_context:
+                row.finish = "context"
+                _report(row, on_done)
+            else:
+                rows.append(row)
+        return rows
 
     @torch.inference_mode()
-    def _generate_batch(self, rows: list[_Row], on_text: OnText | None, is_cancelled: IsCancelled | None) -> None:
-        from transformers import DynamicCache
+    def _generate_batch(self, rows: list[_Row], on_text: OnText | None, is_cancelled: IsCancelled | None,
+                        on_done: OnDone | None = None, admit: Admit | None = None,
+                        next_index: list[int] | None = None) -> None:
+        """Decode `rows` together (left-padded, one KV cache); rows leave when done, admitted ones join."""
+        state = self._prefill(rows, on_text, is_cancelled, on_done)
+        while True:
+            if admit is not None and (state is None or len(state.rows) < self.batch_size):
+                joining = self._admit(admit, self.batch_size - (len(state.rows) if state else 0),
+                                      next_index if next_index is not None else [0], on_done)
+                if joining:
+                    newcomer = self._prefill(joining, on_text, is_cancelled, on_done)
+                    state = newcomer if state is None else state.merge(newcomer) if newcomer else state
+            if state is None:
+                return
+            state.step(self.model)
+            self._accept(state, state.sample(), on_text, is_cancelled, on_done)
+            state = state.keep_unfinished()
 
+    def _prefill(self, rows: list[_Row], on_text: OnText | None, is_cancelled: IsCancelled | None,
+                 on_done: OnDone | None) -> _Batch | None:
+        """Run the prompts of `rows` into a fresh cache and take each row's first token."""
         for row in rows:  # each row's positions are its own (left padding), so each has its own room
             room = self.max_context - len(row.prompt_ids) if self.max_context else None
             if room is not None and room <= 0:
                 raise ValueError(f"prompt of {len(row.prompt_ids)} tokens exceeds the model's context of "
                                  f"{self.max_context}")
             row.budget = min(row.request.params.max_new_tokens, room if room is not None else 1 << 62)
-        max_new = max(r.budget for r in rows)
+            if row.budget <= 0:
+                row.finish = "length"
+                _report(row, on_done)
+        rows = [r for r in rows if not r.finish]
+        if not rows:
+            return None
         longest = max(len(r.prompt_ids) for r in rows)
-        pad = self.tokenizer.eos_id
-        input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+        input_ids = torch.full((len(rows), longest), self.tokenizer.eos_id, dtype=torch.long)
         attention = torch.zeros((len(rows), longest), dtype=torch.long)
         for b, row in enumerate(rows):  # left padding: every row's next token is at the same column
             input_ids[b, longest - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
             attention[b, longest - len(row.prompt_ids):] = 1
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        # One generator per seeded row: a sample's tokens depend on its seed, not on its batch-mates.
-        rngs = []
-        for r in rows:
-            rng = None
-            if r.request.params.seed is not None:
-                rng = torch.Generator(device=self.device)
-                rng.manual_seed(r.request.params.seed)
-            rngs.append(rng)
-        stop_ids = [self.stop_ids(r.request) for r in rows]
-        cache = DynamicCache(config=self.model.config)
-        step_input = input_ids
-        for step in range(max_new):
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, -step_input.shape[1]:]
-            out = self.model(input_ids=step_input, attention_mask=attention, position_ids=positions,
-                             cache=cache, use_cache=True, logits_to_keep=1)
-            logits = out.logits[:, -1, :]
-            next_tokens = torch.empty(len(rows), dtype=torch.long, device=self.device)
-            for b, row in enumerate(rows):
-                p = row.request.params
-                next_tokens[b] = sample_next(logits[b:b + 1], p.temperature, p.top_p, rngs[b])[0]
-            for b, row in enumerate(rows):
-                if row.finish:
-                    continue
-                if is_cancelled is not None and is_cancelled(row.index):
-                    row.finish = "cancelled"
-                    continue
-                token = int(next_tokens[b])
-                if token in stop_ids[b]:
+        batch = _Batch(rows, input_ids.to(self.device), attention.to(self.device),
+                       [self.stop_ids(r.request) for r in rows], self.model.config, self.device)
+        batch.step(self.model)
+        self._accept(batch, batch.sample(), on_text, is_cancelled, on_done)
+        return batch.keep_unfinished()
+
+    def _accept(self, batch: _Batch, tokens: torch.Tensor, on_text: OnText | None, is_cancelled: IsCancelled | None,
+                on_done: OnDone | None) -> None:
+        """Apply one sampled token per row: stop, budget, cancellation, streamed text."""
+        for b, row in enumerate(batch.rows):
+            if is_cancelled is not None and is_cancelled(row.index):
+                row.finish = "cancelled"
+            else:
+                token = int(tokens[b])
+                if token in batch.stop_ids[b]:
                     row.finish = "stop"
                 else:
                     row.ids.append(token)
                     self._update_text(row, on_text)
                     if not row.finish and len(row.ids) >= row.budget:  # max_new_tokens or the context's end
                         row.finish = "length"
-                if row.finish and on_text is not None:
-                    self._flush(row, on_text)
-            alive = [b for b, row in enumerate(rows) if not row.finish]
-            if not alive:
-                break
-            if len(alive) < len(rows):  # finished or cancelled rows leave the batch: no compute spent on them
-                keep = torch.tensor(alive, device=self.device)
-                cache.batch_select_indices(keep)
-                attention, next_tokens = attention[keep], next_tokens[keep]
-                rows, rngs, stop_ids = [rows[b] for b in alive], [rngs[b] for b in alive], [stop_ids[b] for b in alive]
-            step_input = next_tokens[:, None]
-            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-        for row in rows:
-            if not row.finish:
-                row.finish = "length"
+            if row.finish:
                 if on_text is not None:
                     self._flush(row, on_text)
+                _report(row, on_done)
 
     def _update_text(self, row: _Row, on_text: OnText | None) -> None:
         # Continuations are decoded without the dummy prefix: the first piece's leading

@@ -3,7 +3,9 @@
 Editor plugins (llama.vim, llama.vscode, Continue) and the `openai` client talk to it
 unchanged. Requests are validated on the event loop, queued, and a single worker thread
 batches whatever is waiting into one `HFGenerator.generate` call (the one generation
-path), streaming each row's text back to its request. A client that goes away cancels
+path), streaming each row's text back to its request. Batching is continuous: a request
+that arrives while a batch decodes joins it at the next step, and each request is answered
+as soon as its own row finishes. A client that goes away cancels
 its row; bad input gets a one-line JSON 4xx, never a dead server.
 """
 
@@ -179,22 +181,48 @@ class BatchingEngine:
             yield group
 
     def _run(self, group: list[Job]) -> None:
+        """One generate call; requests that arrive meanwhile join it (continuous batching)."""
         self.batches += 1
         start = time.perf_counter()
         for job in group:
             job.t_start = start
+        answered: set[int] = set()
+
+        def done(i: int, out: Completion) -> None:  # each request is answered when its own row finishes
+            answered.add(i)
+            self.finished[out.finish_reason] += 1
+            group[i].done(out)
+
         try:
-            outs = self.generator.generate([j.request for j in group], on_text=lambda i, d: group[i].text(d),
-                                           is_cancelled=lambda i: group[i].cancelled)
+            self.generator.generate([j.request for j in group], on_text=lambda i, d: group[i].text(d),
+                                    is_cancelled=lambda i: group[i].cancelled, on_done=done,
+                                    admit=lambda free: self._admit(group, free))
         except Exception as exc:  # a failed batch fails its requests, not the server
             log.exception("generation failed for a batch of %d", len(group))
-            self.finished["error"] += len(group)
-            for job in group:
-                job.fail(f"generation failed: {type(exc).__name__}: {exc}")
-            return
-        for job, out in zip(group, outs):
-            self.finished[out.finish_reason] += 1
-            job.done(out)
+            for i, job in enumerate(group):
+                if i not in answered:
+                    self.finished["error"] += 1
+                    job.fail(f"generation failed: {type(exc).__name__}: {exc}")
+
+    def _admit(self, group: list[Job], free: int) -> list[GenerationRequest]:
+        """Waiting requests for the running batch, up to its free rows (their rows follow `group`'s)."""
+        joining: list[GenerationRequest] = []
+        while len(joining) < free:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:  # shutting down: leave the marker for the worker loop
+                self._queue.put(None)
+                break
+            if job.cancelled:
+                self.finished["cancelled"] += 1
+                job.done(Completion("", [], "cancelled", job.prompt_tokens))
+                continue
+            job.t_start = time.perf_counter()
+            group.append(job)
+            joining.append(job.request)
+        return joining
 
 
 # -- request bodies -------------------------------------------------------------------------

@@ -41,6 +41,31 @@ def test_finished_rows_leave_the_batch_and_the_others_are_unchanged(generator):
     assert widths[:2] == [3, 3] and widths[-1] == 1 and sorted(widths, reverse=True) == widths  # shrinks: 3, 2, 1
 
 
+@pytest.mark.parametrize("joiner", [PROMPTS[2], PROMPTS[1] * 3])  # shorter and longer than the running row
+def test_admitted_rows_join_a_running_batch_and_decode_as_alone(generator, joiner):
+    first = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=20))
+    late = [GenerationRequest(joiner, params=SamplingParams(max_new_tokens=8)),
+            GenerationRequest(PROMPTS[3], params=SamplingParams(max_new_tokens=6, temperature=0.9, seed=3))]
+    alone = [generator.generate([r])[0] for r in (first, *late)]
+    calls, done = [], {}
+
+    def admit(free):  # both arrive while the first request is decoding (its 3rd and 5th step)
+        calls.append(free)
+        return late[:1] if len(calls) == 3 else late[1:] if len(calls) == 5 else []
+
+    widths = []
+    hook = generator.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[0]),
+                                                     with_kwargs=True)
+    try:
+        [out] = generator.generate([first], admit=admit, on_done=lambda i, c: done.setdefault(i, c))
+    finally:
+        hook.remove()
+    assert out.token_ids == alone[0].token_ids and set(done) == {0, 1, 2}
+    assert [done[i].token_ids for i in (1, 2)] == [alone[1].token_ids, alone[2].token_ids]
+    assert done[1].text == alone[1].text and done[2].finish_reason == alone[2].finish_reason
+    assert max(widths) >= 2  # the late rows decoded in the same forward passes as the first one
+
+
 def test_streaming_deltas_add_up_to_the_text(generator):
     pieces = {}
     request = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=16))

@@ -182,6 +182,24 @@ def test_disconnected_client_cancels_its_generation(random_server):
     assert health(url)["status"] == "ok"
 
 
+def test_a_request_joins_a_running_batch_and_is_answered_first(random_server):
+    """Continuous batching: a short request that arrives mid-generation does not wait for the long one."""
+    url, engine = random_server
+    long_body = {"prompt": "class Tree:\n", "suffix": "", "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=long_body, timeout=TIMEOUT) as r:
+        lines = r.iter_lines()
+        while not next(lines).startswith("data: "):
+            pass
+        batches = engine.batches  # the long request's batch is decoding now
+        short = httpx.post(f"{url}/v1/completions", json={"prompt": "def f(x):\n", "max_tokens": 5, "temperature": 0},
+                           timeout=TIMEOUT)
+        assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 5
+        assert engine.batches == batches  # it joined the running batch instead of waiting for a new one
+        streamed = sum(1 for line in lines if line.startswith("data: ") and line != "data: [DONE]")
+    assert streamed > 5  # the long request was still going when the short one was answered
+    assert health(url)["status"] == "ok"
+
+
 def test_full_queue_answers_429():
     import asyncio
 
