@@ -162,23 +162,11 @@ class BatchingEngine:
                 if job.cancelled:  # its client left while it waited
                     self.finished["cancelled"] += 1
                     job.done(Completion("", [], "cancelled", job.prompt_tokens))
-            for group in self._fit([j for j in jobs if not j.cancelled]):
-                self._run(group)
+            waiting = [j for j in jobs if not j.cancelled]
+            if waiting:  # one batch: every row keeps its own positions, so any prompt lengths mix
+                self._run(waiting)
             if stop:
                 return
-
-    def _fit(self, jobs: list[Job]) -> Iterator[list[Job]]:
-        """Split into groups whose longest prompt + largest budget fit the context (rows are left-padded)."""
-        group: list[Job] = []
-        for job in jobs:
-            trial = group + [job]
-            need = max(j.prompt_tokens for j in trial) + max(j.request.params.max_new_tokens for j in trial)
-            if group and self.max_context and need > self.max_context:
-                yield group
-                trial = [job]
-            group = trial
-        if group:
-            yield group
 
     def _run(self, group: list[Job]) -> None:
         """One generate call; requests that arrive meanwhile join it (continuous batching)."""
