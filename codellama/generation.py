@@ -164,6 +164,13 @@ class _Batch:
             self.cache.batch_select_indices(keep)
             self.step_input, self.attention = self.step_input[keep], self.attention[keep]
             self.rows, self.rngs, self.stop_ids = ([xs[b] for b in alive] for xs in (self.rows, self.rngs, self.stop_ids))
+            # Columns that were only the leavers' history are padding for everyone left: drop them, or a
+            # batch that keeps admitting would grow without bound.
+            first = int(self.attention.any(0).int().argmax())
+            if first:
+                for layer in self.cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+                self.attention = self.attention[:, first:]
         return self
 
     def merge(self, other: "_Batch") -> "_Batch":

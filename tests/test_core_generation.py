@@ -66,6 +66,24 @@ def test_admitted_rows_join_a_running_batch_and_decode_as_alone(generator, joine
     assert max(widths) >= 2  # the late rows decoded in the same forward passes as the first one
 
 
+def test_the_batch_narrows_to_the_rows_still_decoding(generator):
+    """When a long-prompt row leaves, the others' cache loses the columns only it needed."""
+    long_first = GenerationRequest(PROMPTS[1] * 3, params=SamplingParams(max_new_tokens=3))
+    late = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=12))
+    alone = generator.generate([late])[0]
+    widths, done = [], {}
+    hook = generator.model.register_forward_pre_hook(
+        lambda m, a, kw: widths.append(kw["attention_mask"].shape[1]), with_kwargs=True)
+    try:
+        generator.generate([long_first], admit=lambda free: [late] if not done and len(widths) == 1 else [],
+                           on_done=lambda i, c: done.setdefault(i, c))
+    finally:
+        hook.remove()
+    assert done[1].token_ids == alone.token_ids
+    # the last step's mask is exactly the late row's own prompt and tokens, not the long row's history
+    assert widths[-1] == len(generator.prompt_ids(late)) + len(alone.token_ids) - 1 < max(widths)
+
+
 def test_streaming_deltas_add_up_to_the_text(generator):
     pieces = {}
     request = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=16))
