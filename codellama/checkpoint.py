@@ -38,7 +38,7 @@ def load_config(model_dir: str | os.PathLike) -> LlamaConfig:
     return LlamaConfig.from_pretrained(str(model_dir))
 
 
-def load_model(model_dir: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+def load_model(model_dir: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
                device: str | torch.device = "cpu", attn_implementation: str = "sdpa") -> LlamaForCausalLM:
     load_config(model_dir)
     weights = list(Path(model_dir).glob("*.safetensors")) + list(Path(model_dir).glob("*.bin"))

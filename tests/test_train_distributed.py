@@ -36,10 +36,14 @@ def test_two_gloo_ranks_match_one_process(shards, tiny_tokenizer_dir, tmp_path):
         assert ((a[key] - b[key]).norm() / b[key].norm()).item() < 1e-4, key
 
 
-def test_checkpoint_base_reaches_every_rank_from_rank0(shards, tiny_model_dir, tmp_path):
-    """Only rank 0 reads the base; the others get their shards by broadcast, RoPE buffers rebuilt."""
-    from codellama.checkpoint import load_model
+@pytest.mark.parametrize("stored", ["fp32", "bf16"])
+def test_checkpoint_base_reaches_every_rank_from_rank0(shards, tiny_model_dir, tmp_path, stored):
+    """Only rank 0 reads the base (in its stored precision); the others get fp32 shards by broadcast, RoPE rebuilt."""
+    from codellama.checkpoint import load_model, load_tokenizer, save_checkpoint
 
+    if stored == "bf16":  # like Meta's releases: rank 0 holds it in bf16, the shards are its exact fp32 upcast
+        tiny_model_dir = save_checkpoint(load_model(tiny_model_dir, dtype=torch.bfloat16), tmp_path / "bf16",
+                                         load_tokenizer(tiny_model_dir))
     frozen = [a if a != "optim.lr=3e-3" else "optim.lr=1e-30" for a in ARGS]  # steps below fp32 resolution
     common = ["train", "code", "--data", str(shards), "--base", str(tiny_model_dir), *frozen,
               "--set", "rope.base=1000000"]  # a changed RoPE: the rebuilt buffers must follow the config
@@ -49,11 +53,11 @@ def test_checkpoint_base_reaches_every_rank_from_rank0(shards, tiny_model_dir, t
     assert one.returncode == 0, one.stderr[-2000:]
     for (_, a), (_, b) in zip(metric_losses(tmp_path / "two"), metric_losses(tmp_path / "one")):
         assert a == pytest.approx(b, rel=1e-5)
-    base = load_model(tiny_model_dir).state_dict()
+    base = load_model(tiny_model_dir).state_dict()  # fp32 (upcast from bf16 where stored so)
     exported = final_weights(tmp_path / "two")
     assert exported.keys() == {k for k in base if "rotary" not in k}
     for key, value in exported.items():
-        assert torch.equal(value, base[key]), key
+        assert value.dtype == torch.float32 and torch.equal(value, base[key]), key
 
 
 def test_mesh_shape_is_flat_on_one_node_and_hybrid_across_nodes():

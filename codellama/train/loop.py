@@ -61,14 +61,17 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return False
 
 
-def load_base_model(config: TrainConfig, vocab_size: int):
-    """Base weights (checkpoint dir) or a fresh model (preset name), with the data's vocabulary."""
+def load_base_model(config: TrainConfig, vocab_size: int, *, dtype: torch.dtype | str = torch.float32):
+    """Base weights (checkpoint dir) or a fresh model (preset name), with the data's vocabulary.
+
+    `dtype="auto"` keeps a checkpoint in its stored precision (a fresh model is fp32).
+    """
     from codellama.checkpoint import load_model
     from codellama.model import build_model, resize_vocab_mean_init
     from codellama.presets import PRESETS
 
     if config.base_kind == "checkpoint":
-        model = load_model(config.base)
+        model = load_model(config.base, dtype=dtype)
         if model.config.vocab_size < vocab_size:
             resize_vocab_mean_init(model, vocab_size)  # Llama 2 (32,000) -> Code Llama pieces (32,016)
     else:
@@ -98,11 +101,12 @@ def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, 
     from codellama.model import set_gradient_checkpointing
 
     if env.distributed:
-        base = load_base_model(config, vocab_size) if env.is_main else None
-        shape = dist_utils.broadcast_object(
-            (base.config.to_dict(), next(base.parameters()).dtype) if base is not None else None, env)
+        # Rank 0 keeps the checkpoint's own precision (bf16 for Meta's: half the host memory); every
+        # rank's shards are fp32 masters, so the broadcast upcasts exactly.
+        base = load_base_model(config, vocab_size, dtype="auto") if env.is_main else None
+        shape = dist_utils.broadcast_object(base.config.to_dict() if base is not None else None, env)
         with torch.device("meta"):
-            model = LlamaForCausalLM(LlamaConfig.from_dict(shape[0])).to(shape[1])
+            model = LlamaForCausalLM(LlamaConfig.from_dict(shape)).to(torch.float32)
         model.config.use_cache = False
     else:
         model = base = load_base_model(config, vocab_size)
