@@ -59,8 +59,10 @@ class Completion:
 
 
 class Generator(Protocol):
+    """What evals and the instruct pipeline call; `HFGenerator` also takes `admit` (continuous batching)."""
+
     def generate(self, requests: Sequence[GenerationRequest], *, on_text: OnText | None = None,
-                 is_cancelled: IsCancelled | None = None) -> list[Completion]: ...
+                 is_cancelled: IsCancelled | None = None, on_done: OnDone | None = None) -> list[Completion]: ...
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -417,11 +419,17 @@ class OpenAIGenerator:
         return Completion(text, [], "stop" if hit else finish, 0)
 
     def generate(self, requests: Sequence[GenerationRequest], *, on_text: OnText | None = None,
-                 is_cancelled: IsCancelled | None = None) -> list[Completion]:
+                 is_cancelled: IsCancelled | None = None, on_done: OnDone | None = None) -> list[Completion]:
         from concurrent.futures import ThreadPoolExecutor
 
+        def one(i: int, request: GenerationRequest) -> Completion:
+            completion = self._one(i, request, on_text, is_cancelled)
+            if on_done is not None:
+                on_done(i, completion)
+            return completion
+
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            futures = [pool.submit(self._one, i, r, on_text, is_cancelled) for i, r in enumerate(requests)]
+            futures = [pool.submit(one, i, r) for i, r in enumerate(requests)]
             return [f.result() for f in futures]
 
 

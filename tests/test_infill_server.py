@@ -200,6 +200,17 @@ def test_a_request_joins_a_running_batch_and_is_answered_first(random_server):
     assert health(url)["status"] == "ok"
 
 
+def test_openai_generator_reports_each_completion_when_it_ends(server):
+    from codellama.generation import GenerationRequest, OpenAIGenerator, SamplingParams
+
+    url, _ = server
+    done = {}
+    requests = [GenerationRequest(PREFIX, suffix=SUFFIX, params=SamplingParams(max_new_tokens=40)),
+                GenerationRequest(PREFIX2, suffix=SUFFIX2, params=SamplingParams(max_new_tokens=40))]
+    outs = OpenAIGenerator(f"{url}/v1").generate(requests, on_done=lambda i, c: done.setdefault(i, c))
+    assert [o.text for o in outs] == [MIDDLE, MIDDLE2] and [done[0], done[1]] == outs
+
+
 def test_full_queue_answers_429():
     import asyncio
 
