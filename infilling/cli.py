@@ -40,7 +40,7 @@ def register(cli) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8012)
     p.add_argument("--name", help="model name reported by /v1/models (default: the directory name)")
-    p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoding together; new ones join a running batch as rows free up (default 8)")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond this get HTTP 429")
     p.add_argument("--max-prompt-tokens", type=int, help="longer prompts get HTTP 400 (default: the model's context)")
     p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens / n_predict a request may ask for")
