@@ -72,8 +72,12 @@ def test_mesh_shape_is_flat_on_one_node_and_hybrid_across_nodes():
 
 
 def test_hybrid_sharding_matches_one_process(shards, tiny_tokenizer_dir, tmp_path):
-    """4 ranks as 2 replicas x 2 shards (HSDP, as across two nodes) take the steps one process takes."""
-    common = ["train", "code", "--data", str(shards), "--tokenizer", str(tiny_tokenizer_dir), *ARGS]
+    """4 ranks as 2 replicas x 2 shards (HSDP, as across two nodes) take the steps one process takes.
+
+    With 2 micro-batches per rank, so the replicas' single all-reduce per step is checked too.
+    """
+    one_seq = [a if a != "micro_batch_size=2" else "micro_batch_size=1" for a in ARGS]
+    common = ["train", "code", "--data", str(shards), "--tokenizer", str(tiny_tokenizer_dir), *one_seq]
     four = run_cli(*common, "--set", "fsdp_shard_size=2", "--out", str(tmp_path / "four"), torchrun=4)
     assert four.returncode == 0, four.stderr[-3000:]
     assert "HSDP: 2 layers + root sharded over 2 ranks, 2 replicas" in four.stderr

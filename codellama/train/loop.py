@@ -244,6 +244,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     autocast = (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     compute_dtype = torch.bfloat16 if bf16 else torch.float32
     params = [p for p in model.parameters() if p.requires_grad]
+    hsdp = env.distributed and dist_utils.shard_mesh_shape(env, config.fsdp_shard_size)[0] > 1
     log.info("training %s/%s: steps %d..%d, %d tokens/step, %d rank(s) x %d micro-batches of %d, %s",
              config.branch, config.scale, start, total_steps, config.tokens_per_step, env.world_size, accum,
              config.micro_batch_size, "bf16 autocast" if bf16 else "fp32")
@@ -265,6 +266,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             n_targets = max(1.0, dist_utils.all_sum(count_targets(labels), env))
             loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
             for micro in range(accum):
+                if hsdp:  # replicas all-reduce once per step, not per micro-batch (shard groups still reduce-scatter)
+                    model.set_requires_all_reduce(micro == accum - 1)
                 rows = slice(micro * config.micro_batch_size, (micro + 1) * config.micro_batch_size)
                 x, y = tokens[rows].to(env.device, non_blocking=True), labels[rows].to(env.device, non_blocking=True)
                 loss = causal_lm_loss(model, x, y, autocast=autocast, compute_dtype=compute_dtype) / n_targets
