@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import pytest
 import torch
@@ -98,7 +99,7 @@ def test_kept_logits_buffer_is_reused_and_regrown_without_changing_results():
         torch.testing.assert_close(grads[0], hidden.grad)
         torch.testing.assert_close(grads[1], weight.grad)
         results.append(ours.item())
-    kept = loss_module._buffers[(torch.float64, torch.device("cpu"))]  # kept between calls on CPU
+    kept = loss_module._buffers[(torch.float64, torch.device("cpu"), threading.get_ident())]  # kept between calls
     assert kept.numel() == 32 * 700  # grown once to the largest [chunk, vocab], then reused
     loss_module.release_buffers()
     assert not loss_module._buffers

@@ -15,19 +15,21 @@ chunk is a fresh mmap, and first-touching its pages cost as much as the matmul t
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 IGNORE_INDEX = -100
 BLOCK_ELEMENTS = 2**19  # fp32 softmax rows per block: ~2 MB, inside one core's L2
 
-_buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+_buffers: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}  # per thread: two loops may share a process
 
 
 def logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A [rows, vocab] scratch tensor; on CPU the same memory each call (GPU allocators cache already)."""
     if device.type != "cpu":
         return torch.empty(rows, vocab, dtype=dtype, device=device)
-    key = (dtype, device)
+    key = (dtype, device, threading.get_ident())
     buf = _buffers.get(key)
     if buf is None or buf.numel() < rows * vocab:
         _buffers.pop(key, None)  # drop the old one before allocating its successor
@@ -36,8 +38,9 @@ def logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device: torch.devic
 
 
 def release_buffers() -> None:
-    """Give the kept logits memory back (the loop calls this when it ends)."""
-    _buffers.clear()
+    """Give this thread's kept logits memory back (the loop calls this when it ends)."""
+    for key in [k for k in _buffers if k[2] == threading.get_ident()]:
+        del _buffers[key]
 
 
 def softmax_rows_(logits: torch.Tensor) -> torch.Tensor:
