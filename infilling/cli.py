@@ -45,6 +45,8 @@ def register(cli) -> None:
     p.add_argument("--max-prompt-tokens", type=int, help="longer prompts get HTTP 400 (default: the model's context)")
     p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens / n_predict a request may ask for")
     p.add_argument("--spm", action="store_true", help="suffix-first (SPM) infilling prompts instead of PSM")
+    p.add_argument("--static-batching", action="store_true",
+                   help="a batch runs to its end before waiting requests start (default: they join it)")
     _add_device_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -118,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model directory not found: {args.model}")
     config = ServerConfig(model_name=args.name or args.model.resolve().name, max_prompt_tokens=args.max_prompt_tokens,
                           max_tokens=args.max_tokens, max_queue=args.max_queue, max_batch=args.max_batch,
-                          suffix_first=args.spm)
+                          suffix_first=args.spm, continuous=not args.static_batching)
     app = build_app(args.model, config, device=args.device, dtype=_dtype(args.dtype))
     print(f"serving {config.model_name} on http://{args.host}:{args.port} (/infill, /v1/completions); Ctrl-C stops",
           file=sys.stderr)

@@ -48,7 +48,8 @@ class ServerConfig:
     max_tokens: int = 512  # the most new tokens one request may ask for
     default_max_tokens: int = 16  # OpenAI's default for /v1/completions
     max_queue: int = 64  # waiting requests beyond this get 429
-    max_batch: int = 8  # rows per generate call
+    max_batch: int = 8  # rows decoding together
+    continuous: bool = True  # requests join a decoding batch; False: each batch runs to its end first
     max_body_bytes: int = 4 << 20
     suffix_first: bool = False  # SPM prompts instead of PSM for infilling
 
@@ -110,9 +111,9 @@ class Job:
 class BatchingEngine:
     """A queue in front of an `HFGenerator`, drained by one worker thread in batches."""
 
-    def __init__(self, generator, *, max_batch: int = 8, max_queue: int = 64):
+    def __init__(self, generator, *, max_batch: int = 8, max_queue: int = 64, continuous: bool = True):
         self.generator = generator
-        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_batch, self.max_queue, self.continuous = max_batch, max_queue, continuous
         self.max_context = getattr(generator, "max_context", None)
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -184,7 +185,7 @@ class BatchingEngine:
         try:
             self.generator.generate([j.request for j in group], on_text=lambda i, d: group[i].text(d),
                                     is_cancelled=lambda i: group[i].cancelled, on_done=done,
-                                    admit=lambda free: self._admit(group, free))
+                                    admit=(lambda free: self._admit(group, free)) if self.continuous else None)
         except Exception as exc:  # a failed batch fails its requests, not the server
             log.exception("generation failed for a batch of %d", len(group))
             for i, job in enumerate(group):
@@ -569,7 +570,8 @@ def build_app(model_dir, config: ServerConfig | None = None, *, device: str = "c
 
     config = config or ServerConfig(model_name=Path(model_dir).resolve().name)
     generator = HFGenerator.from_pretrained(model_dir, device=device, dtype=dtype, batch_size=config.max_batch)
-    engine = BatchingEngine(generator, max_batch=config.max_batch, max_queue=config.max_queue)
+    engine = BatchingEngine(generator, max_batch=config.max_batch, max_queue=config.max_queue,
+                            continuous=config.continuous)
     return create_app(engine, config)
 
 

@@ -1,5 +1,6 @@
 """The editor API end to end: a real uvicorn server on an ephemeral port, real clients."""
 
+import contextlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -182,9 +183,21 @@ def test_disconnected_client_cancels_its_generation(random_server):
     assert health(url)["status"] == "ok"
 
 
-def test_a_request_joins_a_running_batch_and_is_answered_first(random_server):
-    """Continuous batching: a short request that arrives mid-generation does not wait for the long one."""
-    url, engine = random_server
+@pytest.mark.parametrize("continuous", [True, False])
+def test_a_request_joins_a_running_batch_and_is_answered_first(random_server, tiny_model_dir, continuous):
+    """Continuous batching: a short request that arrives mid-generation does not wait for the long one
+    (with --static-batching it does: it gets a batch of its own after the long one)."""
+    if continuous:
+        url, engine = random_server
+        context = contextlib.nullcontext(url)
+    else:
+        app = build_app(tiny_model_dir, ServerConfig(model_name="tiny-static", max_tokens=400, continuous=False))
+        engine, context = app.state.engine, serve_in_thread(app)
+    with context as url:
+        _long_then_short(url, engine, joins=continuous)
+
+
+def _long_then_short(url, engine, *, joins):
     long_body = {"prompt": "class Tree:\n", "suffix": "", "max_tokens": 400, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{url}/v1/completions", json=long_body, timeout=TIMEOUT) as r:
         lines = r.iter_lines()
@@ -194,9 +207,10 @@ def test_a_request_joins_a_running_batch_and_is_answered_first(random_server):
         short = httpx.post(f"{url}/v1/completions", json={"prompt": "def f(x):\n", "max_tokens": 5, "temperature": 0},
                            timeout=TIMEOUT)
         assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 5
-        assert engine.batches == batches  # it joined the running batch instead of waiting for a new one
+        # continuous: it joined the running batch; static: it waited for the long one, then ran alone
+        assert engine.batches == (batches if joins else batches + 1)
         streamed = sum(1 for line in lines if line.startswith("data: ") and line != "data: [DONE]")
-    assert streamed > 5  # the long request was still going when the short one was answered
+    assert streamed > (5 if joins else 0)  # continuous: the long request was still going
     assert health(url)["status"] == "ok"
 
 
