@@ -128,7 +128,9 @@ class _Batch:
                  config, device: torch.device):
         from transformers import DynamicCache
 
-        self.rows, self.step_input, self.attention, self.stop_ids = rows, input_ids, attention, stop_ids
+        self.rows, self.stop_ids = rows, stop_ids
+        self.prompt, self.prompt_mask, self.prefilled = input_ids, attention, 0  # fed by `prefill_step`
+        self.step_input, self.attention = input_ids[:, :0], attention[:, :0]
         self.cache = DynamicCache(config=config)
         self.device = device
         self.logits: torch.Tensor | None = None
@@ -140,6 +142,15 @@ class _Batch:
                 rng = torch.Generator(device=device)
                 rng.manual_seed(r.request.params.seed)
             self.rngs.append(rng)
+
+    def prefill_step(self, model, chunk: int | None = None) -> bool:
+        """Feed the next `chunk` prompt columns (all when None); True once the whole prompt is in."""
+        end = self.prompt.shape[1] if chunk is None else min(self.prompt.shape[1], self.prefilled + chunk)
+        self.step_input = self.prompt[:, self.prefilled:end]
+        self.attention = self.prompt_mask[:, :end]
+        self.prefilled = end
+        self.step(model)
+        return end == self.prompt.shape[1]
 
     def step(self, model) -> None:
         positions = (self.attention.cumsum(-1) - 1).clamp(min=0)[:, -self.step_input.shape[1]:]
@@ -199,9 +210,14 @@ class HFGenerator:
     """Local generation: continuous batching over transformers' KV cache."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8, max_context: int | None = None,
-                 overflow: str = "error"):
+                 overflow: str = "error", prefill_chunk: int = 512):
         """`overflow`: what a prompt longer than the context gets: "error" (ValueError) or "skip"
-        (an empty completion with finish_reason "context", so a benchmark scores it as failed)."""
+        (an empty completion with finish_reason "context", so a benchmark scores it as failed).
+        `prefill_chunk`: a request that joins a running batch has its prompt fed this many tokens
+        per decode step, so a long prompt delays the running rows by one chunk at a time."""
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         if overflow not in ("error", "skip"):
             raise ValueError(f"overflow must be 'error' or 'skip', got {overflow!r}")
         self.overflow = overflow
@@ -213,13 +229,14 @@ class HFGenerator:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | None = None,
-                        batch_size: int = 8, max_context: int | None = None, overflow: str = "error") -> "HFGenerator":
+                        batch_size: int = 8, max_context: int | None = None, overflow: str = "error",
+                        prefill_chunk: int = 512) -> "HFGenerator":
         from codellama.checkpoint import load_model, load_tokenizer
 
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         return cls(load_model(model_dir, dtype=dtype, device=device), load_tokenizer(model_dir), batch_size=batch_size,
-                   max_context=max_context, overflow=overflow)
+                   max_context=max_context, overflow=overflow, prefill_chunk=prefill_chunk)
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.suffix is None:
@@ -280,24 +297,35 @@ class HFGenerator:
     def _generate_batch(self, rows: list[_Row], on_text: OnText | None, is_cancelled: IsCancelled | None,
                         on_done: OnDone | None = None, admit: Admit | None = None,
                         next_index: list[int] | None = None) -> None:
-        """Decode `rows` together (left-padded, one KV cache); rows leave when done, admitted ones join."""
-        state = self._prefill(rows, on_text, is_cancelled, on_done)
+        """Decode `rows` together (left-padded, one KV cache); rows leave when done, admitted ones join.
+
+        Joining rows are prefilled alongside: one `prefill_chunk` of their prompts per decode step
+        of the running rows, then merged into the batch.
+        """
+        state = self._start(rows, on_done)
+        if state is not None:
+            while not state.prefill_step(self.model):
+                pass
+            state = self._first_tokens(state, on_text, is_cancelled, on_done)
+        joining: _Batch | None = None
         while True:
-            if admit is not None and (state is None or len(state.rows) < self.batch_size):
-                joining = self._admit(admit, self.batch_size - (len(state.rows) if state else 0),
-                                      next_index if next_index is not None else [0], on_done)
-                if joining:
-                    newcomer = self._prefill(joining, on_text, is_cancelled, on_done)
-                    state = newcomer if state is None else state.merge(newcomer) if newcomer else state
+            busy = (len(state.rows) if state else 0) + (len(joining.rows) if joining else 0)
+            if admit is not None and joining is None and busy < self.batch_size:
+                joining = self._start(self._admit(admit, self.batch_size - busy,
+                                                  next_index if next_index is not None else [0], on_done), on_done)
+            if joining is not None and joining.prefill_step(self.model, self.prefill_chunk if state else None):
+                newcomer, joining = self._first_tokens(joining, on_text, is_cancelled, on_done), None
+                state = newcomer if state is None else state.merge(newcomer) if newcomer else state
             if state is None:
-                return
+                if joining is None:
+                    return
+                continue
             state.step(self.model)
             self._accept(state, state.sample(), on_text, is_cancelled, on_done)
             state = state.keep_unfinished()
 
-    def _prefill(self, rows: list[_Row], on_text: OnText | None, is_cancelled: IsCancelled | None,
-                 on_done: OnDone | None) -> _Batch | None:
-        """Run the prompts of `rows` into a fresh cache and take each row's first token."""
+    def _start(self, rows: list[_Row], on_done: OnDone | None) -> _Batch | None:
+        """A batch for `rows` with their prompts left-padded, not yet run; rows with no room are answered."""
         for row in rows:  # each row's positions are its own (left padding), so each has its own room
             room = self.max_context - len(row.prompt_ids) if self.max_context else None
             if room is not None and room <= 0:
@@ -316,9 +344,12 @@ class HFGenerator:
         for b, row in enumerate(rows):  # left padding: every row's next token is at the same column
             input_ids[b, longest - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
             attention[b, longest - len(row.prompt_ids):] = 1
-        batch = _Batch(rows, input_ids.to(self.device), attention.to(self.device),
-                       [self.stop_ids(r.request) for r in rows], self.model.config, self.device)
-        batch.step(self.model)
+        return _Batch(rows, input_ids.to(self.device), attention.to(self.device),
+                      [self.stop_ids(r.request) for r in rows], self.model.config, self.device)
+
+    def _first_tokens(self, batch: _Batch, on_text: OnText | None, is_cancelled: IsCancelled | None,
+                      on_done: OnDone | None) -> _Batch | None:
+        """After the prompt: each row's first token (some rows may finish right there)."""
         self._accept(batch, batch.sample(), on_text, is_cancelled, on_done)
         return batch.keep_unfinished()
 

@@ -84,6 +84,27 @@ def test_the_batch_narrows_to_the_rows_still_decoding(generator):
     assert widths[-1] == len(generator.prompt_ids(late)) + len(alone.token_ids) - 1 < max(widths)
 
 
+def test_a_long_joining_prompt_is_prefilled_in_chunks_between_decode_steps(tiny_model_dir):
+    gen = HFGenerator(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), batch_size=4, prefill_chunk=16)
+    first = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=30))
+    late = GenerationRequest(PROMPTS[1] * 3, params=SamplingParams(max_new_tokens=6))
+    alone = [gen.generate([r])[0].token_ids for r in (first, late)]
+    calls, done = [], {}
+    hook = gen.model.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                               with_kwargs=True)
+    try:
+        [out] = gen.generate([first], admit=lambda free: [late] if len(calls) == 2 else [],
+                             on_done=lambda i, c: done.setdefault(i, c))
+    finally:
+        hook.remove()
+    assert out.token_ids == alone[0] and done[1].token_ids == alone[1]
+    chunks = [i for i, shape in enumerate(calls) if shape == (1, 16)]
+    n_prompt = len(gen.prompt_ids(late))
+    assert len(chunks) == n_prompt // 16  # the late prompt went in 16 tokens at a time (plus its remainder)
+    # and the running row kept decoding (one token per call) between the chunks
+    assert all(calls[i + 1] == (1, 1) for i in chunks)
+
+
 def test_streaming_deltas_add_up_to_the_text(generator):
     pieces = {}
     request = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=16))
