@@ -303,9 +303,8 @@ class HFGenerator:
         of the running rows, then merged into the batch.
         """
         state = self._start(rows, on_done)
-        if state is not None:
-            while not state.prefill_step(self.model):
-                pass
+        if state is not None:  # nothing runs yet: the whole prompt in one pass
+            state.prefill_step(self.model)
             state = self._first_tokens(state, on_text, is_cancelled, on_done)
         joining: _Batch | None = None
         while True:
