@@ -86,6 +86,21 @@ def build_model(preset: ModelPreset, *, dtype: torch.dtype = torch.float32, devi
     return model
 
 
+def empty_model(config: LlamaConfig) -> LlamaForCausalLM:
+    """A model's structure on the meta device (no memory), to be filled from a state dict.
+
+    RoPE's inverse frequencies are a non-persistent buffer that no state dict carries: call
+    `rebuild_rotary` once the weights are in.
+    """
+    with torch.device("meta"):
+        return LlamaForCausalLM(config)
+
+
+def rebuild_rotary(model: LlamaForCausalLM, device: str | torch.device = "cpu") -> None:
+    """Recompute the RoPE buffers from the model's config (its base, scaling and context)."""
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config).to(device)
+
+
 def set_gradient_checkpointing(model: LlamaForCausalLM, enabled: bool, *, offload: bool = False) -> None:
     """Recompute activations in backward (and optionally keep saved ones in CPU memory)."""
     if enabled and offload and not torch.accelerator.is_available():

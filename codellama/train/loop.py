@@ -96,17 +96,16 @@ def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, 
     device, shards it, and receives its shards from rank 0. Host memory is then one full model on
     rank 0 instead of one per rank (8 x 280 GB for a 70B fp32 model on one node otherwise).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
-    from codellama.model import set_gradient_checkpointing
+    from codellama.model import empty_model, rebuild_rotary, set_gradient_checkpointing
 
     if env.distributed:
         # Rank 0 keeps the checkpoint's own precision (bf16 for Meta's: half the host memory); every
         # rank's shards are fp32 masters, so the broadcast upcasts exactly.
         base = load_base_model(config, vocab_size, dtype="auto") if env.is_main else None
         shape = dist_utils.broadcast_object(base.config.to_dict() if base is not None else None, env)
-        with torch.device("meta"):
-            model = LlamaForCausalLM(LlamaConfig.from_dict(shape)).to(torch.float32)
+        model = empty_model(LlamaConfig.from_dict(shape)).to(torch.float32)
         model.config.use_cache = False
     else:
         model = base = load_base_model(config, vocab_size)
@@ -123,10 +122,7 @@ def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, 
                            shard_size=config.fsdp_shard_size)
     dist_utils.load_full_state_from_rank0(model, base.state_dict() if base is not None else {}, env)
     del base
-    # Non-persistent buffers (RoPE's inverse frequencies) are not in a state dict: recompute them.
-    rotary = type(model.model.rotary_emb)(config=model.config).to(env.device)
-    for name, buffer in rotary.named_buffers():
-        model.model.rotary_emb.get_buffer(name).copy_(buffer)
+    rebuild_rotary(model, env.device)
     return model
 
 
@@ -340,15 +336,15 @@ def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, over
 
     if env.distributed:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        from transformers import LlamaForCausalLM
+
+        from codellama.model import empty_model, rebuild_rotary
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         plain = None
         if env.is_main:
-            with torch.device("meta"):
-                plain = LlamaForCausalLM(model.config)
+            plain = empty_model(model.config)
             plain.load_state_dict(full, assign=True)
-            plain.model.rotary_emb = type(plain.model.rotary_emb)(config=plain.config)  # non-persistent buffer
+            rebuild_rotary(plain)
     else:
         plain = model
     if env.is_main:
