@@ -21,6 +21,7 @@ import torch
 
 IGNORE_INDEX = -100
 BLOCK_ELEMENTS = 2**19  # fp32 softmax rows per block: ~2 MB, inside one core's L2
+CHUNK_TOKENS = 2048  # logit rows held at once (the memory estimate counts the same)
 
 _buffers: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}  # per thread: two loops may share a process
 
@@ -100,7 +101,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                         compute_dtype: torch.dtype | None = None, chunk: int = 2048,
+                         compute_dtype: torch.dtype | None = None, chunk: int = CHUNK_TOKENS,
                          block: int | None = None) -> torch.Tensor:
     """Sum over tokens of CE(hidden @ weight.T, target); targets equal to IGNORE_INDEX are skipped.
 
@@ -114,7 +115,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
 
 def causal_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, *, autocast, compute_dtype: torch.dtype,
-                   chunk: int = 2048) -> torch.Tensor:
+                   chunk: int = CHUNK_TOKENS) -> torch.Tensor:
     """Summed next-token loss of a LlamaForCausalLM, labels as transformers takes them (unshifted, -100 = skip).
 
     The model runs its own forward (so FSDP hooks fire) but keeps no logits position; the final

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from codellama.model import count_parameters
 from codellama.presets import ModelPreset
+from codellama.train.loss import CHUNK_TOKENS
 
 GIB = 2**30
 
@@ -56,7 +57,7 @@ def activation_bytes_per_token_layer(preset: ModelPreset, compute_bytes: int) ->
     return norms + projection_inputs + attention + mlp
 
 
-def output_layer_bytes(preset: ModelPreset, tokens: int, compute_bytes: int, chunk: int = 2048) -> int:
+def output_layer_bytes(preset: ModelPreset, tokens: int, compute_bytes: int, chunk: int = CHUNK_TOKENS) -> int:
     """The loop's fused output layer + loss: one chunk of logits, plus the gradients it makes in forward.
 
     The [tokens, vocab] logits are never held (codellama/train/loss.py): one `chunk` of them in the
