@@ -149,25 +149,33 @@ class BatchingEngine:
             first = self._queue.get()
             if first is None:
                 return
-            jobs, stop = [first], False
-            while len(jobs) < self.max_batch:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
+            jobs = [first] if self._live(first) else []
+            jobs += self._take(self.max_batch - len(jobs))
+            if jobs:  # one batch: every row keeps its own positions, so any prompt lengths mix
+                self._run(jobs)
+
+    def _live(self, job: Job) -> bool:
+        """False, with the job answered "cancelled", when its client left while it waited."""
+        if job.cancelled:
+            self.finished["cancelled"] += 1
+            job.done(Completion("", [], "cancelled", job.prompt_tokens))
+            return False
+        return True
+
+    def _take(self, limit: int) -> list[Job]:
+        """Up to `limit` live waiting jobs, without blocking; the shutdown marker stays queued for the loop."""
+        jobs: list[Job] = []
+        while len(jobs) < limit:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)
+                break
+            if self._live(job):
                 jobs.append(job)
-            for job in jobs:
-                if job.cancelled:  # its client left while it waited
-                    self.finished["cancelled"] += 1
-                    job.done(Completion("", [], "cancelled", job.prompt_tokens))
-            waiting = [j for j in jobs if not j.cancelled]
-            if waiting:  # one batch: every row keeps its own positions, so any prompt lengths mix
-                self._run(waiting)
-            if stop:
-                return
+        return jobs
 
     def _run(self, group: list[Job]) -> None:
         """One generate call; requests that arrive meanwhile join it (continuous batching)."""
@@ -195,23 +203,12 @@ class BatchingEngine:
 
     def _admit(self, group: list[Job], free: int) -> list[GenerationRequest]:
         """Waiting requests for the running batch, up to its free rows (their rows follow `group`'s)."""
-        joining: list[GenerationRequest] = []
-        while len(joining) < free:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:  # shutting down: leave the marker for the worker loop
-                self._queue.put(None)
-                break
-            if job.cancelled:
-                self.finished["cancelled"] += 1
-                job.done(Completion("", [], "cancelled", job.prompt_tokens))
-                continue
-            job.t_start = time.perf_counter()
-            group.append(job)
-            joining.append(job.request)
-        return joining
+        joining = self._take(free)
+        start = time.perf_counter()
+        for job in joining:
+            job.t_start = start
+        group.extend(joining)
+        return [job.request for job in joining]
 
 
 # -- request bodies -------------------------------------------------------------------------
