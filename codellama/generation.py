@@ -262,7 +262,7 @@ class HFGenerator:
         results arrive only through `on_done`.
         """
         rows = [_Row(i, r, self.prompt_ids(r)) for i, r in enumerate(requests)]
-        fits = [r for r in rows if not self.max_context or len(r.prompt_ids) < self.max_context]
+        fits = [r for r in rows if self._fits(r)]
         if len(fits) < len(rows):
             if self.overflow == "error":
                 longest = max(len(r.prompt_ids) for r in rows)
@@ -280,13 +280,17 @@ class HFGenerator:
                                  next_index)
         return [_completion(r) for r in rows]
 
+    def _fits(self, row: _Row) -> bool:
+        """Room for at least one new token after the prompt."""
+        return not self.max_context or len(row.prompt_ids) < self.max_context
+
     def _admit(self, admit: Admit, free: int, next_index: list[int], on_done: OnDone | None) -> list[_Row]:
         """New rows for a running batch; one whose prompt fills the context is answered at once."""
         rows = []
         for request in admit(free):
             row = _Row(next_index[0], request, self.prompt_ids(request))
             next_index[0] += 1
-            if self.max_context and len(row.prompt_ids) >= self.max_context:
+            if not self._fits(row):
                 row.finish = "context"
                 _report(row, on_done)
             else:
@@ -295,8 +299,7 @@ class HFGenerator:
 
     @torch.inference_mode()
     def _generate_batch(self, rows: list[_Row], on_text: OnText | None, is_cancelled: IsCancelled | None,
-                        on_done: OnDone | None = None, admit: Admit | None = None,
-                        next_index: list[int] | None = None) -> None:
+                        on_done: OnDone | None, admit: Admit | None, next_index: list[int]) -> None:
         """Decode `rows` together (left-padded, one KV cache); rows leave when done, admitted ones join.
 
         Joining rows are prefilled alongside: one `prefill_chunk` of their prompts per decode step
@@ -310,8 +313,7 @@ class HFGenerator:
         while True:
             busy = (len(state.rows) if state else 0) + (len(joining.rows) if joining else 0)
             if admit is not None and joining is None and busy < self.batch_size:
-                joining = self._start(self._admit(admit, self.batch_size - busy,
-                                                  next_index if next_index is not None else [0], on_done), on_done)
+                joining = self._start(self._admit(admit, self.batch_size - busy, next_index, on_done), on_done)
             if joining is not None and joining.prefill_step(self.model, self.prefill_chunk if state else None):
                 newcomer, joining = self._first_tokens(joining, on_text, is_cancelled, on_done), None
                 state = newcomer if state is None else state.merge(newcomer) if newcomer else state
@@ -326,11 +328,11 @@ class HFGenerator:
     def _start(self, rows: list[_Row], on_done: OnDone | None) -> _Batch | None:
         """A batch for `rows` with their prompts left-padded, not yet run; rows with no room are answered."""
         for row in rows:  # each row's positions are its own (left padding), so each has its own room
-            room = self.max_context - len(row.prompt_ids) if self.max_context else None
-            if room is not None and room <= 0:
+            if not self._fits(row):
                 raise ValueError(f"prompt of {len(row.prompt_ids)} tokens exceeds the model's context of "
                                  f"{self.max_context}")
-            row.budget = min(row.request.params.max_new_tokens, room if room is not None else 1 << 62)
+            room = self.max_context - len(row.prompt_ids) if self.max_context else 1 << 62
+            row.budget = min(row.request.params.max_new_tokens, room)
             if row.budget <= 0:
                 row.finish = "length"
                 _report(row, on_done)
