@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -8,6 +10,19 @@ from codellama.generation import GenerationRequest, HFGenerator, SamplingParams,
 @pytest.fixture(scope="module")
 def generator(tiny_model_dir):
     return HFGenerator(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), batch_size=3)
+
+
+@contextlib.contextmanager
+def forward_shapes(model):
+    """(input_ids shape, attention_mask shape) of each forward pass inside the block, as they happen."""
+    shapes = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: shapes.append((tuple(kw["input_ids"].shape), tuple(kw["attention_mask"].shape))),
+        with_kwargs=True)
+    try:
+        yield shapes
+    finally:
+        hook.remove()
 
 
 PROMPTS = ["def add(a, b):\n", "import os\nimport sys\n\nclass Foo:\n    def __init__(self):\n", "x", "# é 中文\n"]
@@ -30,13 +45,9 @@ def test_finished_rows_leave_the_batch_and_the_others_are_unchanged(generator):
     budgets = [2, 5, 16]
     requests = [GenerationRequest(PROMPTS[1], params=SamplingParams(max_new_tokens=n)) for n in budgets]
     alone = [generator.generate([r])[0].token_ids for r in requests]
-    widths = []
-    hook = generator.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[0]),
-                                                     with_kwargs=True)
-    try:
+    with forward_shapes(generator.model) as calls:
         together = generator.generate(requests)
-    finally:
-        hook.remove()
+    widths = [ids[0] for ids, _ in calls]
     assert [c.token_ids for c in together] == alone
     assert widths[:2] == [3, 3] and widths[-1] == 1 and sorted(widths, reverse=True) == widths  # shrinks: 3, 2, 1
 
@@ -47,19 +58,15 @@ def test_admitted_rows_join_a_running_batch_and_decode_as_alone(generator, joine
     late = [GenerationRequest(joiner, params=SamplingParams(max_new_tokens=8)),
             GenerationRequest(PROMPTS[3], params=SamplingParams(max_new_tokens=6, temperature=0.9, seed=3))]
     alone = [generator.generate([r])[0] for r in (first, *late)]
-    calls, done = [], {}
+    admits, done = [], {}
 
     def admit(free):  # both arrive while the first request is decoding (its 3rd and 5th step)
-        calls.append(free)
-        return late[:1] if len(calls) == 3 else late[1:] if len(calls) == 5 else []
+        admits.append(free)
+        return late[:1] if len(admits) == 3 else late[1:] if len(admits) == 5 else []
 
-    widths = []
-    hook = generator.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[0]),
-                                                     with_kwargs=True)
-    try:
+    with forward_shapes(generator.model) as calls:
         [out] = generator.generate([first], admit=admit, on_done=lambda i, c: done.setdefault(i, c))
-    finally:
-        hook.remove()
+    widths = [ids[0] for ids, _ in calls]
     assert out.token_ids == alone[0].token_ids and set(done) == {0, 1, 2}
     assert [done[i].token_ids for i in (1, 2)] == [alone[1].token_ids, alone[2].token_ids]
     assert done[1].text == alone[1].text and done[2].finish_reason == alone[2].finish_reason
@@ -71,14 +78,11 @@ def test_the_batch_narrows_to_the_rows_still_decoding(generator):
     long_first = GenerationRequest(PROMPTS[1] * 3, params=SamplingParams(max_new_tokens=3))
     late = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=12))
     alone = generator.generate([late])[0]
-    widths, done = [], {}
-    hook = generator.model.register_forward_pre_hook(
-        lambda m, a, kw: widths.append(kw["attention_mask"].shape[1]), with_kwargs=True)
-    try:
-        generator.generate([long_first], admit=lambda free: [late] if not done and len(widths) == 1 else [],
+    done = {}
+    with forward_shapes(generator.model) as calls:
+        generator.generate([long_first], admit=lambda free: [late] if not done and len(calls) == 1 else [],
                            on_done=lambda i, c: done.setdefault(i, c))
-    finally:
-        hook.remove()
+    widths = [mask[1] for _, mask in calls]
     assert done[1].token_ids == alone.token_ids
     # the last step's mask is exactly the late row's own prompt and tokens, not the long row's history
     assert widths[-1] == len(generator.prompt_ids(late)) + len(alone.token_ids) - 1 < max(widths)
@@ -89,14 +93,11 @@ def test_a_long_joining_prompt_is_prefilled_in_chunks_between_decode_steps(tiny_
     first = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=30))
     late = GenerationRequest(PROMPTS[1] * 3, params=SamplingParams(max_new_tokens=6))
     alone = [gen.generate([r])[0].token_ids for r in (first, late)]
-    calls, done = [], {}
-    hook = gen.model.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)),
-                                               with_kwargs=True)
-    try:
+    done = {}
+    with forward_shapes(gen.model) as calls:
         [out] = gen.generate([first], admit=lambda free: [late] if len(calls) == 2 else [],
                              on_done=lambda i, c: done.setdefault(i, c))
-    finally:
-        hook.remove()
+    calls = [ids for ids, _ in calls]
     assert out.token_ids == alone[0] and done[1].token_ids == alone[1]
     chunks = [i for i, shape in enumerate(calls) if shape == (1, 16)]
     n_prompt = len(gen.prompt_ids(late))
