@@ -25,7 +25,6 @@ from pathlib import Path
 
 import httpx
 import torch
-
 from bench_server import LLAMA2_TOKENIZER, make_model
 
 
@@ -46,8 +45,11 @@ def one_round(url: str, args) -> tuple[list[float], float]:
 
     def short_request(i: int) -> None:
         start = time.perf_counter()
-        r = httpx.post(f"{url}/v1/completions", json={"prompt": f"def f{i}(x):\n", "max_tokens": args.short_tokens,
-                                                      "temperature": 0}, timeout=600)
+        r = httpx.post(
+            f"{url}/v1/completions",
+            json={"prompt": f"def f{i}(x):\n", "max_tokens": args.short_tokens, "temperature": 0},
+            timeout=600,
+        )
         r.raise_for_status()
         latencies.append(time.perf_counter() - start)
 
@@ -88,15 +90,20 @@ def main() -> None:
         model_dir = make_model(args.preset, Path(tmp), LLAMA2_TOKENIZER)
         for _ in range(args.rounds):
             for mode in ("static", "continuous"):
-                config = ServerConfig(model_name=args.preset, max_tokens=max(args.long_tokens, args.short_tokens),
-                                      continuous=mode == "continuous")
+                config = ServerConfig(
+                    model_name=args.preset,
+                    max_tokens=max(args.long_tokens, args.short_tokens),
+                    continuous=mode == "continuous",
+                )
                 with serve_in_thread(build_app(model_dir, config, device=args.device)) as url:
                     latencies, long_time = one_round(url, args)
                 shorts[mode] += latencies
                 longs[mode].append(long_time)
-    print(f"model {args.preset} on {args.device} ({args.threads} torch threads); long request {args.long_tokens} "
-          f"tokens, {args.short} short requests x {args.short_tokens} tokens {args.gap} s apart per round, "
-          f"{args.rounds} rounds")
+    print(
+        f"model {args.preset} on {args.device} ({args.threads} torch threads); long request {args.long_tokens} "
+        f"tokens, {args.short} short requests x {args.short_tokens} tokens {args.gap} s apart per round, "
+        f"{args.rounds} rounds"
+    )
     print(f"{'':28}{'static':>10}{'continuous':>12}{'ratio':>8}")
     s, c = statistics.median(shorts["static"]), statistics.median(shorts["continuous"])
     print(f"{'short request p50 (s)':28}{s:>10.3f}{c:>12.3f}{s / c:>8.2f}")

@@ -27,7 +27,7 @@ def load_tokenizer(path: str | None):
     if path:
         tok = CodeLlamaTokenizer.load(path)
         try:
-            tok.prefix_id
+            _ = tok.prefix_id
             return tok
         except KeyError:  # a plain Llama 2 tokenizer: add Code Llama's pieces
             return CodeLlamaTokenizer.extend_llama(Path(path) / "tokenizer.model" if Path(path).is_dir() else path)
@@ -62,8 +62,10 @@ def main() -> int:
     texts = list(docs["text"])
     tok = load_tokenizer(args.tokenizer)
     config = PrepareConfig(seq_len=args.seq_len, packing=args.packing, fim=FimOptions(span_mode=args.span_mode))
-    print(f"{len(texts):,} documents, {sum(map(len, texts)) / 1e6:.1f} M characters, vocab {tok.vocab_size}, "
-          f"1 process / 1 thread, best of {args.repeats}")
+    print(
+        f"{len(texts):,} documents, {sum(map(len, texts)) / 1e6:.1f} M characters, vocab {tok.vocab_size}, "
+        f"1 process / 1 thread, best of {args.repeats}"
+    )
 
     def encode_only():
         ids = tok.encode_batch(texts, num_threads=1)
@@ -87,12 +89,16 @@ def main() -> int:
             best[name] = (min(best[name][0], wall), min(best[name][1], cpu), n)
     base_wall, base_cpu, base_n = best["tokenize only (sp batch encode)"]
     for name, (wall, cpu, n) in best.items():
-        print(f"{name:<34} {n:>11,} tokens  wall {wall:7.2f} s ({n / wall / 1e6:5.2f} M tok/s)  "
-              f"cpu {cpu:7.2f} s  ratio wall {wall / base_wall:.3f}  cpu {cpu / base_cpu:.3f}")
+        print(
+            f"{name:<34} {n:>11,} tokens  wall {wall:7.2f} s ({n / wall / 1e6:5.2f} M tok/s)  "
+            f"cpu {cpu:7.2f} s  ratio wall {wall / base_wall:.3f}  cpu {cpu / base_cpu:.3f}"
+        )
     wall, cpu, n = best["FIM + tokenize + pack + write"]
     overhead = wall / base_wall - 1
-    print(f"pipeline overhead over tokenization alone: {overhead:+.1%} wall, {cpu / base_cpu - 1:+.1%} cpu "
-          f"(target <= +10%: {'met' if overhead <= 0.10 else 'NOT met'})")
+    print(
+        f"pipeline overhead over tokenization alone: {overhead:+.1%} wall, {cpu / base_cpu - 1:+.1%} cpu "
+        f"(target <= +10%: {'met' if overhead <= 0.10 else 'NOT met'})"
+    )
     return 0
 
 

@@ -34,8 +34,12 @@ print(json.dumps({"mb": peak() - base, "s": time.perf_counter() - start, "base_m
 
 
 def measure(preset: str, vocab: int, length: int, impl: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, preset, str(vocab), str(length), impl],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, preset, str(vocab), str(length), impl],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -48,18 +52,25 @@ def main() -> None:
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     print(f"preset {args.preset}, vocab {args.vocab}, fp32, batch 1: MB added to peak RSS by forward+backward")
-    print(f"{'tokens':>7} {'sdpa MB':>9} {'sdpa s':>7} {'eager MB':>9} {'eager s':>8} {'eager/sdpa':>11} {'sdpa MB/token':>14}")
+    print(
+        f"{'tokens':>7} {'sdpa MB':>9} {'sdpa s':>7} {'eager MB':>9} {'eager s':>8} {'eager/sdpa':>11} {'sdpa MB/token':>14}"
+    )
     first = None
     for n in lengths:
         sdpa = measure(args.preset, args.vocab, n, "sdpa")
         first = first or (n, sdpa["mb"])
         eager = measure(args.preset, args.vocab, n, "eager") if n <= args.eager_max else None
-        e_mb, e_s, ratio = (f"{eager['mb']:.0f}", f"{eager['s']:.2f}", f"{eager['mb'] / sdpa['mb']:.2f}") \
-            if eager else ("-", "-", "-")
-        print(f"{n:>7} {sdpa['mb']:>9.0f} {sdpa['s']:>7.2f} {e_mb:>9} {e_s:>8} {ratio:>11} "
-              f"{sdpa['mb'] / n * 1024:>12.1f}KB")
-    print(f"sdpa growth {first[0]} -> {lengths[-1]} tokens: x{sdpa['mb'] / first[1]:.2f} "
-          f"for x{lengths[-1] / first[0]:.0f} tokens (linear = equal factors)")
+        e_mb, e_s, ratio = (
+            (f"{eager['mb']:.0f}", f"{eager['s']:.2f}", f"{eager['mb'] / sdpa['mb']:.2f}") if eager else ("-", "-", "-")
+        )
+        print(
+            f"{n:>7} {sdpa['mb']:>9.0f} {sdpa['s']:>7.2f} {e_mb:>9} {e_s:>8} {ratio:>11} "
+            f"{sdpa['mb'] / n * 1024:>12.1f}KB"
+        )
+    print(
+        f"sdpa growth {first[0]} -> {lengths[-1]} tokens: x{sdpa['mb'] / first[1]:.2f} "
+        f"for x{lengths[-1] / first[0]:.0f} tokens (linear = equal factors)"
+    )
 
 
 if __name__ == "__main__":

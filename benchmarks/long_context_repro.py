@@ -41,16 +41,16 @@ log = logging.getLogger("long_context_repro")
 
 @dataclass(frozen=True)
 class Settings:
-    context: int = 256          # base training context
-    factor: int = 4             # fine-tuning context = factor * context
-    eval_factor: int = 8        # longest evaluated context = eval_factor * context
+    context: int = 256  # base training context
+    factor: int = 4  # fine-tuning context = factor * context
+    eval_factor: int = 8  # longest evaluated context = eval_factor * context
     vocab_size: int = 2016
     batch_tokens: int = 8192
     pretrain_steps: int = 300
     pretrain_lr: float = 2e-3
     ft_steps: int = 80
     ft_lr: float = 5e-4
-    heldout_every: int = 10     # 1 file in N is held out
+    heldout_every: int = 10  # 1 file in N is held out
     eval_files: int = 32
     max_files: int | None = None  # cap on training files (quick runs)
     control: bool = True
@@ -106,12 +106,22 @@ def build_shards(docs_jsonl: Path, tokenizer, out: Path, seq_len: int, packing: 
     from infilling.fim import FimOptions
 
     if not (out / INDEX).is_file():
-        config = PrepareConfig(sources=(SourceSpec(str(docs_jsonl), name="stdlib-train"),), seq_len=seq_len,
-                               packing=packing, fim=FimOptions(fim_rate=0.0), seed=0)
+        config = PrepareConfig(
+            sources=(SourceSpec(str(docs_jsonl), name="stdlib-train"),),
+            seq_len=seq_len,
+            packing=packing,
+            fim=FimOptions(fim_rate=0.0),
+            seed=0,
+        )
         prepare(config, tokenizer, out, num_proc=min(2, os.cpu_count() or 1))
     stats = ShardIndex.load(out).meta["stats"]
-    return {"seq_len": seq_len, "packing": packing, "sequences": stats["sequences"], "tokens": stats["tokens"],
-            "padding_tokens": stats["padding_tokens"]}
+    return {
+        "seq_len": seq_len,
+        "packing": packing,
+        "sequences": stats["sequences"],
+        "tokens": stats["tokens"],
+        "padding_tokens": stats["padding_tokens"],
+    }
 
 
 def eval_windows(tokenizer, texts: list[str], length: int, n: int):
@@ -137,19 +147,41 @@ def train_stage(branch: str, out: Path, *, base: str, data: Path, tokenizer_dir:
     final = out / FINAL
     if not (final / "config.json").is_file():
         start = time.perf_counter()
-        train_branch(branch, base=base, data=str(data), out=str(out), tokenizer=str(tokenizer_dir),
-                     overrides=overrides, resume=True, progress=True)
+        train_branch(
+            branch,
+            base=base,
+            data=str(data),
+            out=str(out),
+            tokenizer=str(tokenizer_dir),
+            overrides=overrides,
+            resume=True,
+            progress=True,
+        )
         log.info("%s trained in %.0f s", out.name, time.perf_counter() - start)
     summary = json.loads((out / "summary.json").read_text())
-    return {"dir": str(final), "first_loss": summary["first_loss"], "last_loss": summary["last_loss"],
-            "tokens": summary["tokens"], "tokens_per_s": summary["tokens_per_s"]}
+    return {
+        "dir": str(final),
+        "first_loss": summary["first_loss"],
+        "last_loss": summary["last_loss"],
+        "tokens": summary["tokens"],
+        "tokens_per_s": summary["tokens_per_s"],
+    }
 
 
 def common_overrides(s: Settings, seq_len: int, steps: int, lr: float) -> list[str]:
     micro = max(1, s.batch_tokens // seq_len)
-    return [f"seq_len={seq_len}", f"batch_tokens={s.batch_tokens}", f"micro_batch_size={micro}",
-            f"max_steps={steps}", f"optim.lr={lr}", f"schedule.warmup_steps={max(1, steps // 20)}",
-            "gradient_checkpointing=false", "checkpoint_every=50", "keep_checkpoints=1", "log_every=5"]
+    return [
+        f"seq_len={seq_len}",
+        f"batch_tokens={s.batch_tokens}",
+        f"micro_batch_size={micro}",
+        f"max_steps={steps}",
+        f"optim.lr={lr}",
+        f"schedule.warmup_steps={max(1, steps // 20)}",
+        "gradient_checkpointing=false",
+        "checkpoint_every=50",
+        "keep_checkpoints=1",
+        "log_every=5",
+    ]
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -175,12 +207,15 @@ def evaluate(models: dict[str, str], windows, lengths: list[int], buckets: list[
         nll = torch.cat([token_nll(model, rows) for rows in windows.split(8)])
         by_pos = []
         for lo, hi in buckets:
-            part = nll[:, lo - 1:hi - 1].double()
+            part = nll[:, lo - 1 : hi - 1].double()
             by_pos.append({"from": lo, "to": hi, "ppl": math.exp(part.mean().item()), "tokens": part.numel()})
-        out[label] = {"path": path, "rope_parameters": dict(model.config.rope_parameters),
-                      "max_position_embeddings": model.config.max_position_embeddings,
-                      "ppl_by_length": [{"length": p.length, "ppl": p.ppl, "nll": p.nll} for p in points],
-                      "ppl_by_position": by_pos}
+        out[label] = {
+            "path": path,
+            "rope_parameters": dict(model.config.rope_parameters),
+            "max_position_embeddings": model.config.max_position_embeddings,
+            "ppl_by_length": [{"length": p.length, "ppl": p.ppl, "nll": p.nll} for p in points],
+            "ppl_by_position": by_pos,
+        }
         del model
     return out
 
@@ -214,8 +249,9 @@ def plot(report: dict, path: Path) -> None:
     right.set_xlabel("token position in a 2,048-token window (bucket centre)")
     right.set_ylabel("perplexity of the tokens in the bucket")
     right.set_title(f"where models break: tokens by position\n({report['eval']['samples']} held-out files)")
-    fig.suptitle(f"tiny preset, trained at {s['context']} tokens (base 10k), fine-tuned at {s['ft_context']}",
-                 fontsize=10)
+    fig.suptitle(
+        f"tiny preset, trained at {s['context']} tokens (base 10k), fine-tuned at {s['ft_context']}", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -226,12 +262,16 @@ def markdown_table(report: dict) -> str:
     labels = list(models)
     lines = ["| context | " + " | ".join(labels) + " |", "|---:|" + "---:|" * len(labels)]
     for i, p in enumerate(next(iter(models.values()))["ppl_by_length"]):
-        lines.append(f"| {p['length']:,} | " + " | ".join(f"{models[m]['ppl_by_length'][i]['ppl']:.2f}"
-                                                         for m in labels) + " |")
+        lines.append(
+            f"| {p['length']:,} | " + " | ".join(f"{models[m]['ppl_by_length'][i]['ppl']:.2f}" for m in labels) + " |"
+        )
     lines += ["", "| token positions | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
     for i, b in enumerate(next(iter(models.values()))["ppl_by_position"]):
-        lines.append(f"| {b['from']}-{b['to'] - 1} | " + " | ".join(f"{models[m]['ppl_by_position'][i]['ppl']:.2f}"
-                                                                    for m in labels) + " |")
+        lines.append(
+            f"| {b['from']}-{b['to'] - 1} | "
+            + " | ".join(f"{models[m]['ppl_by_position'][i]['ppl']:.2f}" for m in labels)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -252,27 +292,45 @@ def run(s: Settings, work: Path, png: Path | None) -> dict:
         tmp.replace(docs)
     tok_dir = work / "tokenizer"
     tokenizer = build_tokenizer(train_texts, s.vocab_size, tok_dir)
-    data = {"pretrain": build_shards(docs, tokenizer, work / "shards-pretrain", s.context, "concat"),
-            "lcft": build_shards(docs, tokenizer, work / "shards-lcft", s.ft_context, "whole-files")}
+    data = {
+        "pretrain": build_shards(docs, tokenizer, work / "shards-pretrain", s.context, "concat"),
+        "lcft": build_shards(docs, tokenizer, work / "shards-lcft", s.ft_context, "whole-files"),
+    }
     log.info("data ready after %.0f s: %s", time.perf_counter() - t0, data)
 
-    base = train_stage("code", work / "base", base="tiny", data=work / "shards-pretrain", tokenizer_dir=tok_dir,
-                       overrides=common_overrides(s, s.context, s.pretrain_steps, s.pretrain_lr)
-                       + [f"rope.base={10_000.0}", f"rope.max_context={s.context}"])
+    base = train_stage(
+        "code",
+        work / "base",
+        base="tiny",
+        data=work / "shards-pretrain",
+        tokenizer_dir=tok_dir,
+        overrides=common_overrides(s, s.context, s.pretrain_steps, s.pretrain_lr)
+        + [f"rope.base={10_000.0}", f"rope.max_context={s.context}"],
+    )
     ft = common_overrides(s, s.ft_context, s.ft_steps, s.ft_lr)
     variants = {
         f"LCFT base 1e6 @{s.ft_context}": ["rope.base=1000000.0", f"rope.max_context={s.ft_context}"],
         f"LCFT linear PI x{s.factor} @{s.ft_context}": [
-            "rope.base=null", f"rope.max_context={s.ft_context}",
-            f"rope.scaling={{rope_type: linear, factor: {float(s.factor)}}}"],
+            "rope.base=null",
+            f"rope.max_context={s.ft_context}",
+            f"rope.scaling={{rope_type: linear, factor: {float(s.factor)}}}",
+        ],
     }
     if s.control:
-        variants[f"LCFT base 1e4 (RoPE unchanged) @{s.ft_context}"] = ["rope.base=null",
-                                                                      f"rope.max_context={s.ft_context}"]
+        variants[f"LCFT base 1e4 (RoPE unchanged) @{s.ft_context}"] = [
+            "rope.base=null",
+            f"rope.max_context={s.ft_context}",
+        ]
     runs = {f"base 1e4 @{s.context} (no LCFT)": base}
     for (label, rope), name in zip(variants.items(), ("lcft-1m", "lcft-pi", "lcft-control")):
-        runs[label] = train_stage("long-context", work / name, base=base["dir"], data=work / "shards-lcft",
-                                  tokenizer_dir=tok_dir, overrides=ft + rope)
+        runs[label] = train_stage(
+            "long-context",
+            work / name,
+            base=base["dir"],
+            data=work / "shards-lcft",
+            tokenizer_dir=tok_dir,
+            overrides=ft + rope,
+        )
     train_seconds = time.perf_counter() - t0
 
     windows = eval_windows(tokenizer, heldout_texts, s.eval_context, s.eval_files)
@@ -281,11 +339,18 @@ def run(s: Settings, work: Path, png: Path | None) -> dict:
     models = evaluate({label: r["dir"] for label, r in runs.items()}, windows, lengths, buckets)
     for label, r in runs.items():
         models[label]["training"] = r
-    report = {"settings": {**s.__dict__, "ft_context": s.ft_context, "eval_context": s.eval_context},
-              "data": data, "eval": {"samples": int(windows.shape[0]), "tokens_per_sample": s.eval_context,
-                                     "heldout_files": len(heldout_texts), "train_files": len(train_texts)},
-              "models": models, "seconds": {"data_and_training": round(train_seconds, 1),
-                                            "total": round(time.perf_counter() - t0, 1)}}
+    report = {
+        "settings": {**s.__dict__, "ft_context": s.ft_context, "eval_context": s.eval_context},
+        "data": data,
+        "eval": {
+            "samples": int(windows.shape[0]),
+            "tokens_per_sample": s.eval_context,
+            "heldout_files": len(heldout_texts),
+            "train_files": len(train_texts),
+        },
+        "models": models,
+        "seconds": {"data_and_training": round(train_seconds, 1), "total": round(time.perf_counter() - t0, 1)},
+    }
     atomic_write_json(work / "repro.json", report)
     plot(report, work / "long_ppl.png")
     if png is not None:
@@ -295,32 +360,53 @@ def run(s: Settings, work: Path, png: Path | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", type=Path, default=REPO / "runs" / "longctx-repro",
-                   help="working directory (data, runs, report); finished stages in it are reused")
-    p.add_argument("--png", type=Path, default=None,
-                   help="copy the plot here too (e.g. benchmarks/results/longctx_repro.png)")
-    p.add_argument("--quick", action="store_true", help="a few steps of everything: checks the pipeline, not the result")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / "runs" / "longctx-repro",
+        help="working directory (data, runs, report); finished stages in it are reused",
+    )
+    p.add_argument(
+        "--png", type=Path, default=None, help="copy the plot here too (e.g. benchmarks/results/longctx_repro.png)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a few steps of everything: checks the pipeline, not the result"
+    )
     p.add_argument("--pretrain-steps", type=int)
     p.add_argument("--ft-steps", type=int)
     p.add_argument("--eval-factor", type=int, help="evaluate up to this multiple of the base context (default 8)")
     p.add_argument("--eval-files", type=int, help="held-out files scored (default 32)")
     p.add_argument("--no-control", action="store_true", help="skip the fine-tuning run that keeps RoPE unchanged")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     s = QUICK if args.quick else Settings()
-    changes = {k: v for k, v in (("pretrain_steps", args.pretrain_steps), ("ft_steps", args.ft_steps),
-                                 ("eval_factor", args.eval_factor), ("eval_files", args.eval_files)) if v}
+    changes = {
+        k: v
+        for k, v in (
+            ("pretrain_steps", args.pretrain_steps),
+            ("ft_steps", args.ft_steps),
+            ("eval_factor", args.eval_factor),
+            ("eval_files", args.eval_files),
+        )
+        if v
+    }
     if args.no_control:
         changes["control"] = False
     s = Settings(**{**s.__dict__, **changes})
     report = run(s, args.work, args.png)
     print(markdown_table(report))
-    print(f"\n{report['seconds']['total']:.0f} s in all ({report['seconds']['data_and_training']:.0f} s data + "
-          f"training); wrote {args.work / 'repro.json'} and {args.work / 'long_ppl.png'}"
-          + (f", copied to {args.png}" if args.png else ""))
+    print(
+        f"\n{report['seconds']['total']:.0f} s in all ({report['seconds']['data_and_training']:.0f} s data + "
+        f"training); wrote {args.work / 'repro.json'} and {args.work / 'long_ppl.png'}"
+        + (f", copied to {args.png}" if args.png else "")
+    )
     return 0
 
 

@@ -42,7 +42,9 @@ def normalize(record: dict) -> list[dict]:
         if str(record.get("input") or "").strip():
             user += "\n\n" + str(record["input"]).strip()
         messages = ([{"role": "system", "content": record["system"]}] if record.get("system") else []) + [
-            {"role": "user", "content": user}, {"role": "assistant", "content": record["response"]}]
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": record["response"]},
+        ]
     else:
         raise ValueError('a chat record needs "messages" or "instruction" and "response"')
     for m in messages:
@@ -63,10 +65,13 @@ def turns(messages: list[dict]) -> tuple[list[tuple[str, str]], str | None]:
     expected = ("user", "assistant")
     for i, m in enumerate(messages):
         if m["role"] != expected[i % 2]:
-            raise ValueError(f"message {i + 1} has role {m['role']!r}; expected {expected[i % 2]!r} "
-                             "(dialogs alternate user/assistant, with an optional system message first)")
-    pairs = [(messages[i]["content"].strip(), messages[i + 1]["content"].strip())
-             for i in range(0, len(messages) - 1, 2)]
+            raise ValueError(
+                f"message {i + 1} has role {m['role']!r}; expected {expected[i % 2]!r} "
+                "(dialogs alternate user/assistant, with an optional system message first)"
+            )
+    pairs = [
+        (messages[i]["content"].strip(), messages[i + 1]["content"].strip()) for i in range(0, len(messages) - 1, 2)
+    ]
     pending = messages[-1]["content"].strip() if len(messages) % 2 else None
     return pairs, pending
 
@@ -138,8 +143,9 @@ class PackStats:
     answer_tokens: int
 
 
-def pack_dialogs(dialogs: Iterable[list[dict]], tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike,
-                 seq_len: int) -> PackStats:
+def pack_dialogs(
+    dialogs: Iterable[list[dict]], tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike, seq_len: int
+) -> PackStats:
     """Pack encoded dialogs into loss-masked shards; a dialog never straddles two sequences.
 
     A dialog longer than `seq_len` is cut (dropped if no answer token is left); the unused
@@ -178,9 +184,22 @@ def pack_dialogs(dialogs: Iterable[list[dict]], tokenizer: CodeLlamaTokenizer, o
     flush()
     if sequences == 0:
         raise ValueError("no dialog left to train on (all empty or too long)")
-    writer.finish(meta={"kind": "chat", "dialogs": n_dialogs, "truncated": truncated, "dropped": dropped,
-                        "answer_tokens": answer_tokens, "template": "llama2-chat"})
+    writer.finish(
+        meta={
+            "kind": "chat",
+            "dialogs": n_dialogs,
+            "truncated": truncated,
+            "dropped": dropped,
+            "answer_tokens": answer_tokens,
+            "template": "llama2-chat",
+        }
+    )
     if truncated:
-        log.warning("%d of %d dialogs were longer than %d tokens and were cut (%d dropped)",
-                    truncated, n_dialogs, seq_len, dropped)
+        log.warning(
+            "%d of %d dialogs were longer than %d tokens and were cut (%d dropped)",
+            truncated,
+            n_dialogs,
+            seq_len,
+            dropped,
+        )
     return PackStats(n_dialogs, sequences, truncated, dropped, answer_tokens)

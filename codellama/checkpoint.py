@@ -19,8 +19,13 @@ class CheckpointError(ValueError):
     """A directory that is not a usable checkpoint."""
 
 
-def save_checkpoint(model: LlamaForCausalLM, out_dir: str | os.PathLike,
-                    tokenizer: CodeLlamaTokenizer | None = None, *, overwrite: bool = False) -> Path:
+def save_checkpoint(
+    model: LlamaForCausalLM,
+    out_dir: str | os.PathLike,
+    tokenizer: CodeLlamaTokenizer | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write model (+ tokenizer) into `out_dir`, which appears only when complete."""
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -38,15 +43,19 @@ def load_config(model_dir: str | os.PathLike) -> LlamaConfig:
     return LlamaConfig.from_pretrained(str(model_dir))
 
 
-def load_model(model_dir: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
-               device: str | torch.device = "cpu", attn_implementation: str = "sdpa") -> LlamaForCausalLM:
+def load_model(
+    model_dir: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str = "sdpa",
+) -> LlamaForCausalLM:
     load_config(model_dir)
     weights = list(Path(model_dir).glob("*.safetensors")) + list(Path(model_dir).glob("*.bin"))
     if not weights:
         raise CheckpointError(f"{model_dir} has no weights (*.safetensors)")
     try:
-        model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=dtype,
-                                                 attn_implementation=attn_implementation)
+        model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation=attn_implementation)
     except Exception as exc:  # corrupt/truncated safetensors, shape mismatch, ...
         raise CheckpointError(f"cannot load weights from {model_dir}: {str(exc).splitlines()[0]}") from None
     return model.to(device)

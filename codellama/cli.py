@@ -18,13 +18,19 @@ log = logging.getLogger("codellama")
 
 ENTRY_POINT_GROUP = "codellama.commands"
 # Registration order = order in `codellama --help`.
-BUILTIN_COMMANDS = ("codellama.commands.tokenizer:register", "codellama.commands.model:register",
-                    "codellama.commands.convert:register")
+BUILTIN_COMMANDS = (
+    "codellama.commands.tokenizer:register",
+    "codellama.commands.model:register",
+    "codellama.commands.convert:register",
+)
 
 
 # Groups that several packages add subcommands to get one help line, whoever registers first.
-GROUP_HELP = {"eval": "score models: HumanEval, infilling, key retrieval, long-context perplexity",
-              "data": "prepare and inspect training data", "rope": "change and study RoPE settings"}
+GROUP_HELP = {
+    "eval": "score models: HumanEval, infilling, key retrieval, long-context perplexity",
+    "data": "prepare and inspect training data",
+    "rope": "change and study RoPE settings",
+}
 
 
 class UsageError(Exception):
@@ -32,8 +38,16 @@ class UsageError(Exception):
 
 
 # Exceptions that describe bad input rather than a bug: one line, exit 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                                                 IsADirectoryError, PermissionError, KeyError, ValueError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UsageError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    KeyError,
+    ValueError,
+)
 
 
 class CommandTree:
@@ -44,18 +58,31 @@ class CommandTree:
         self._sub = parser.add_subparsers(dest="command", metavar="COMMAND")
         self._groups: dict[str, argparse._SubParsersAction] = {}
 
-    def command(self, name: str, *, help: str, description: str | None = None, epilog: str | None = None,
-                parent: str | None = None) -> argparse.ArgumentParser:
+    def command(
+        self,
+        name: str,
+        *,
+        help: str,
+        description: str | None = None,
+        epilog: str | None = None,
+        parent: str | None = None,
+    ) -> argparse.ArgumentParser:
         """Add `codellama [parent] name`; `epilog` should hold usage examples."""
         sub = self.group(parent) if parent else self._sub
-        return sub.add_parser(name, help=help, description=description or help, epilog=epilog,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sub.add_parser(
+            name,
+            help=help,
+            description=description or help,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     def group(self, name: str, help: str | None = None) -> argparse._SubParsersAction:
         if name not in self._groups:
             help = GROUP_HELP.get(name) or help or f"{name} commands"
-            parser = self._sub.add_parser(name, help=help, description=help,
-                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+            parser = self._sub.add_parser(
+                name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter
+            )
             parser.set_defaults(func=lambda args, p=parser: _missing_subcommand(p))
             self._groups[name] = parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
         return self._groups[name]
@@ -77,10 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="codellama",
         description="Specialize Llama 2 into the Code Llama family and measure it.",
         epilog="examples:\n"
-               "  codellama tokenizer train --out runs/tokenizer\n"
-               "  codellama model init --preset tiny --tokenizer runs/tokenizer --out runs/tiny\n"
-               "  codellama model info llama2-7b\n\n"
-               "Run `codellama COMMAND --help` for the options and examples of each command.",
+        "  codellama tokenizer train --out runs/tokenizer\n"
+        "  codellama model init --preset tiny --tokenizer runs/tokenizer --out runs/tiny\n"
+        "  codellama model info llama2-7b\n\n"
+        "Run `codellama COMMAND --help` for the options and examples of each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -107,8 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     _quiet_libraries()
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -126,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, with a way to see more
         if args.debug or os.environ.get("CODELLAMA_DEBUG"):
             raise
-        print(f"codellama: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
-              file=sys.stderr)
+        print(
+            f"codellama: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -31,9 +31,15 @@ log = logging.getLogger(__name__)
 COLUMN_PARALLEL = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
 ROW_PARALLEL = ("attention.wo", "feed_forward.w2")
 HF_NAMES = {
-    "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
-    "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-    "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attention.wq": "self_attn.q_proj",
+    "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
 }
 
 
@@ -71,10 +77,16 @@ def preset_from_params(params: dict, shards: list[dict[str, torch.Tensor]], name
     ffn_dim = sum(s["layers.0.feed_forward.w1.weight"].shape[0] for s in shards)
     vocab = params.get("vocab_size", -1)
     return ModelPreset(
-        name=name, dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"],
-        n_kv_heads=params.get("n_kv_heads") or params["n_heads"], ffn_dim=ffn_dim,
-        vocab_size=vocab if vocab and vocab > 0 else embed_rows, norm_eps=params.get("norm_eps", 1e-5),
-        rope_theta=float(params.get("rope_theta", 10_000.0)), max_seq_len=int(params.get("max_seq_len", 4096)),
+        name=name,
+        dim=params["dim"],
+        n_layers=params["n_layers"],
+        n_heads=params["n_heads"],
+        n_kv_heads=params.get("n_kv_heads") or params["n_heads"],
+        ffn_dim=ffn_dim,
+        vocab_size=vocab if vocab and vocab > 0 else embed_rows,
+        norm_eps=params.get("norm_eps", 1e-5),
+        rope_theta=float(params.get("rope_theta", 10_000.0)),
+        max_seq_len=int(params.get("max_seq_len", 4096)),
     )
 
 
@@ -99,9 +111,15 @@ def _layer_tensors(shards, preset: ModelPreset, i: int, dtype) -> dict[str, torc
     return {k: v.to(dtype).contiguous() for k, v in out.items()}
 
 
-def convert_meta_to_hf(meta_dir: str | os.PathLike, out_dir: str | os.PathLike, *, tokenizer_path=None,
-                       dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 2**30,
-                       max_seq_len: int | None = None) -> Path:
+def convert_meta_to_hf(
+    meta_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    tokenizer_path=None,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 5 * 2**30,
+    max_seq_len: int | None = None,
+) -> Path:
     """Convert; `out_dir` appears only when the whole checkpoint is written."""
     meta_dir = Path(meta_dir)
     params = read_params(meta_dir)
@@ -112,8 +130,14 @@ def convert_meta_to_hf(meta_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     if max_seq_len:
         preset = preset.replace(max_seq_len=max_seq_len)
     dtype = dtype or shards[0]["tok_embeddings.weight"].dtype
-    log.info("converting %d-shard Meta checkpoint: %d layers, dim %d, vocab %d, %s",
-             len(paths), preset.n_layers, preset.dim, preset.vocab_size, dtype)
+    log.info(
+        "converting %d-shard Meta checkpoint: %d layers, dim %d, vocab %d, %s",
+        len(paths),
+        preset.n_layers,
+        preset.dim,
+        preset.vocab_size,
+        dtype,
+    )
 
     tokenizer = None
     if tokenizer_path is not None:
@@ -123,16 +147,19 @@ def convert_meta_to_hf(meta_dir: str | os.PathLike, out_dir: str | os.PathLike, 
         if tokenizer.vocab_size + 16 == preset.vocab_size:
             tokenizer = CodeLlamaTokenizer.extend_llama(Path(tokenizer_path))
         if tokenizer.vocab_size != preset.vocab_size:
-            raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces but the model's vocabulary is "
-                             f"{preset.vocab_size}")
+            raise ValueError(
+                f"tokenizer has {tokenizer.vocab_size} pieces but the model's vocabulary is {preset.vocab_size}"
+            )
 
     with atomic_directory(out_dir) as tmp:
         writer = _ShardWriter(tmp, max_shard_bytes)
-        writer.add({
-            "model.embed_tokens.weight": _merge(shards, "tok_embeddings.weight", 1).to(dtype),
-            "model.norm.weight": _merge(shards, "norm.weight", None).to(dtype),
-            "lm_head.weight": _merge(shards, "output.weight", 0).to(dtype),
-        })
+        writer.add(
+            {
+                "model.embed_tokens.weight": _merge(shards, "tok_embeddings.weight", 1).to(dtype),
+                "model.norm.weight": _merge(shards, "norm.weight", None).to(dtype),
+                "lm_head.weight": _merge(shards, "output.weight", 0).to(dtype),
+            }
+        )
         for i in tqdm(range(preset.n_layers), desc="layers", unit="layer", disable=preset.n_layers < 8):
             writer.add(_layer_tensors(shards, preset, i, dtype))
         writer.finish()
@@ -181,5 +208,7 @@ class _ShardWriter:
             final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
             os.replace(self.out_dir / f"part-{i}.safetensors", self.out_dir / final)
             weight_map.update({name: final for name in names})
-        atomic_write_json(self.out_dir / "model.safetensors.index.json",
-                          {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map})
+        atomic_write_json(
+            self.out_dir / "model.safetensors.index.json",
+            {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map},
+        )

@@ -61,8 +61,14 @@ class Completion:
 class Generator(Protocol):
     """What evals and the instruct pipeline call; `HFGenerator` also takes `admit` (continuous batching)."""
 
-    def generate(self, requests: Sequence[GenerationRequest], *, on_text: OnText | None = None,
-                 is_cancelled: IsCancelled | None = None, on_done: OnDone | None = None) -> list[Completion]: ...
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_text: OnText | None = None,
+        is_cancelled: IsCancelled | None = None,
+        on_done: OnDone | None = None,
+    ) -> list[Completion]: ...
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -82,8 +88,9 @@ def _stop_holdback(text: str, stop: Sequence[str]) -> int:
     return hold
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """Greedy when temperature is 0, else nucleus sampling over temperature-scaled logits."""
     if temperature == 0:
         return logits.argmax(dim=-1)
@@ -124,8 +131,15 @@ class _Batch:
     batch, and rows can leave (done) or join (admitted) between steps.
     """
 
-    def __init__(self, rows: list[_Row], input_ids: torch.Tensor, attention: torch.Tensor, stop_ids: list[set[int]],
-                 config, device: torch.device):
+    def __init__(
+        self,
+        rows: list[_Row],
+        input_ids: torch.Tensor,
+        attention: torch.Tensor,
+        stop_ids: list[set[int]],
+        config,
+        device: torch.device,
+    ):
         from transformers import DynamicCache
 
         self.rows, self.stop_ids = rows, stop_ids
@@ -146,28 +160,34 @@ class _Batch:
     def prefill_step(self, model, chunk: int | None = None) -> bool:
         """Feed the next `chunk` prompt columns (all when None); True once the whole prompt is in."""
         end = self.prompt.shape[1] if chunk is None else min(self.prompt.shape[1], self.prefilled + chunk)
-        self.step_input = self.prompt[:, self.prefilled:end]
+        self.step_input = self.prompt[:, self.prefilled : end]
         self.attention = self.prompt_mask[:, :end]
         self.prefilled = end
         self.step(model)
         return end == self.prompt.shape[1]
 
     def step(self, model) -> None:
-        positions = (self.attention.cumsum(-1) - 1).clamp(min=0)[:, -self.step_input.shape[1]:]
-        out = model(input_ids=self.step_input, attention_mask=self.attention, position_ids=positions,
-                    cache=self.cache, use_cache=True, logits_to_keep=1)
+        positions = (self.attention.cumsum(-1) - 1).clamp(min=0)[:, -self.step_input.shape[1] :]
+        out = model(
+            input_ids=self.step_input,
+            attention_mask=self.attention,
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         self.logits = out.logits[:, -1, :]
 
     def sample(self) -> torch.Tensor:
         tokens = torch.empty(len(self.rows), dtype=torch.long, device=self.device)
         for b, row in enumerate(self.rows):
             p = row.request.params
-            tokens[b] = sample_next(self.logits[b:b + 1], p.temperature, p.top_p, self.rngs[b])[0]
+            tokens[b] = sample_next(self.logits[b : b + 1], p.temperature, p.top_p, self.rngs[b])[0]
         self.step_input = tokens[:, None]
         self.attention = torch.cat([self.attention, torch.ones_like(self.attention[:, :1])], dim=1)
         return tokens
 
-    def keep_unfinished(self) -> "_Batch | None":
+    def keep_unfinished(self) -> _Batch | None:
         """Finished and cancelled rows leave: no compute is spent on them from now on."""
         alive = [b for b, row in enumerate(self.rows) if not row.finish]
         if not alive:
@@ -176,7 +196,9 @@ class _Batch:
             keep = torch.tensor(alive, device=self.device)
             self.cache.batch_select_indices(keep)
             self.step_input, self.attention = self.step_input[keep], self.attention[keep]
-            self.rows, self.rngs, self.stop_ids = ([xs[b] for b in alive] for xs in (self.rows, self.rngs, self.stop_ids))
+            self.rows, self.rngs, self.stop_ids = (
+                [xs[b] for b in alive] for xs in (self.rows, self.rngs, self.stop_ids)
+            )
             # Columns that were only the leavers' history are padding for everyone left: drop them, or a
             # batch that keeps admitting would grow without bound.
             first = int(self.attention.any(0).int().argmax())
@@ -186,7 +208,7 @@ class _Batch:
                 self.attention = self.attention[:, first:]
         return self
 
-    def merge(self, other: "_Batch") -> "_Batch":
+    def merge(self, other: _Batch) -> _Batch:
         """Append `other`'s rows; the shorter side's cache and mask are left-padded (masked) to match."""
         mine, theirs = self.attention.shape[1], other.attention.shape[1]
         self._left_pad(max(0, theirs - mine))
@@ -195,7 +217,11 @@ class _Batch:
             a.keys, a.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
         self.attention = torch.cat([self.attention, other.attention])
         self.step_input = torch.cat([self.step_input, other.step_input])
-        self.rows, self.rngs, self.stop_ids = self.rows + other.rows, self.rngs + other.rngs, self.stop_ids + other.stop_ids
+        self.rows, self.rngs, self.stop_ids = (
+            self.rows + other.rows,
+            self.rngs + other.rngs,
+            self.stop_ids + other.stop_ids,
+        )
         return self
 
     def _left_pad(self, n: int) -> None:
@@ -209,8 +235,16 @@ class _Batch:
 class HFGenerator:
     """Local generation: continuous batching over transformers' KV cache."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 8, max_context: int | None = None,
-                 overflow: str = "error", prefill_chunk: int = 512):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 8,
+        max_context: int | None = None,
+        overflow: str = "error",
+        prefill_chunk: int = 512,
+    ):
         """`overflow`: what a prompt longer than the context gets: "error" (ValueError) or "skip"
         (an empty completion with finish_reason "context", so a benchmark scores it as failed).
         `prefill_chunk`: a request that joins a running batch has its prompt fed this many tokens
@@ -228,15 +262,29 @@ class HFGenerator:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | None = None,
-                        batch_size: int = 8, max_context: int | None = None, overflow: str = "error",
-                        prefill_chunk: int = 512) -> "HFGenerator":
+    def from_pretrained(
+        cls,
+        model_dir: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        batch_size: int = 8,
+        max_context: int | None = None,
+        overflow: str = "error",
+        prefill_chunk: int = 512,
+    ) -> HFGenerator:
         from codellama.checkpoint import load_model, load_tokenizer
 
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-        return cls(load_model(model_dir, dtype=dtype, device=device), load_tokenizer(model_dir), batch_size=batch_size,
-                   max_context=max_context, overflow=overflow, prefill_chunk=prefill_chunk)
+        return cls(
+            load_model(model_dir, dtype=dtype, device=device),
+            load_tokenizer(model_dir),
+            batch_size=batch_size,
+            max_context=max_context,
+            overflow=overflow,
+            prefill_chunk=prefill_chunk,
+        )
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.suffix is None:
@@ -251,9 +299,15 @@ class HFGenerator:
             pass
         return ids
 
-    def generate(self, requests: Sequence[GenerationRequest], *, on_text: OnText | None = None,
-                 is_cancelled: IsCancelled | None = None, on_done: OnDone | None = None,
-                 admit: Admit | None = None) -> list[Completion]:
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_text: OnText | None = None,
+        is_cancelled: IsCancelled | None = None,
+        on_done: OnDone | None = None,
+        admit: Admit | None = None,
+    ) -> list[Completion]:
         """Complete `requests` (row i = requests[i]); returns their completions in order.
 
         `on_done(i, completion)` fires as soon as row i finishes. `admit(free)` makes this
@@ -270,14 +324,18 @@ class HFGenerator:
             for row in set(rows) - set(fits):
                 row.finish = "context"
                 _report(row, on_done)
-            log.warning("%d prompt(s) longer than the model's context of %d tokens: left empty",
-                        len(rows) - len(fits), self.max_context)
+            log.warning(
+                "%d prompt(s) longer than the model's context of %d tokens: left empty",
+                len(rows) - len(fits),
+                self.max_context,
+            )
         # Similar lengths together: less padding per batch.
         order = sorted(fits, key=lambda r: len(r.prompt_ids))
         next_index = [len(rows)]
         for start in range(0, len(order), self.batch_size):
-            self._generate_batch(order[start:start + self.batch_size], on_text, is_cancelled, on_done, admit,
-                                 next_index)
+            self._generate_batch(
+                order[start : start + self.batch_size], on_text, is_cancelled, on_done, admit, next_index
+            )
         return [_completion(r) for r in rows]
 
     def _fits(self, row: _Row) -> bool:
@@ -298,8 +356,15 @@ class HFGenerator:
         return rows
 
     @torch.inference_mode()
-    def _generate_batch(self, rows: list[_Row], on_text: OnText | None, is_cancelled: IsCancelled | None,
-                        on_done: OnDone | None, admit: Admit | None, next_index: list[int]) -> None:
+    def _generate_batch(
+        self,
+        rows: list[_Row],
+        on_text: OnText | None,
+        is_cancelled: IsCancelled | None,
+        on_done: OnDone | None,
+        admit: Admit | None,
+        next_index: list[int],
+    ) -> None:
         """Decode `rows` together (left-padded, one KV cache); rows leave when done, admitted ones join.
 
         Joining rows are prefilled alongside: one `prefill_chunk` of their prompts per decode step
@@ -329,8 +394,9 @@ class HFGenerator:
         """A batch for `rows` with their prompts left-padded, not yet run; rows with no room are answered."""
         for row in rows:  # each row's positions are its own (left padding), so each has its own room
             if not self._fits(row):
-                raise ValueError(f"prompt of {len(row.prompt_ids)} tokens exceeds the model's context of "
-                                 f"{self.max_context}")
+                raise ValueError(
+                    f"prompt of {len(row.prompt_ids)} tokens exceeds the model's context of {self.max_context}"
+                )
             room = self.max_context - len(row.prompt_ids) if self.max_context else 1 << 62
             row.budget = min(row.request.params.max_new_tokens, room)
             if row.budget <= 0:
@@ -343,19 +409,32 @@ class HFGenerator:
         input_ids = torch.full((len(rows), longest), self.tokenizer.eos_id, dtype=torch.long)
         attention = torch.zeros((len(rows), longest), dtype=torch.long)
         for b, row in enumerate(rows):  # left padding: every row's next token is at the same column
-            input_ids[b, longest - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
-            attention[b, longest - len(row.prompt_ids):] = 1
-        return _Batch(rows, input_ids.to(self.device), attention.to(self.device),
-                      [self.stop_ids(r.request) for r in rows], self.model.config, self.device)
+            input_ids[b, longest - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
+            attention[b, longest - len(row.prompt_ids) :] = 1
+        return _Batch(
+            rows,
+            input_ids.to(self.device),
+            attention.to(self.device),
+            [self.stop_ids(r.request) for r in rows],
+            self.model.config,
+            self.device,
+        )
 
-    def _first_tokens(self, batch: _Batch, on_text: OnText | None, is_cancelled: IsCancelled | None,
-                      on_done: OnDone | None) -> _Batch | None:
+    def _first_tokens(
+        self, batch: _Batch, on_text: OnText | None, is_cancelled: IsCancelled | None, on_done: OnDone | None
+    ) -> _Batch | None:
         """After the prompt: each row's first token (some rows may finish right there)."""
         self._accept(batch, batch.sample(), on_text, is_cancelled, on_done)
         return batch.keep_unfinished()
 
-    def _accept(self, batch: _Batch, tokens: torch.Tensor, on_text: OnText | None, is_cancelled: IsCancelled | None,
-                on_done: OnDone | None) -> None:
+    def _accept(
+        self,
+        batch: _Batch,
+        tokens: torch.Tensor,
+        on_text: OnText | None,
+        is_cancelled: IsCancelled | None,
+        on_done: OnDone | None,
+    ) -> None:
         """Apply one sampled token per row: stop, budget, cancellation, streamed text."""
         for b, row in enumerate(batch.rows):
             if is_cancelled is not None and is_cancelled(row.index):
@@ -390,25 +469,36 @@ class HFGenerator:
             while safe > row.emitted and text[safe - 1] == "\ufffd":
                 safe -= 1
             if safe > row.emitted:
-                on_text(row.index, text[row.emitted:safe])
+                on_text(row.index, text[row.emitted : safe])
                 row.emitted = safe
 
     @staticmethod
     def _flush(row: _Row, on_text: OnText) -> None:
         if len(row.text) > row.emitted:
-            on_text(row.index, row.text[row.emitted:])
+            on_text(row.index, row.text[row.emitted :])
             row.emitted = len(row.text)
 
 
 class OpenAIGenerator:
     """Any OpenAI-compatible `/v1/completions` endpoint, through the `openai` client."""
 
-    def __init__(self, base_url: str, *, model: str | None = None, api_key: str | None = None,
-                 max_workers: int = 8, timeout: float = 600.0):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        max_workers: int = 8,
+        timeout: float = 600.0,
+    ):
         from openai import OpenAI
 
-        self.client = OpenAI(base_url=base_url.rstrip("/"), api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
-                             timeout=timeout, max_retries=3)
+        self.client = OpenAI(
+            base_url=base_url.rstrip("/"),
+            api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
+            timeout=timeout,
+            max_retries=3,
+        )
         self.model = model or self._first_model()
         self.max_workers = max_workers
 
@@ -416,16 +506,24 @@ class OpenAIGenerator:
         try:
             models = self.client.models.list().data
         except Exception as exc:
-            raise ValueError(f"cannot list models at the endpoint ({type(exc).__name__}: {exc}); pass a model name") from None
+            raise ValueError(
+                f"cannot list models at the endpoint ({type(exc).__name__}: {exc}); pass a model name"
+            ) from None
         if not models:
             raise ValueError("the endpoint lists no models; pass a model name")
         return models[0].id
 
-    def _one(self, index: int, request: GenerationRequest, on_text: OnText | None,
-             is_cancelled: IsCancelled | None) -> Completion:
+    def _one(
+        self, index: int, request: GenerationRequest, on_text: OnText | None, is_cancelled: IsCancelled | None
+    ) -> Completion:
         p = request.params
-        kwargs = dict(model=self.model, prompt=request.prompt, max_tokens=p.max_new_tokens,
-                      temperature=p.temperature, top_p=p.top_p)
+        kwargs = dict(
+            model=self.model,
+            prompt=request.prompt,
+            max_tokens=p.max_new_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+        )
         if p.stop:
             kwargs["stop"] = list(p.stop)[:4]  # the API allows at most 4; the rest are applied below
         if p.seed is not None:
@@ -450,8 +548,14 @@ class OpenAIGenerator:
         text, hit = truncate_at_stop(text, p.stop)
         return Completion(text, [], "stop" if hit else finish, 0)
 
-    def generate(self, requests: Sequence[GenerationRequest], *, on_text: OnText | None = None,
-                 is_cancelled: IsCancelled | None = None, on_done: OnDone | None = None) -> list[Completion]:
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_text: OnText | None = None,
+        is_cancelled: IsCancelled | None = None,
+        on_done: OnDone | None = None,
+    ) -> list[Completion]:
         from concurrent.futures import ThreadPoolExecutor
 
         def one(i: int, request: GenerationRequest) -> Completion:
@@ -465,14 +569,23 @@ class OpenAIGenerator:
             return [f.result() for f in futures]
 
 
-def load_generator(model_dir: str | os.PathLike | None = None, endpoint: str | None = None, *,
-                   endpoint_model: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
-                   batch_size: int = 8, max_context: int | None = None, overflow: str = "error") -> Generator:
+def load_generator(
+    model_dir: str | os.PathLike | None = None,
+    endpoint: str | None = None,
+    *,
+    endpoint_model: str | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    batch_size: int = 8,
+    max_context: int | None = None,
+    overflow: str = "error",
+) -> Generator:
     """`max_context` overrides the checkpoint's context limit (to measure extrapolation); `overflow`
     says what an over-long prompt gets (see HFGenerator)."""
     if (model_dir is None) == (endpoint is None):
         raise ValueError("give exactly one of a model directory or an endpoint URL")
     if endpoint is not None:
         return OpenAIGenerator(endpoint, model=endpoint_model)
-    return HFGenerator.from_pretrained(model_dir, device=device, dtype=dtype, batch_size=batch_size,
-                                       max_context=max_context, overflow=overflow)
+    return HFGenerator.from_pretrained(
+        model_dir, device=device, dtype=dtype, batch_size=batch_size, max_context=max_context, overflow=overflow
+    )

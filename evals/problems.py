@@ -46,8 +46,9 @@ def load_problems(path: str | os.PathLike | None = None) -> dict[str, Problem]:
             raise ValueError(f"{path}: problem {n} lacks {', '.join(missing)} (needs {', '.join(REQUIRED)})")
         if row["task_id"] in problems:
             raise ValueError(f"{path}: duplicate task_id {row['task_id']!r}")
-        problems[row["task_id"]] = Problem(row["task_id"], row["prompt"], row["test"], row["entry_point"],
-                                           row.get("canonical_solution") or "")
+        problems[row["task_id"]] = Problem(
+            row["task_id"], row["prompt"], row["test"], row["entry_point"], row.get("canonical_solution") or ""
+        )
     if not problems:
         raise ValueError(f"{path}: no problems")
     return problems

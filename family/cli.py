@@ -18,8 +18,9 @@ under torchrun (`codellama train BRANCH ...` is what each training stage runs)."
 
 
 def register(cli) -> None:
-    p = cli.command("pipeline", help="foundation -> Python / long-context / instruct -> scored, with a report",
-                    epilog=EXAMPLES)
+    p = cli.command(
+        "pipeline", help="foundation -> Python / long-context / instruct -> scored, with a report", epilog=EXAMPLES
+    )
     p.add_argument("--config", default="default", help="YAML config (default: the built-in tiny-scale config)")
     p.add_argument("--run", type=Path, default=Path("runs/family"), help="run directory (resumable)")
     p.add_argument("--stages", help="comma-separated subset of stages to (re)run")
@@ -44,8 +45,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_plan(stages, ctx, only, RunState(args.run) if args.run.exists() else None)
     _check_same_config(args.run, cfg)
-    outputs = run_stages(stages, ctx, only=only,
-                         on_stage=lambda name, what: print(f"[pipeline] {name}: {what}", flush=True))
+    outputs = run_stages(
+        stages, ctx, only=only, on_stage=lambda name, what: print(f"[pipeline] {name}: {what}", flush=True)
+    )
     if "report" in outputs:
         print(f"report: {outputs['report']['report']}\nresults: {outputs['report']['results']}")
     return 0
@@ -62,8 +64,10 @@ def _check_same_config(run: Path, cfg) -> None:
         old = json.loads(path.read_text())
         if old != cfg.to_dict():
             changed = sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))
-            raise ValueError(f"{run} was started with a different config (differs in: {', '.join(changed)}); "
-                             "use a new --run directory")
+            raise ValueError(
+                f"{run} was started with a different config (differs in: {', '.join(changed)}); "
+                "use a new --run directory"
+            )
     else:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, cfg.to_dict())

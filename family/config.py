@@ -30,8 +30,10 @@ class PipelineConfig:
     source: str = "default"  # where the config came from (for the report)
 
     def to_dict(self) -> dict:
-        return {k: copy.deepcopy(getattr(self, k)) for k in
-                ("seed", "scale", "tokenizer", "base", "data", "branches", "instruct_data", "eval")}
+        return {
+            k: copy.deepcopy(getattr(self, k))
+            for k in ("seed", "scale", "tokenizer", "base", "data", "branches", "instruct_data", "eval")
+        }
 
 
 def _merge(base: dict, top: dict, where: str) -> dict:
@@ -63,7 +65,9 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
     merged = _merge(defaults, user, "")
     unknown = set(merged["branches"]) - set(BRANCHES)
     if unknown:
-        raise ValueError(f"unknown branch(es) in config: {', '.join(sorted(unknown))}; branches are {', '.join(BRANCHES)}")
+        raise ValueError(
+            f"unknown branch(es) in config: {', '.join(sorted(unknown))}; branches are {', '.join(BRANCHES)}"
+        )
     for section in ("humaneval", "infilling", "long_context"):
         bad = set(merged["eval"][section]["models"]) - set(BRANCHES)
         if bad:

@@ -32,8 +32,12 @@ The output holds one JSONL per stage, dataset.jsonl ({"messages": [...], "questi
 
 def register(cli) -> None:
     cli.group("instruct-data", help="build instruction data (self-instruct with unit tests)")
-    p = cli.command("generate", parent="instruct-data", epilog=EXAMPLES,
-                    help="questions -> dedup -> unit tests -> solutions -> sandbox -> chat dataset")
+    p = cli.command(
+        "generate",
+        parent="instruct-data",
+        epilog=EXAMPLES,
+        help="questions -> dedup -> unit tests -> solutions -> sandbox -> chat dataset",
+    )
     p.add_argument("--question-model", required=True, help="checkpoint directory or OpenAI-compatible URL (.../v1)")
     p.add_argument("--solver-model", required=True, help="checkpoint directory or OpenAI-compatible URL (.../v1)")
     p.add_argument("--question-model-name", help="model name at the question endpoint (default: its first)")
@@ -51,14 +55,20 @@ def register(cli) -> None:
     p.add_argument("--dedup-threshold", type=float, default=0.7, help="Jaccard similarity of near-duplicates")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per solution in the sandbox (default 10)")
     p.add_argument("--workers", type=int, help="parallel sandboxes (default: all cores)")
-    p.add_argument("--require-isolation", action="store_true",
-                   help="refuse to run solutions if bubblewrap cannot isolate them (default: warn and use rlimits)")
+    p.add_argument(
+        "--require-isolation",
+        action="store_true",
+        help="refuse to run solutions if bubblewrap cannot isolate them (default: warn and use rlimits)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="device of local models (cpu, cuda)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size of local models")
     p.add_argument("--chunk-size", type=int, default=64, help="requests per checkpointed chunk")
-    p.add_argument("--stop-after", choices=("questions", "dedup", "tests", "solutions", "execute"),
-                   help="stop after this stage (rerun without it to continue)")
+    p.add_argument(
+        "--stop-after",
+        choices=("questions", "dedup", "tests", "solutions", "execute"),
+        help="stop after this stage (rerun without it to continue)",
+    )
     p.set_defaults(func=cmd_generate)
 
 
@@ -77,8 +87,11 @@ def _generator_factory(spec: str, name: str | None, args: argparse.Namespace, ca
         key = (spec, name)
         if key not in cache:
             log.info("loading %s", spec)
-            cache[key] = (load_generator(endpoint=spec, endpoint_model=name) if _is_url(spec)
-                          else load_generator(spec, device=args.device, batch_size=args.batch_size))
+            cache[key] = (
+                load_generator(endpoint=spec, endpoint_model=name)
+                if _is_url(spec)
+                else load_generator(spec, device=args.device, batch_size=args.batch_size)
+            )
         return cache[key]
 
     return build
@@ -92,8 +105,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from codellama.instruct.prompts import PromptConfig
     from codellama.instruct.summary import format_table, summarize
 
-    prompt_cfg = PromptConfig(questions_per_prompt=args.questions_per_prompt,
-                              tests_per_question=args.tests_per_question)
+    prompt_cfg = PromptConfig(
+        questions_per_prompt=args.questions_per_prompt, tests_per_question=args.tests_per_question
+    )
     if args.seed_prompt:
         if not args.seed_prompt.is_file():
             raise FileNotFoundError(f"seed prompt not found: {args.seed_prompt}")
@@ -102,24 +116,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     base = InstructDataConfig()
     cfg = InstructDataConfig(
-        questions=args.questions, solutions_per_question=args.solutions_per_question, prompts=prompt_cfg,
+        questions=args.questions,
+        solutions_per_question=args.solutions_per_question,
+        prompts=prompt_cfg,
         dedup=DedupConfig(threshold=args.dedup_threshold),
-        question_sampling=replace(base.question_sampling, temperature=args.temperature,
-                                  max_new_tokens=args.question_tokens),
+        question_sampling=replace(
+            base.question_sampling, temperature=args.temperature, max_new_tokens=args.question_tokens
+        ),
         tests_sampling=replace(base.tests_sampling, max_new_tokens=args.answer_tokens),
-        solution_sampling=replace(base.solution_sampling, temperature=args.temperature,
-                                  max_new_tokens=args.answer_tokens),
-        timeout=args.timeout, system_prompt=args.system_prompt, seed=args.seed).validate()
+        solution_sampling=replace(
+            base.solution_sampling, temperature=args.temperature, max_new_tokens=args.answer_tokens
+        ),
+        timeout=args.timeout,
+        system_prompt=args.system_prompt,
+        seed=args.seed,
+    ).validate()
     cache: dict = {}
     from evals.sandbox import LazySandboxPool, SandboxConfig
 
-    sandbox = LazySandboxPool(SandboxConfig(timeout=args.timeout, workers=args.workers,
-                                            require_isolation=args.require_isolation))
+    sandbox = LazySandboxPool(
+        SandboxConfig(timeout=args.timeout, workers=args.workers, require_isolation=args.require_isolation)
+    )
     question_model = _generator_factory(args.question_model, args.question_model_name, args, cache)
     solver_model = _generator_factory(args.solver_model, args.solver_model_name, args, cache)
     try:
-        result = run_pipeline(args.out, cfg, chunk_size=args.chunk_size, stop_after=args.stop_after,
-                              question_model=question_model, solver_model=solver_model, executor=sandbox)
+        result = run_pipeline(
+            args.out,
+            cfg,
+            chunk_size=args.chunk_size,
+            stop_after=args.stop_after,
+            question_model=question_model,
+            solver_model=solver_model,
+            executor=sandbox,
+        )
     finally:
         sandbox.close()
     summary = summarize(args.out)

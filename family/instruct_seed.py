@@ -31,12 +31,20 @@ def _pairs_of(source: str) -> list[dict]:
         start = min([d.lineno for d in node.decorator_list] + [node.lineno])
         if end - start + 1 > MAX_ANSWER_LINES:
             continue
-        code = "\n".join(lines[start - 1:end])
-        question = (f"Write a Python function `{node.name}` that does the following.\n\n"
-                    f"{doc.strip().split(chr(10) + chr(10))[0]}")
-        pairs.append({"messages": [{"role": "user", "content": question},
-                                   {"role": "assistant", "content": f"```python\n{code}\n```"}],
-                      "source": "docstring-pairs"})
+        code = "\n".join(lines[start - 1 : end])
+        question = (
+            f"Write a Python function `{node.name}` that does the following.\n\n"
+            f"{doc.strip().split(chr(10) + chr(10))[0]}"
+        )
+        pairs.append(
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": f"```python\n{code}\n```"},
+                ],
+                "source": "docstring-pairs",
+            }
+        )
     return pairs
 
 

@@ -16,8 +16,12 @@ from codellama.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-PLOTS = {"loss_curves": "loss_curves.png", "pass_at_k": "pass_at_k.png", "infilling": "infilling.png",
-         "long_ppl": "long_ppl.png"}
+PLOTS = {
+    "loss_curves": "loss_curves.png",
+    "pass_at_k": "pass_at_k.png",
+    "infilling": "infilling.png",
+    "long_ppl": "long_ppl.png",
+}
 
 
 def _pct(x) -> str:
@@ -38,36 +42,57 @@ def _markdown(results: dict, plots: dict[str, Path]) -> str:
     lines = ["# Code Llama family report", ""]
     if results.get("summary"):
         lines += [results["summary"], ""]
-    lines += ["## Models", "", "| model | branch | from | parameters | tokens trained | loss, first → last tenth of steps |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "## Models",
+        "",
+        "| model | branch | from | parameters | tokens trained | loss, first → last tenth of steps |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, m in models.items():
         t = m.get("train") or {}
         loss = f"{t['first_loss']:.3f} → {t['final_loss']:.3f}" if t.get("final_loss") is not None else "–"
-        lines.append(f"| {name} | {m.get('branch', '–')} | {m.get('base', '–')} | {m.get('parameters', 0):,} | "
-                     f"{t.get('tokens', 0):,} | {loss} |")
+        lines.append(
+            f"| {name} | {m.get('branch', '–')} | {m.get('base', '–')} | {m.get('parameters', 0):,} | "
+            f"{t.get('tokens', 0):,} | {loss} |"
+        )
     if "loss_curves" in plots:
         lines += ["", f"![loss curves]({plots['loss_curves'].name})"]
 
     he = {n: m["humaneval"] for n, m in models.items() if m.get("humaneval")}
     if he:
         ks = sorted({k for r in he.values() for k in r if k.startswith("pass@")}, key=lambda k: int(k[5:]))
-        lines += ["", "## HumanEval", "", "| model | " + " | ".join(ks) + " | problems | failure kinds |",
-                  "|---|" + "---|" * (len(ks) + 2)]
+        lines += [
+            "",
+            "## HumanEval",
+            "",
+            "| model | " + " | ".join(ks) + " | problems | failure kinds |",
+            "|---|" + "---|" * (len(ks) + 2),
+        ]
         for name, r in he.items():
             fails = ", ".join(f"{k} {v}" for k, v in sorted((r.get("failures") or {}).items()))
-            lines.append(f"| {name} | " + " | ".join(_pct(r.get(k)) for k in ks) +
-                         f" | {r.get('problems', '–')} | {fails or '–'} |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_pct(r.get(k)) for k in ks)
+                + f" | {r.get('problems', '–')} | {fails or '–'} |"
+            )
         if "pass_at_k" in plots:
             lines += ["", f"![pass@k]({plots['pass_at_k'].name})"]
 
     inf = {n: m["infilling"] for n, m in models.items() if m.get("infilling")}
     if inf:
-        lines += ["", "## Infilling (HumanEval infilling, pass@1)", "", "| model | benchmark | PSM | SPM | problems |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Infilling (HumanEval infilling, pass@1)",
+            "",
+            "| model | benchmark | PSM | SPM | problems |",
+            "|---|---|---|---|---|",
+        ]
         for name, benches in inf.items():
             for bench, r in benches.items():
-                lines.append(f"| {name} | {bench} | {_pct((r.get('psm') or {}).get('pass@1'))} | "
-                             f"{_pct((r.get('spm') or {}).get('pass@1'))} | {r.get('problems', '–')} |")
+                lines.append(
+                    f"| {name} | {bench} | {_pct((r.get('psm') or {}).get('pass@1'))} | "
+                    f"{_pct((r.get('spm') or {}).get('pass@1'))} | {r.get('problems', '–')} |"
+                )
         if "infilling" in plots:
             lines += ["", f"![infilling]({plots['infilling'].name})"]
 
@@ -114,8 +139,7 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
             steps, losses = zip(*train["curve"])
             start = train.get("start_step", 0)  # a branch continues from its parent's last step
             ax.plot([start + s for s in steps], losses, label=name)
-        ax.set(xlabel="step (branches start where their parent ended)", ylabel="training loss",
-               title="Loss per branch")
+        ax.set(xlabel="step (branches start where their parent ended)", ylabel="training loss", title="Loss per branch")
         ax.legend()
         save(fig, "loss_curves")
 
@@ -125,7 +149,9 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         width = 0.8 / max(1, len(ks))
         for j, k in enumerate(ks):
-            ax.bar([i + j * width for i in range(len(he))], [100 * (r.get(k) or 0) for r in he.values()], width, label=k)
+            ax.bar(
+                [i + j * width for i in range(len(he))], [100 * (r.get(k) or 0) for r in he.values()], width, label=k
+            )
         ax.set_xticks([i + width * (len(ks) - 1) / 2 for i in range(len(he))], list(he))
         ax.set(ylabel="%", title="HumanEval pass@k")
         ax.legend()
@@ -135,8 +161,12 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
     if rows:
         fig, ax = plt.subplots(figsize=(7, 4))
         for j, mode in enumerate(("psm", "spm")):
-            ax.bar([i + j * 0.4 for i in range(len(rows))], [100 * ((r.get(mode) or {}).get("pass@1") or 0)
-                                                             for _, r in rows], 0.4, label=mode.upper())
+            ax.bar(
+                [i + j * 0.4 for i in range(len(rows))],
+                [100 * ((r.get(mode) or {}).get("pass@1") or 0) for _, r in rows],
+                0.4,
+                label=mode.upper(),
+            )
         ax.set_xticks([i + 0.2 for i in range(len(rows))], [label for label, _ in rows])
         ax.set(ylabel="pass@1 %", title="HumanEval infilling")
         ax.legend()
@@ -147,8 +177,13 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, lp in ppl.items():
             ax.plot(lp["lengths"], lp["ppl"], marker="o", label=name)
-        ax.set(xlabel="context length (tokens)", ylabel="perplexity", xscale="log", yscale="log",
-               title="Perplexity versus context length")
+        ax.set(
+            xlabel="context length (tokens)",
+            ylabel="perplexity",
+            xscale="log",
+            yscale="log",
+            title="Perplexity versus context length",
+        )
         ax.legend()
         save(fig, "long_ppl")
     return written

@@ -23,8 +23,8 @@ STATE_FILE = "state.json"
 @dataclass
 class Stage:
     name: str
-    run: Callable[["RunContext"], dict]
-    plan: Callable[["RunContext"], dict]  # budget for --dry-run: tokens, FLOPs, what it makes
+    run: Callable[[RunContext], dict]
+    plan: Callable[[RunContext], dict]  # budget for --dry-run: tokens, FLOPs, what it makes
     description: str = ""
     depends: tuple[str, ...] = ()
 
@@ -50,23 +50,33 @@ class RunState:
         return name in self.data["finished"]
 
     def record(self, name: str, outputs: dict, seconds: float) -> None:
-        self.data["finished"][name] = {"outputs": outputs, "seconds": round(seconds, 1),
-                                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.data["finished"][name] = {
+            "outputs": outputs,
+            "seconds": round(seconds, 1),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         atomic_write_json(self.path, self.data)
 
     def outputs(self) -> dict[str, dict]:
         return {name: rec["outputs"] for name, rec in self.data["finished"].items()}
 
 
-def run_stages(stages: list[Stage], ctx: RunContext, *, only: set[str] | None = None,
-               on_stage: Callable[[str, str], None] | None = None) -> dict[str, dict]:
+def run_stages(
+    stages: list[Stage],
+    ctx: RunContext,
+    *,
+    only: set[str] | None = None,
+    on_stage: Callable[[str, str], None] | None = None,
+) -> dict[str, dict]:
     """Run the unfinished stages (or only `only`), in order; returns every stage's outputs."""
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(ctx.run_dir)
     ctx.outputs.update(state.outputs())
     known = {s.name for s in stages}
     if only and (unknown := only - known):
-        raise ValueError(f"unknown stage(s) {', '.join(sorted(unknown))}; stages are: {', '.join(s.name for s in stages)}")
+        raise ValueError(
+            f"unknown stage(s) {', '.join(sorted(unknown))}; stages are: {', '.join(s.name for s in stages)}"
+        )
     for stage in stages:
         if only and stage.name not in only:
             continue

@@ -16,8 +16,12 @@ from family.runner import RunContext, Stage
 
 log = logging.getLogger(__name__)
 
-TRAIN_STAGES = {"code": "train-code", "python": "train-python", "long-context": "train-long-context",
-                "instruct": "train-instruct"}
+TRAIN_STAGES = {
+    "code": "train-code",
+    "python": "train-python",
+    "long-context": "train-long-context",
+    "instruct": "train-instruct",
+}
 # Where each branch starts from (Code Llama: Python, long-context and instruct all continue the code model).
 BRANCH_FROM = {"python": "code", "long-context": "code", "instruct": "code"}
 
@@ -52,14 +56,20 @@ def run_tokenizer(ctx: RunContext) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         save_tokenizer_dir(tok, out)
     tok = CodeLlamaTokenizer.load(out)
-    return {"path": str(out), "vocab_size": tok.vocab_size,
-            "infilling_ids": [tok.prefix_id, tok.suffix_id, tok.middle_id, tok.eot_id]}
+    return {
+        "path": str(out),
+        "vocab_size": tok.vocab_size,
+        "infilling_ids": [tok.prefix_id, tok.suffix_id, tok.middle_id, tok.eot_id],
+    }
 
 
 def plan_tokenizer(ctx: RunContext) -> dict:
     cfg = _cfg(ctx)
-    what = f"extend {cfg.tokenizer['base']}" if cfg.tokenizer.get("base") else \
-        f"train a {cfg.tokenizer['vocab_size']}-piece BPE on {'the stdlib' if not cfg.data.get('sources') else 'the sources'}"
+    what = (
+        f"extend {cfg.tokenizer['base']}"
+        if cfg.tokenizer.get("base")
+        else f"train a {cfg.tokenizer['vocab_size']}-piece BPE on {'the stdlib' if not cfg.data.get('sources') else 'the sources'}"
+    )
     return {"what": what}
 
 
@@ -88,8 +98,10 @@ def run_base(ctx: RunContext) -> dict:
         elif (Path(spec) / "config.json").is_file():
             model = load_model(spec)
         else:
-            raise FileNotFoundError(f"base.model {spec!r} is neither a preset ({', '.join(PRESETS)}), a Hugging Face "
-                                    "checkpoint directory nor a Meta checkpoint directory")
+            raise FileNotFoundError(
+                f"base.model {spec!r} is neither a preset ({', '.join(PRESETS)}), a Hugging Face "
+                "checkpoint directory nor a Meta checkpoint directory"
+            )
         if model.config.vocab_size != tokenizer.vocab_size:
             resize_vocab_mean_init(model, tokenizer.vocab_size)
         save_checkpoint(model, out, tokenizer)
@@ -123,15 +135,18 @@ def _data_configs(cfg: PipelineConfig) -> dict:
 
     sources = tuple(SourceSpec(location=str(s)) for s in cfg.data.get("sources") or [])
     python_sources = tuple(SourceSpec(location=s.location, languages=("python",)) for s in sources)
-    fim = FimOptions(fim_rate=float(cfg.data["fim_rate"]), spm_rate=float(cfg.data["spm_rate"]),
-                     span_mode=cfg.data["span_mode"])
+    fim = FimOptions(
+        fim_rate=float(cfg.data["fim_rate"]), spm_rate=float(cfg.data["spm_rate"]), span_mode=cfg.data["span_mode"]
+    )
     common = dict(seed=cfg.seed, max_documents=cfg.data.get("max_documents"))
     return {
         "code": PrepareConfig(sources=sources, seq_len=_recipe(cfg, "code").seq_len, fim=fim, **common),
-        "python": PrepareConfig(sources=python_sources, seq_len=_recipe(cfg, "python").seq_len,
-                                fim=FimOptions(fim_rate=0.0), **common),
-        "long": PrepareConfig(sources=sources, seq_len=_recipe(cfg, "long-context").seq_len, fim=fim,
-                              packing="whole-files", **common),
+        "python": PrepareConfig(
+            sources=python_sources, seq_len=_recipe(cfg, "python").seq_len, fim=FimOptions(fim_rate=0.0), **common
+        ),
+        "long": PrepareConfig(
+            sources=sources, seq_len=_recipe(cfg, "long-context").seq_len, fim=fim, packing="whole-files", **common
+        ),
     }
 
 
@@ -145,14 +160,20 @@ def run_data(ctx: RunContext) -> dict:
     for name, config in _data_configs(_cfg(ctx)).items():
         out = ctx.run_dir / "data" / name
         index = ShardIndex.load(out) if (out / INDEX).is_file() else prepare(config, tokenizer, out)
-        outputs[name] = {"path": str(out), "sequences": index.num_sequences, "seq_len": index.seq_len,
-                         "tokens": index.num_sequences * index.seq_len}
+        outputs[name] = {
+            "path": str(out),
+            "sequences": index.num_sequences,
+            "seq_len": index.seq_len,
+            "tokens": index.num_sequences * index.seq_len,
+        }
     return outputs
 
 
 def plan_data(ctx: RunContext) -> dict:
-    return {name: f"seq_len {c.seq_len}, FIM {c.fim.fim_rate}, packing {c.packing}"
-            for name, c in _data_configs(_cfg(ctx)).items()}
+    return {
+        name: f"seq_len {c.seq_len}, FIM {c.fim.fim_rate}, packing {c.packing}"
+        for name, c in _data_configs(_cfg(ctx)).items()
+    }
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -171,21 +192,39 @@ def make_train_stage(branch: str) -> Stage:
         from codellama.train.loop import CONFIG_FILE, train_branch
 
         cfg, out = _cfg(ctx), ctx.run_dir / stage_name
-        data = ctx.outputs["instruct-data"]["dataset"] if branch == "instruct" else ctx.outputs["data"][data_key]["path"]
+        data = (
+            ctx.outputs["instruct-data"]["dataset"] if branch == "instruct" else ctx.outputs["data"][data_key]["path"]
+        )
         overrides = list(cfg.branches.get(branch) or [])
         extra = {}
         if branch == "instruct":
             extra["rehearsal"] = [{"path": ctx.outputs["data"]["code"]["path"], "weight": 0.06}]
-        result = train_branch(branch, data=data, base=base_of(ctx), out=str(out), scale=cfg.scale,
-                              overrides=overrides, resume=(out / CONFIG_FILE).is_file(),
-                              tokenizer=ctx.outputs["tokenizer"]["path"], seed=cfg.seed, **extra)
+        result = train_branch(
+            branch,
+            data=data,
+            base=base_of(ctx),
+            out=str(out),
+            scale=cfg.scale,
+            overrides=overrides,
+            resume=(out / CONFIG_FILE).is_file(),
+            tokenizer=ctx.outputs["tokenizer"]["path"],
+            seed=cfg.seed,
+            **extra,
+        )
         from codellama.io import read_jsonl
 
         curve = [[r["step"], r["loss"]] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
         first, final = _edge_means([loss for _, loss in curve]) if curve else (result.first_loss, result.last_loss)
-        return {"path": str(result.final_dir), "steps": result.steps, "tokens": result.tokens,
-                "first_loss": first, "final_loss": final, "curve": curve,
-                "from": base_of(ctx), "parameters": _parameters(result.final_dir)}
+        return {
+            "path": str(result.final_dir),
+            "steps": result.steps,
+            "tokens": result.tokens,
+            "first_loss": first,
+            "final_loss": final,
+            "curve": curve,
+            "from": base_of(ctx),
+            "parameters": _parameters(result.final_dir),
+        }
 
     def plan(ctx: RunContext) -> dict:
         from codellama.model import count_parameters
@@ -196,9 +235,15 @@ def make_train_stage(branch: str) -> Stage:
         preset = PRESETS.get(str(cfg.base["model"]))
         n = count_parameters(preset.replace(vocab_size=int(cfg.tokenizer["vocab_size"]))) if preset else None
         tokens = recipe.steps * recipe.tokens_per_step
-        return {"steps": recipe.steps, "tokens": tokens, "seq_len": recipe.seq_len, "lr": recipe.optim.lr,
-                "rope_base": recipe.rope.base, "flops": 6 * n * tokens if n else None,
-                "from": BRANCH_FROM.get(branch, "base")}
+        return {
+            "steps": recipe.steps,
+            "tokens": tokens,
+            "seq_len": recipe.seq_len,
+            "lr": recipe.optim.lr,
+            "rope_base": recipe.rope.base,
+            "flops": 6 * n * tokens if n else None,
+            "from": BRANCH_FROM.get(branch, "base"),
+        }
 
     depends = ("data",) if branch != "instruct" else ("instruct-data",)
     if branch in BRANCH_FROM:
@@ -210,15 +255,15 @@ def make_train_stage(branch: str) -> Stage:
 
 # -- instruct data -----------------------------------------------------------------------------
 def run_instruct_data(ctx: RunContext) -> dict:
+    import json
+    from dataclasses import replace
+
     from codellama.chat import read_chat_jsonl
     from codellama.generation import HFGenerator
     from codellama.instruct.pipeline import InstructDataConfig, run_pipeline
     from codellama.io import atomic_write_text
     from evals.sandbox import LazySandboxPool
     from family.instruct_seed import docstring_pairs
-
-    import json
-    from dataclasses import replace
 
     cfg = _cfg(ctx)
     settings = cfg.instruct_data
@@ -232,14 +277,18 @@ def run_instruct_data(ctx: RunContext) -> dict:
             tokens = int(settings["max_new_tokens"])
             self_instruct = run_pipeline(
                 out / "self-instruct",
-                InstructDataConfig(questions=int(settings["questions"]),
-                                   solutions_per_question=int(settings["solutions_per_question"]), seed=cfg.seed,
-                                   question_sampling=replace(base.question_sampling, max_new_tokens=tokens),
-                                   tests_sampling=replace(base.tests_sampling, max_new_tokens=tokens),
-                                   solution_sampling=replace(base.solution_sampling, max_new_tokens=tokens)),
+                InstructDataConfig(
+                    questions=int(settings["questions"]),
+                    solutions_per_question=int(settings["solutions_per_question"]),
+                    seed=cfg.seed,
+                    question_sampling=replace(base.question_sampling, max_new_tokens=tokens),
+                    tests_sampling=replace(base.tests_sampling, max_new_tokens=tokens),
+                    solution_sampling=replace(base.solution_sampling, max_new_tokens=tokens),
+                ),
                 question_model=lambda: HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip"),
                 solver_model=lambda: HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip"),
-                executor=sandbox)
+                executor=sandbox,
+            )
         finally:
             sandbox.close()
         passed = list(read_chat_jsonl(self_instruct)) if Path(self_instruct).is_file() else []
@@ -249,14 +298,19 @@ def run_instruct_data(ctx: RunContext) -> dict:
             raise ValueError("no instruction data: self-instruct kept nothing and no docstring pairs were found")
         atomic_write_text(dataset, "\n".join(rows) + "\n")
     lines = dataset.read_text().splitlines()
-    return {"dataset": str(dataset), "examples": len(lines),
-            "self_instruct_summary": str(out / "self-instruct" / "summary.json")}
+    return {
+        "dataset": str(dataset),
+        "examples": len(lines),
+        "self_instruct_summary": str(out / "self-instruct" / "summary.json"),
+    }
 
 
 def plan_instruct_data(ctx: RunContext) -> dict:
     s = _cfg(ctx).instruct_data
-    return {"what": f"self-instruct {s['questions']} questions x {s['solutions_per_question']} solutions with the "
-                    f"{s['from']} model, checked in the sandbox, + up to {s['stdlib_pairs']} docstring pairs"}
+    return {
+        "what": f"self-instruct {s['questions']} questions x {s['solutions_per_question']} solutions with the "
+        f"{s['from']} model, checked in the sandbox, + up to {s['stdlib_pairs']} docstring pairs"
+    }
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -293,8 +347,10 @@ def make_eval_stage(branch: str) -> Stage:
         he = cfg.eval["humaneval"]
         if branch in he["models"]:
             n = he.get("limit") or 164
-            parts.append(f"HumanEval {n} problems greedy x {he['max_new_tokens']} tokens"
-                         + (f" + {he['sampled']['samples']} samples each" if he.get("sampled") else ""))
+            parts.append(
+                f"HumanEval {n} problems greedy x {he['max_new_tokens']} tokens"
+                + (f" + {he['sampled']['samples']} samples each" if he.get("sampled") else "")
+            )
         inf = cfg.eval["infilling"]
         if branch in inf["models"]:
             parts.append(f"infilling {', '.join(inf['benchmarks'])} (<= {inf.get('limit') or 'all'} problems, PSM+SPM)")
@@ -309,23 +365,50 @@ def make_eval_stage(branch: str) -> Stage:
 def _humaneval(out: Path, model_dir: str, he: dict, generator, seed: int) -> dict:
     from evals.run import RunConfig, run_humaneval
 
-    runs = [("greedy", RunConfig(source=model_dir, samples=1, temperature=0.0, max_new_tokens=int(he["max_new_tokens"]),
-                                 limit=he.get("limit"), seed=seed, ks=(1,)))]
+    runs = [
+        (
+            "greedy",
+            RunConfig(
+                source=model_dir,
+                samples=1,
+                temperature=0.0,
+                max_new_tokens=int(he["max_new_tokens"]),
+                limit=he.get("limit"),
+                seed=seed,
+                ks=(1,),
+            ),
+        )
+    ]
     if he.get("sampled"):
         s = he["sampled"]
         n = int(s["samples"])
-        runs.append(("sampled", RunConfig(source=model_dir, samples=n, temperature=float(s.get("temperature", 0.8)),
-                                          top_p=float(s.get("top_p", 0.95)), max_new_tokens=int(he["max_new_tokens"]),
-                                          limit=he.get("limit"), seed=seed,
-                                          ks=tuple(k for k in (1, 10, 100) if k <= n))))
+        runs.append(
+            (
+                "sampled",
+                RunConfig(
+                    source=model_dir,
+                    samples=n,
+                    temperature=float(s.get("temperature", 0.8)),
+                    top_p=float(s.get("top_p", 0.95)),
+                    max_new_tokens=int(he["max_new_tokens"]),
+                    limit=he.get("limit"),
+                    seed=seed,
+                    ks=tuple(k for k in (1, 10, 100) if k <= n),
+                ),
+            )
+        )
     summary: dict = {}
     for label, config in runs:
         report = run_humaneval(out / label, config, generator)
         for k, v in report["pass@k"].items():
             summary[k if label == "greedy" else f"{k} (T={config.temperature})"] = v
         if label == "greedy":
-            summary.update(problems=report["problems"], failures=report["failure_kinds"],
-                           isolation=report["isolation"], warnings=report["warnings"])
+            summary.update(
+                problems=report["problems"],
+                failures=report["failure_kinds"],
+                isolation=report["isolation"],
+                warnings=report["warnings"],
+            )
     return summary
 
 
@@ -334,8 +417,14 @@ def _infilling(out: Path, model_dir: str, inf: dict, generator, seed: int) -> di
 
     results = {}
     for bench in inf["benchmarks"]:
-        config = BenchmarkConfig(benchmark=bench, limit=inf.get("limit"), max_new_tokens=int(inf["max_new_tokens"]),
-                                 seed=seed, ks=(1,), model=model_dir)
+        config = BenchmarkConfig(
+            benchmark=bench,
+            limit=inf.get("limit"),
+            max_new_tokens=int(inf["max_new_tokens"]),
+            seed=seed,
+            ks=(1,),
+            model=model_dir,
+        )
         report = run_benchmark(config, out / bench, generator())
         results[bench] = {mode: {"pass@1": r["pass@k"].get("pass@1")} for mode, r in report["modes"].items()}
         results[bench]["problems"] = report["problems"]
@@ -363,8 +452,10 @@ def _long_context(out: Path, model_dir: str, lc: dict, seed: int) -> dict:
     atomic_write_json(out / "key_retrieval.json", kr)
     plot_key_retrieval(kr, out / "key_retrieval.png")
     by_length = {str(n): sum(row.values()) / len(row) for n, row in kr["accuracy"].items()}
-    return {"long_ppl": {"lengths": [p["length"] for p in points], "ppl": [p["ppl"] for p in points]},
-            "key_retrieval": {"accuracy_by_length": by_length, "overall": kr["overall"]}}
+    return {
+        "long_ppl": {"lengths": [p["length"] for p in points], "ppl": [p["ppl"] for p in points]},
+        "key_retrieval": {"accuracy_by_length": by_length, "overall": kr["overall"]},
+    }
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -378,31 +469,49 @@ def run_report(ctx: RunContext) -> dict:
         if stage not in ctx.outputs:
             continue
         t = ctx.outputs[stage]
-        models[branch] = {"branch": branch, "base": BRANCH_FROM.get(branch, str(cfg.base["model"])),
-                          "path": t["path"], "parameters": t["parameters"],
-                          "train": {**{k: t[k] for k in ("curve", "tokens", "first_loss", "final_loss")},
-                                    # where the branch starts on the family's step axis: after its parent
-                                    "start_step": ctx.outputs[TRAIN_STAGES[BRANCH_FROM[branch]]]["steps"]
-                                    if branch in BRANCH_FROM else 0},
-                          **ctx.outputs.get(f"eval-{branch}", {})}
+        models[branch] = {
+            "branch": branch,
+            "base": BRANCH_FROM.get(branch, str(cfg.base["model"])),
+            "path": t["path"],
+            "parameters": t["parameters"],
+            "train": {
+                **{k: t[k] for k in ("curve", "tokens", "first_loss", "final_loss")},
+                # where the branch starts on the family's step axis: after its parent
+                "start_step": ctx.outputs[TRAIN_STAGES[BRANCH_FROM[branch]]]["steps"] if branch in BRANCH_FROM else 0,
+            },
+            **ctx.outputs.get(f"eval-{branch}", {}),
+        }
     state = RunState(ctx.run_dir).data["finished"]
-    results = {"config": cfg.to_dict(), "models": models,
-               "stages": {s: {"seconds": r["seconds"]} for s, r in state.items()},
-               "summary": f"Scale `{cfg.scale}`, base `{cfg.base['model']}`, tokenizer "
-                          f"{ctx.outputs['tokenizer']['vocab_size']} pieces; config: {cfg.source}."}
+    results = {
+        "config": cfg.to_dict(),
+        "models": models,
+        "stages": {s: {"seconds": r["seconds"]} for s, r in state.items()},
+        "summary": f"Scale `{cfg.scale}`, base `{cfg.base['model']}`, tokenizer "
+        f"{ctx.outputs['tokenizer']['vocab_size']} pieces; config: {cfg.source}.",
+    }
     paths = write_report(results, ctx.run_dir / "report")
     return {k: str(v) for k, v in paths.items()}
 
 
 def build_stages(cfg: PipelineConfig) -> list[Stage]:
-    stages = [Stage("tokenizer", run_tokenizer, plan_tokenizer, "train or extend the tokenizer"),
-              Stage("base", run_base, plan_base, "the starting model", depends=("tokenizer",)),
-              Stage("data", run_data, plan_data, "prepare FIM, Python and long-context shards", depends=("tokenizer",)),
-              make_train_stage("code"), make_train_stage("python"), make_train_stage("long-context"),
-              Stage("instruct-data", run_instruct_data, plan_instruct_data, "self-instruct data checked in the sandbox",
-                    depends=("train-code",)),
-              make_train_stage("instruct")]
+    stages = [
+        Stage("tokenizer", run_tokenizer, plan_tokenizer, "train or extend the tokenizer"),
+        Stage("base", run_base, plan_base, "the starting model", depends=("tokenizer",)),
+        Stage("data", run_data, plan_data, "prepare FIM, Python and long-context shards", depends=("tokenizer",)),
+        make_train_stage("code"),
+        make_train_stage("python"),
+        make_train_stage("long-context"),
+        Stage(
+            "instruct-data",
+            run_instruct_data,
+            plan_instruct_data,
+            "self-instruct data checked in the sandbox",
+            depends=("train-code",),
+        ),
+        make_train_stage("instruct"),
+    ]
     stages += [make_eval_stage(b) for b in ("code", "python", "long-context", "instruct")]
-    stages.append(Stage("report", run_report, lambda ctx: {"what": "report.md, results.json, PNG plots"},
-                        "write the report"))
+    stages.append(
+        Stage("report", run_report, lambda ctx: {"what": "report.md, results.json, PNG plots"}, "write the report")
+    )
     return stages

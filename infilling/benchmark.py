@@ -20,7 +20,6 @@ from pathlib import Path
 
 from codellama.generation import SamplingParams
 from codellama.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
-
 from infilling.inference import InfillTask, infill
 
 log = logging.getLogger(__name__)
@@ -122,51 +121,76 @@ def _prepare_run_dir(out_dir: Path, config: BenchmarkConfig) -> None:
     wanted = json.loads(json.dumps(dataclasses.asdict(config)))
     if saved.is_file():
         old = json.loads(saved.read_text())
-        diff = sorted(k for k in wanted.keys() | old.keys() if k not in ("limit", "ks", "timeout")
-                      and old.get(k) != wanted.get(k))
+        diff = sorted(
+            k for k in wanted.keys() | old.keys() if k not in ("limit", "ks", "timeout") and old.get(k) != wanted.get(k)
+        )
         if diff:
-            raise FileExistsError(f"{out_dir} holds a run with different settings ({', '.join(diff)}); "
-                                  "use a new --out or the same settings to resume")
+            raise FileExistsError(
+                f"{out_dir} holds a run with different settings ({', '.join(diff)}); "
+                "use a new --out or the same settings to resume"
+            )
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"output {out_dir} already exists and is not an infilling run")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, wanted)
 
 
-def generate_samples(generator, problems: Sequence[InfillingProblem], config: BenchmarkConfig, out_dir: Path, *,
-                     chunk: int = 64) -> int:
+def generate_samples(
+    generator, problems: Sequence[InfillingProblem], config: BenchmarkConfig, out_dir: Path, *, chunk: int = 64
+) -> int:
     """Generate every missing (mode, problem, sample) and append it to samples.jsonl; returns how many."""
     from tqdm.auto import tqdm
 
     path = out_dir / "samples.jsonl"
     done = {_key(r) for r in read_jsonl(path)}
-    params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                            top_p=config.top_p, seed=config.seed)
-    todo = [(mode, p, s) for mode in config.modes for p in problems for s in range(config.samples)
-            if (mode, p.task_id, s) not in done]
+    params = SamplingParams(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed
+    )
+    todo = [
+        (mode, p, s)
+        for mode in config.modes
+        for p in problems
+        for s in range(config.samples)
+        if (mode, p.task_id, s) not in done
+    ]
     if not todo:
         return 0
     with tqdm(total=len(todo), desc="generating", unit="sample") as bar:
         for mode in config.modes:
             rows = [(p, s) for m, p, s in todo if m == mode]
             for start in range(0, len(rows), chunk):
-                part = rows[start:start + chunk]
+                part = rows[start : start + chunk]
                 if mode == CANONICAL:
-                    records = [{"completion": p.canonical_solution, "finish_reason": "stop", "truncated": False}
-                               for p, _ in part]
+                    records = [
+                        {"completion": p.canonical_solution, "finish_reason": "stop", "truncated": False}
+                        for p, _ in part
+                    ]
                 else:
-                    results = infill(generator, [InfillTask(p.prompt, p.suffix) for p, _ in part], params,
-                                     suffix_first=mode == "spm", syntax_truncate=config.syntax_truncate)
-                    records = [{"completion": r.middle, "finish_reason": r.finish_reason, "truncated": r.truncated,
-                                "completion_tokens": r.completion_tokens} for r in results]
+                    results = infill(
+                        generator,
+                        [InfillTask(p.prompt, p.suffix) for p, _ in part],
+                        params,
+                        suffix_first=mode == "spm",
+                        syntax_truncate=config.syntax_truncate,
+                    )
+                    records = [
+                        {
+                            "completion": r.middle,
+                            "finish_reason": r.finish_reason,
+                            "truncated": r.truncated,
+                            "completion_tokens": r.completion_tokens,
+                        }
+                        for r in results
+                    ]
                 for (p, s), rec in zip(part, records):
                     append_jsonl(path, {"task_id": p.task_id, "mode": mode, "sample": s, **rec})
                 bar.update(len(part))
     return len(todo)
 
 
-def execute_samples(problems: Sequence[InfillingProblem], out_dir: Path, *, timeout: float = 3.0,
-                    workers: int | None = None) -> tuple[int, float]:
+def execute_samples(
+    problems: Sequence[InfillingProblem], out_dir: Path, *, timeout: float = 3.0, workers: int | None = None
+) -> tuple[int, float]:
     """Run every generated but not yet executed sample in the sandbox; returns (count, seconds)."""
     from evals.execution import result_record
     from evals.sandbox import SandboxConfig, SandboxPool
@@ -180,8 +204,11 @@ def execute_samples(problems: Sequence[InfillingProblem], out_dir: Path, *, time
     results_path = out_dir / "results.jsonl"
     start = time.perf_counter()
     with SandboxPool(SandboxConfig(timeout=timeout, workers=workers)) as pool:
-        pool.run(programs, on_result=lambda i, res: append_jsonl(results_path, result_record(todo[i], res)),
-                 progress="executing")
+        pool.run(
+            programs,
+            on_result=lambda i, res: append_jsonl(results_path, result_record(todo[i], res)),
+            progress="executing",
+        )
     return len(todo), time.perf_counter() - start
 
 
@@ -190,9 +217,15 @@ def summarize_run(problems: Sequence[InfillingProblem], config: BenchmarkConfig,
 
     wanted = {p.task_id for p in problems}
     records = [r for r in read_jsonl(out_dir / "results.jsonl") if r["task_id"] in wanted]
-    report: dict = {"benchmark": config.benchmark, "model": config.model, "problems": len(problems),
-                    "samples_per_problem": config.samples, "temperature": config.temperature,
-                    "syntax_truncate": config.syntax_truncate, "modes": {}}
+    report: dict = {
+        "benchmark": config.benchmark,
+        "model": config.model,
+        "problems": len(problems),
+        "samples_per_problem": config.samples,
+        "temperature": config.temperature,
+        "syntax_truncate": config.syntax_truncate,
+        "modes": {},
+    }
     for mode in config.modes:
         summary = summarize([r for r in records if r["mode"] == mode], config.ks, expected_tasks=wanted)
         summary.pop("per_problem")
@@ -200,8 +233,14 @@ def summarize_run(problems: Sequence[InfillingProblem], config: BenchmarkConfig,
     return report
 
 
-def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, generator=None, *,
-                  data: str | os.PathLike | None = None, workers: int | None = None) -> dict:
+def run_benchmark(
+    config: BenchmarkConfig,
+    out_dir: str | os.PathLike,
+    generator=None,
+    *,
+    data: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> dict:
     """Generate (resumably), execute (resumably), and write report.json + report.png."""
     out_dir = Path(out_dir)
     problems = load_problems(data or data_path(config.benchmark), config.limit)
@@ -213,9 +252,13 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, generator
     gen_s = time.perf_counter() - t0
     executed, exec_s = execute_samples(problems, out_dir, timeout=config.timeout, workers=workers)
     report = summarize_run(problems, config, out_dir)
-    report["this_run"] = {"generated": generated, "generation_seconds": round(gen_s, 2), "executed": executed,
-                          "execution_seconds": round(exec_s, 2),
-                          "executed_per_second": round(executed / exec_s, 1) if exec_s else None}
+    report["this_run"] = {
+        "generated": generated,
+        "generation_seconds": round(gen_s, 2),
+        "executed": executed,
+        "execution_seconds": round(exec_s, 2),
+        "executed_per_second": round(executed / exec_s, 1) if exec_s else None,
+    }
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_bytes(out_dir / "report.png", render_png(report))
     return report
@@ -246,5 +289,15 @@ def render_png(report: dict) -> bytes:
     return figure_png(fig, unsandboxed=any(m.get("warnings") for m in modes.values()))
 
 
-__all__ = ["BENCHMARKS", "BenchmarkConfig", "InfillingProblem", "build_program", "data_path", "execute_samples",
-           "generate_samples", "load_problems", "run_benchmark", "summarize_run"]
+__all__ = [
+    "BENCHMARKS",
+    "BenchmarkConfig",
+    "InfillingProblem",
+    "build_program",
+    "data_path",
+    "execute_samples",
+    "generate_samples",
+    "load_problems",
+    "run_benchmark",
+    "summarize_run",
+]

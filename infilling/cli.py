@@ -34,19 +34,28 @@ samples are skipped. It holds samples.jsonl, results.jsonl, report.json and repo
 
 
 def register(cli) -> None:
-    p = cli.command("serve", help="serve a model for editors: llama.cpp /infill and OpenAI /v1/completions",
-                    epilog=SERVE_EXAMPLES)
+    p = cli.command(
+        "serve", help="serve a model for editors: llama.cpp /infill and OpenAI /v1/completions", epilog=SERVE_EXAMPLES
+    )
     p.add_argument("--model", type=Path, required=True, help="checkpoint directory")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8012)
     p.add_argument("--name", help="model name reported by /v1/models (default: the directory name)")
-    p.add_argument("--max-batch", type=int, default=8, help="requests decoding together; new ones join a running batch as rows free up (default 8)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="requests decoding together; new ones join a running batch as rows free up (default 8)",
+    )
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond this get HTTP 429")
     p.add_argument("--max-prompt-tokens", type=int, help="longer prompts get HTTP 400 (default: the model's context)")
     p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens / n_predict a request may ask for")
     p.add_argument("--spm", action="store_true", help="suffix-first (SPM) infilling prompts instead of PSM")
-    p.add_argument("--static-batching", action="store_true",
-                   help="a batch runs to its end before waiting requests start (default: they join it)")
+    p.add_argument(
+        "--static-batching",
+        action="store_true",
+        help="a batch runs to its end before waiting requests start (default: they join it)",
+    )
     _add_device_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -56,22 +65,32 @@ def register(cli) -> None:
     src.add_argument("--server", help="URL of a running `codellama serve`")
     p.add_argument("--file", type=Path, required=True)
     p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
-    p.add_argument("--col", type=int, required=True, help="1-based column of the cursor (it sits before that character)")
+    p.add_argument(
+        "--col", type=int, required=True, help="1-based column of the cursor (it sits before that character)"
+    )
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--spm", action="store_true", help="suffix-first prompt (local model only)")
-    p.add_argument("--syntax-truncate", action="store_true",
-                   help="cut the middle at the last line where the file parses best (tree-sitter, Python)")
+    p.add_argument(
+        "--syntax-truncate",
+        action="store_true",
+        help="cut the middle at the last line where the file parses best (tree-sitter, Python)",
+    )
     p.add_argument("--show-file", action="store_true", help="print the whole file with the middle filled in")
     _add_device_args(p)
     p.set_defaults(func=cmd_infill)
 
     cli.group("eval", help="score models")
-    p = cli.command("infilling", parent="eval", help="HumanEval infilling pass@k (PSM and SPM), run in the sandbox",
-                    epilog=EVAL_EXAMPLES)
-    p.add_argument("--benchmark", default="single-line",
-                   choices=("single-line", "multi-line", "random-span", "random-span-light"))
+    p = cli.command(
+        "infilling",
+        parent="eval",
+        help="HumanEval infilling pass@k (PSM and SPM), run in the sandbox",
+        epilog=EVAL_EXAMPLES,
+    )
+    p.add_argument(
+        "--benchmark", default="single-line", choices=("single-line", "multi-line", "random-span", "random-span-light")
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=Path, help="checkpoint directory")
     src.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8012/v1)")
@@ -118,12 +137,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _positive(getattr(args, name), "--" + name.replace("_", "-"))
     if not args.model.is_dir():
         raise FileNotFoundError(f"model directory not found: {args.model}")
-    config = ServerConfig(model_name=args.name or args.model.resolve().name, max_prompt_tokens=args.max_prompt_tokens,
-                          max_tokens=args.max_tokens, max_queue=args.max_queue, max_batch=args.max_batch,
-                          suffix_first=args.spm, continuous=not args.static_batching)
+    config = ServerConfig(
+        model_name=args.name or args.model.resolve().name,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens=args.max_tokens,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        suffix_first=args.spm,
+        continuous=not args.static_batching,
+    )
     app = build_app(args.model, config, device=args.device, dtype=_dtype(args.dtype))
-    print(f"serving {config.model_name} on http://{args.host}:{args.port} (/infill, /v1/completions); Ctrl-C stops",
-          file=sys.stderr)
+    print(
+        f"serving {config.model_name} on http://{args.host}:{args.port} (/infill, /v1/completions); Ctrl-C stops",
+        file=sys.stderr,
+    )
     run_server(app, host=args.host, port=args.port)
     return 0
 
@@ -154,11 +181,12 @@ def _infill_local(args: argparse.Namespace, task, stream: bool) -> str:
     gen = HFGenerator.from_pretrained(args.model, device=args.device, dtype=_dtype(args.dtype), batch_size=1)
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
     on_text = (lambda i, d: (sys.stdout.write(d), sys.stdout.flush())) if stream else None
-    [result] = infill(gen, [task], params, suffix_first=args.spm, syntax_truncate=args.syntax_truncate,
-                      on_text=on_text)
+    [result] = infill(gen, [task], params, suffix_first=args.spm, syntax_truncate=args.syntax_truncate, on_text=on_text)
     if args.syntax_truncate and result.truncated:
-        print(f"(syntax-aware truncation cut the middle; the file {'parses' if result.parses else 'still has errors'})",
-              file=sys.stderr)
+        print(
+            f"(syntax-aware truncation cut the middle; the file {'parses' if result.parses else 'still has errors'})",
+            file=sys.stderr,
+        )
     return result.middle
 
 
@@ -196,14 +224,26 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
     _positive(args.limit, "--limit")
     _positive(args.batch_size, "--batch-size")
     if args.endpoint and args.mode == "both":
-        raise ValueError("an endpoint picks the prompt order itself (the completions API has no PSM/SPM switch): "
-                         "pass --mode psm or --mode spm to match how it was started (`codellama serve --spm`)")
+        raise ValueError(
+            "an endpoint picks the prompt order itself (the completions API has no PSM/SPM switch): "
+            "pass --mode psm or --mode spm to match how it was started (`codellama serve --spm`)"
+        )
     modes = (CANONICAL,) if args.canonical else (("psm", "spm") if args.mode == "both" else (args.mode,))
     model = "canonical" if args.canonical else str(args.model.resolve() if args.model else args.endpoint)
-    config = BenchmarkConfig(benchmark=args.benchmark, modes=modes, samples=args.samples,
-                             max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                             seed=args.seed, syntax_truncate=args.syntax_truncate, limit=args.limit, ks=ks,
-                             model=model, timeout=args.timeout)
+    config = BenchmarkConfig(
+        benchmark=args.benchmark,
+        modes=modes,
+        samples=args.samples,
+        max_new_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        syntax_truncate=args.syntax_truncate,
+        limit=args.limit,
+        ks=ks,
+        model=model,
+        timeout=args.timeout,
+    )
     if args.data is not None and not args.data.is_file():
         raise FileNotFoundError(f"benchmark file not found: {args.data}")
     generator = None
@@ -212,8 +252,15 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
 
         if args.model is not None and not args.model.is_dir():
             raise FileNotFoundError(f"model directory not found: {args.model}")
-        generator = load_generator(args.model, args.endpoint, endpoint_model=args.endpoint_model, device=args.device,
-                                   dtype=_dtype(args.dtype), batch_size=args.batch_size, overflow="skip")
+        generator = load_generator(
+            args.model,
+            args.endpoint,
+            endpoint_model=args.endpoint_model,
+            device=args.device,
+            dtype=_dtype(args.dtype),
+            batch_size=args.batch_size,
+            overflow="skip",
+        )
     report = run_benchmark(config, args.out, generator, data=args.data, workers=args.workers)
     print(f"HumanEval {report['benchmark']} infilling, {report['problems']} problems, model {report['model']}")
     for mode, summary in report["modes"].items():
@@ -223,7 +270,9 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
             print(f"  WARNING: {warning}")
     run = report["this_run"]
     if run["executed"]:
-        print(f"executed {run['executed']} programs in {run['execution_seconds']} s "
-              f"({run['executed_per_second']} per second)")
+        print(
+            f"executed {run['executed']} programs in {run['execution_seconds']} s "
+            f"({run['executed_per_second']} per second)"
+        )
     print(f"report: {args.out / 'report.json'} and {args.out / 'report.png'}")
     return 0

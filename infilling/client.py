@@ -19,7 +19,7 @@ class InfillClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "InfillClient":
+    def __enter__(self) -> InfillClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -28,14 +28,32 @@ class InfillClient:
     def health(self) -> dict:
         return self._check(self._call("GET", "/health")).json()
 
-    def infill(self, prefix: str, suffix: str, *, max_tokens: int = 128, temperature: float = 0.0,
-               top_p: float = 1.0, stop: Sequence[str] = (), extra: Sequence[tuple[str, str]] = ()) -> dict:
+    def infill(
+        self,
+        prefix: str,
+        suffix: str,
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> dict:
         """The server's full llama.cpp-style answer; the middle is `["content"]`."""
         body = self._body(prefix, suffix, max_tokens, temperature, top_p, stop, extra, stream=False)
         return self._check(self._call("POST", "/infill", json=body)).json()
 
-    def stream(self, prefix: str, suffix: str, *, max_tokens: int = 128, temperature: float = 0.0,
-               top_p: float = 1.0, stop: Sequence[str] = (), extra: Sequence[tuple[str, str]] = ()) -> Iterator[str]:
+    def stream(
+        self,
+        prefix: str,
+        suffix: str,
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> Iterator[str]:
         """Yield pieces of the middle as the server generates them."""
         body = self._body(prefix, suffix, max_tokens, temperature, top_p, stop, extra, stream=True)
         try:
@@ -58,9 +76,16 @@ class InfillClient:
 
     @staticmethod
     def _body(prefix, suffix, max_tokens, temperature, top_p, stop, extra, stream) -> dict:
-        return {"input_prefix": prefix, "input_suffix": suffix, "n_predict": max_tokens, "temperature": temperature,
-                "top_p": top_p, "stop": list(stop), "stream": stream,
-                "input_extra": [{"filename": name, "text": text} for name, text in extra]}
+        return {
+            "input_prefix": prefix,
+            "input_suffix": suffix,
+            "n_predict": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "stop": list(stop),
+            "stream": stream,
+            "input_extra": [{"filename": name, "text": text} for name, text in extra],
+        }
 
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:

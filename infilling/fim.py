@@ -56,8 +56,9 @@ class FimSample:
         return self.prefix + self.middle + self.suffix
 
 
-def fim_transform(text: str, rng: random.Random, options: FimOptions = FimOptions(),
-                  language: str | None = None) -> FimSample:
+def fim_transform(
+    text: str, rng: random.Random, options: FimOptions = FimOptions(), language: str | None = None
+) -> FimSample:
     """Decide plain/PSM/SPM for one document and where to cut it. Pure: all randomness from `rng`."""
     if rng.random() >= options.fim_rate:
         return FimSample("plain", text)
@@ -83,12 +84,14 @@ def fim_tokens(sample: FimSample, tokenizer, *, bos: bool = True, eos: bool = Tr
     return fim_tokens_batch([sample], tokenizer, bos=bos, eos=eos)[0]
 
 
-def fim_tokens_batch(samples: list[FimSample], tokenizer, *, bos: bool = True, eos: bool = True,
-                     num_threads: int = 1) -> list[list[int]]:
+def fim_tokens_batch(
+    samples: list[FimSample], tokenizer, *, bos: bool = True, eos: bool = True, num_threads: int = 1
+) -> list[list[int]]:
     """Like fim_tokens for many samples, with two batched SentencePiece calls (the fast path)."""
     heads = tokenizer.encode_batch([s.prefix for s in samples], num_threads=num_threads)
-    tails = tokenizer.encode_infilling_batch([t for s in samples if s.mode != "plain" for t in (s.suffix, s.middle)],
-                                             num_threads=num_threads)
+    tails = tokenizer.encode_infilling_batch(
+        [t for s in samples if s.mode != "plain" for t in (s.suffix, s.middle)], num_threads=num_threads
+    )
     pre, suf, mid, eot = tokenizer.prefix_id, tokenizer.suffix_id, tokenizer.middle_id, tokenizer.eot_id
     start = [tokenizer.bos_id] if bos else []
     end = [tokenizer.eos_id] if eos else []
@@ -125,6 +128,10 @@ def parse_fim_tokens(ids: list[int], tokenizer) -> FimSample:
         raise ValueError("malformed FIM sequence: expected one <SUF>, one <MID> and a final <EOT>")
     s, m = ids.index(suf), ids.index(mid)
     if s == 1:  # SPM: <PRE> <SUF> suffix <MID> prefix+middle <EOT>
-        return FimSample("spm", tokenizer.decode(ids[m + 1:-1]), "", tokenizer.decode_infilling(ids[2:m]))
-    return FimSample("psm", tokenizer.decode(ids[1:s]), tokenizer.decode_infilling(ids[m + 1:-1]),
-                     tokenizer.decode_infilling(ids[s + 1:m]))
+        return FimSample("spm", tokenizer.decode(ids[m + 1 : -1]), "", tokenizer.decode_infilling(ids[2:m]))
+    return FimSample(
+        "psm",
+        tokenizer.decode(ids[1:s]),
+        tokenizer.decode_infilling(ids[m + 1 : -1]),
+        tokenizer.decode_infilling(ids[s + 1 : m]),
+    )

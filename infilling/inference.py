@@ -13,8 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from codellama.generation import Generator, GenerationRequest, IsCancelled, OnText, SamplingParams
-
+from codellama.generation import GenerationRequest, Generator, IsCancelled, OnText, SamplingParams
 from infilling.syntax import parses, truncate_middle
 
 log = logging.getLogger(__name__)
@@ -41,10 +40,18 @@ def infilling_prompt_ids(tokenizer, prefix: str, suffix: str, *, suffix_first: b
     return tokenizer.infilling_prompt(prefix, suffix, suffix_first=suffix_first)
 
 
-def infill(generator: Generator, tasks: Sequence[InfillTask], params: SamplingParams = SamplingParams(), *,
-           suffix_first: bool = False, syntax_truncate: bool = False, check_syntax: bool = False,
-           language: str = "python", on_text: OnText | None = None,
-           is_cancelled: IsCancelled | None = None) -> list[InfillResult]:
+def infill(
+    generator: Generator,
+    tasks: Sequence[InfillTask],
+    params: SamplingParams = SamplingParams(),
+    *,
+    suffix_first: bool = False,
+    syntax_truncate: bool = False,
+    check_syntax: bool = False,
+    language: str = "python",
+    on_text: OnText | None = None,
+    is_cancelled: IsCancelled | None = None,
+) -> list[InfillResult]:
     """Fill every task's hole in one batched generate call.
 
     `syntax_truncate` cuts each middle where the file parses best (implies `check_syntax`).
@@ -74,7 +81,7 @@ def split_at_cursor(text: str, line: int, col: int) -> InfillTask:
     body = lines[line - 1].rstrip("\r\n")
     if not 1 <= col <= len(body) + 1:
         raise ValueError(f"column {col} is outside line {line} (1..{len(body) + 1})")
-    offset = sum(len(x) for x in lines[:line - 1]) + col - 1
+    offset = sum(len(x) for x in lines[: line - 1]) + col - 1
     return InfillTask(text[:offset], text[offset:])
 
 
@@ -86,8 +93,9 @@ def with_extra_context(prefix: str, extra: Sequence[tuple[str, str]]) -> str:
     """
     if not extra:
         return prefix
-    head = "".join(f"--- {name or 'snippet'} ---\n{text}{'' if text.endswith(chr(10)) else chr(10)}\n"
-                   for name, text in extra)
+    head = "".join(
+        f"--- {name or 'snippet'} ---\n{text}{'' if text.endswith(chr(10)) else chr(10)}\n" for name, text in extra
+    )
     return head + prefix
 
 

@@ -31,7 +31,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from codellama.generation import Completion, GenerationRequest, SamplingParams, truncate_at_stop
-
 from infilling.inference import with_extra_context
 
 log = logging.getLogger(__name__)
@@ -140,8 +139,9 @@ class BatchingEngine:
 
     def submit(self, job: Job) -> None:
         if self._queue.qsize() >= self.max_queue:
-            raise APIError(429, f"server busy: {self.max_queue} requests are already waiting; retry later",
-                           "server_busy")
+            raise APIError(
+                429, f"server busy: {self.max_queue} requests are already waiting; retry later", "server_busy"
+            )
         self._queue.put(job)
 
     def _loop(self) -> None:
@@ -191,9 +191,13 @@ class BatchingEngine:
             group[i].done(out)
 
         try:
-            self.generator.generate([j.request for j in group], on_text=lambda i, d: group[i].text(d),
-                                    is_cancelled=lambda i: group[i].cancelled, on_done=done,
-                                    admit=(lambda free: self._admit(group, free)) if self.continuous else None)
+            self.generator.generate(
+                [j.request for j in group],
+                on_text=lambda i, d: group[i].text(d),
+                is_cancelled=lambda i: group[i].cancelled,
+                on_done=done,
+                admit=(lambda free: self._admit(group, free)) if self.continuous else None,
+            )
         except Exception as exc:  # a failed batch fails its requests, not the server
             log.exception("generation failed for a batch of %d", len(group))
             for i, job in enumerate(group):
@@ -284,8 +288,9 @@ def create_app(engine: BatchingEngine, config: ServerConfig = ServerConfig()) ->
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return JSONResponse(error_body(400, _validation_message(exc.errors()), "invalid_request_error"),
-                            status_code=400)
+        return JSONResponse(
+            error_body(400, _validation_message(exc.errors()), "invalid_request_error"), status_code=400
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -297,19 +302,32 @@ def create_app(engine: BatchingEngine, config: ServerConfig = ServerConfig()) ->
     async def _limit_body(request: Request, call_next):
         size = request.headers.get("content-length")
         if size and size.isdigit() and int(size) > config.max_body_bytes:
-            return JSONResponse(error_body(413, f"request body of {size} bytes is over the limit of "
-                                                f"{config.max_body_bytes}", "invalid_request_error"), status_code=413)
+            return JSONResponse(
+                error_body(
+                    413,
+                    f"request body of {size} bytes is over the limit of {config.max_body_bytes}",
+                    "invalid_request_error",
+                ),
+                status_code=413,
+            )
         return await call_next(request)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": config.model_name, "queued": engine.queued, "batches": engine.batches,
-                "finished": dict(engine.finished)}
+        return {
+            "status": "ok",
+            "model": config.model_name,
+            "queued": engine.queued,
+            "batches": engine.batches,
+            "finished": dict(engine.finished),
+        }
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
-                                            "owned_by": "codellama-toolkit"}]}
+        return {
+            "object": "list",
+            "data": [{"id": config.model_name, "object": "model", "created": 0, "owned_by": "codellama-toolkit"}],
+        }
 
     def admit(request: Request, gen: GenerationRequest, *, fit_budget: bool = False) -> Job:
         n = engine.count_prompt_tokens(gen)
@@ -318,8 +336,12 @@ def create_app(engine: BatchingEngine, config: ServerConfig = ServerConfig()) ->
         if fit_budget and context and n + gen.params.max_new_tokens > context:  # "as many as fit"
             gen = dataclasses.replace(gen, params=dataclasses.replace(gen.params, max_new_tokens=max(0, context - n)))
         if context and n + gen.params.max_new_tokens > context:
-            raise APIError(400, f"prompt of {n} tokens + {gen.params.max_new_tokens} new tokens exceeds the "
-                                f"model's context of {context}", param="max_tokens")
+            raise APIError(
+                400,
+                f"prompt of {n} tokens + {gen.params.max_new_tokens} new tokens exceeds the "
+                f"model's context of {context}",
+                param="max_tokens",
+            )
         job = Job(gen, n, asyncio.get_running_loop())
         engine.submit(job)
         job.watcher = asyncio.create_task(_watch_disconnect(request, job))
@@ -343,23 +365,34 @@ def create_app(engine: BatchingEngine, config: ServerConfig = ServerConfig()) ->
         prompt = body.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
-                raise APIError(400, "prompt must be one string (a list of several prompts is not supported)",
-                               param="prompt")
+                raise APIError(
+                    400, "prompt must be one string (a list of several prompts is not supported)", param="prompt"
+                )
             prompt = prompt[0]
         if not 0 <= body.temperature <= 2:
             raise APIError(400, "temperature must be between 0 and 2", param="temperature")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4:
             raise APIError(400, "at most 4 stop sequences are allowed", param="stop")
-        params = _params(budget(body.max_tokens, "max_tokens", min(config.default_max_tokens, config.max_tokens)),
-                         body.temperature, body.top_p, stop, body.seed)
+        params = _params(
+            budget(body.max_tokens, "max_tokens", min(config.default_max_tokens, config.max_tokens)),
+            body.temperature,
+            body.top_p,
+            stop,
+            body.seed,
+        )
         gen = GenerationRequest(prompt, suffix=body.suffix, params=params, suffix_first=config.suffix_first)
         job = admit(request, gen)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(text: str, finish: str | None, usage: dict | None = None, choices: bool = True) -> dict:
-            out = {"id": rid, "object": "text_completion", "created": created, "model": config.model_name,
-                   "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}] if choices else []}
+            out = {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": config.model_name,
+                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}] if choices else [],
+            }
             if usage is not None:
                 out["usage"] = usage
             return out
@@ -394,8 +427,13 @@ def create_app(engine: BatchingEngine, config: ServerConfig = ServerConfig()) ->
         if not (body.input_prefix or body.input_suffix or body.prompt):
             raise APIError(400, "give input_prefix and/or input_suffix (both are empty)", param="input_prefix")
         prefix = with_extra_context(body.input_prefix + body.prompt, [(c.filename, c.text) for c in body.input_extra])
-        params = _params(budget(body.n_predict, "n_predict", config.max_tokens), body.temperature, body.top_p,
-                         body.stop, None if body.seed < 0 else body.seed)
+        params = _params(
+            budget(body.n_predict, "n_predict", config.max_tokens),
+            body.temperature,
+            body.top_p,
+            body.stop,
+            None if body.seed < 0 else body.seed,
+        )
         gen = GenerationRequest(prefix, suffix=body.input_suffix, params=params, suffix_first=config.suffix_first)
         job = admit(request, gen, fit_budget=body.n_predict < 0)
 
@@ -499,7 +537,7 @@ def _stop_kind(job: Job, out: Completion, tokenizer) -> tuple[str, str]:
             full = tokenizer.decode_infilling(out.token_ids)
             cut = truncate_at_stop(full, stop)[0]
             if len(cut) < len(full):
-                return "word", next(s for s in stop if full[len(cut):].startswith(s))
+                return "word", next(s for s in stop if full[len(cut) :].startswith(s))
         return "eos", ""
     return "none", ""
 
@@ -513,18 +551,39 @@ def _llama_cpp_result(job: Job, out: Completion, content: str, model: str, engin
     prompt_ms, predicted_ms = (first - start) * 1e3, (end - first) * 1e3
     p = job.request.params
     return {
-        "index": 0, "content": content, "tokens": [], "id_slot": 0, "stop": True, "model": model,
-        "tokens_predicted": n, "tokens_evaluated": out.prompt_tokens, "tokens_cached": 0, "truncated": False,
-        "has_new_line": "\n" in out.text, "prompt": "",
-        "generation_settings": {"n_predict": p.max_new_tokens, "temperature": p.temperature, "top_p": p.top_p,
-                                "stop": list(p.stop), "seed": p.seed if p.seed is not None else -1},
-        "stop_type": stop_type, "stopping_word": word, "stopped_eos": stop_type == "eos",
-        "stopped_limit": stop_type == "limit", "stopped_word": stop_type == "word",
-        "timings": {"prompt_n": out.prompt_tokens, "prompt_ms": prompt_ms,
-                    "prompt_per_second": out.prompt_tokens / max(prompt_ms / 1e3, 1e-9),
-                    "predicted_n": n, "predicted_ms": predicted_ms,
-                    "predicted_per_token_ms": predicted_ms / n if n else 0.0,
-                    "predicted_per_second": n / (predicted_ms / 1e3) if n and predicted_ms > 0 else 0.0},
+        "index": 0,
+        "content": content,
+        "tokens": [],
+        "id_slot": 0,
+        "stop": True,
+        "model": model,
+        "tokens_predicted": n,
+        "tokens_evaluated": out.prompt_tokens,
+        "tokens_cached": 0,
+        "truncated": False,
+        "has_new_line": "\n" in out.text,
+        "prompt": "",
+        "generation_settings": {
+            "n_predict": p.max_new_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "stop": list(p.stop),
+            "seed": p.seed if p.seed is not None else -1,
+        },
+        "stop_type": stop_type,
+        "stopping_word": word,
+        "stopped_eos": stop_type == "eos",
+        "stopped_limit": stop_type == "limit",
+        "stopped_word": stop_type == "word",
+        "timings": {
+            "prompt_n": out.prompt_tokens,
+            "prompt_ms": prompt_ms,
+            "prompt_per_second": out.prompt_tokens / max(prompt_ms / 1e3, 1e-9),
+            "predicted_n": n,
+            "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": predicted_ms / n if n else 0.0,
+            "predicted_per_second": n / (predicted_ms / 1e3) if n and predicted_ms > 0 else 0.0,
+        },
     }
 
 
@@ -567,8 +626,9 @@ def build_app(model_dir, config: ServerConfig | None = None, *, device: str = "c
 
     config = config or ServerConfig(model_name=Path(model_dir).resolve().name)
     generator = HFGenerator.from_pretrained(model_dir, device=device, dtype=dtype, batch_size=config.max_batch)
-    engine = BatchingEngine(generator, max_batch=config.max_batch, max_queue=config.max_queue,
-                            continuous=config.continuous)
+    engine = BatchingEngine(
+        generator, max_batch=config.max_batch, max_queue=config.max_queue, continuous=config.continuous
+    )
     return create_app(engine, config)
 
 
@@ -580,8 +640,9 @@ def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8012, log_leve
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-                    startup_timeout: float = 30.0) -> Iterator[str]:
+def serve_in_thread(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 30.0
+) -> Iterator[str]:
     """Run `app` with uvicorn in a background thread (ephemeral port by default); yield its base URL."""
     import socket
 

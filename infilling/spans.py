@@ -19,9 +19,14 @@ log = logging.getLogger(__name__)
 
 # tree-sitter grammar module per language; a grammar that is not installed means char spans.
 GRAMMARS = {
-    "python": "tree_sitter_python", "c": "tree_sitter_c", "cpp": "tree_sitter_cpp",
-    "java": "tree_sitter_java", "javascript": "tree_sitter_javascript", "go": "tree_sitter_go",
-    "rust": "tree_sitter_rust", "shell": "tree_sitter_bash",
+    "python": "tree_sitter_python",
+    "c": "tree_sitter_c",
+    "cpp": "tree_sitter_cpp",
+    "java": "tree_sitter_java",
+    "javascript": "tree_sitter_javascript",
+    "go": "tree_sitter_go",
+    "rust": "tree_sitter_rust",
+    "shell": "tree_sitter_bash",
 }
 STOP_PROBABILITY = 0.5  # random descent: chance to take the current node instead of going deeper
 EXTEND_PROBABILITY = 0.5  # chance to add one more following sibling statement to the middle
@@ -75,8 +80,14 @@ def syntax_span(text: str, rng: random.Random, language: str | None) -> tuple[in
     while node.named_child_count and rng.random() >= STOP_PROBABILITY:
         node = _random_child(node, rng)
     first = last = node
-    if node.parent is not None and node.parent.type in ("module", "block", "translation_unit",
-                                                         "compound_statement", "program", "source_file"):
+    if node.parent is not None and node.parent.type in (
+        "module",
+        "block",
+        "translation_unit",
+        "compound_statement",
+        "program",
+        "source_file",
+    ):
         while rng.random() < EXTEND_PROBABILITY and last.next_named_sibling is not None:
             last = last.next_named_sibling
     return _char_offset(text, first.start_byte), _char_offset(text, last.end_byte)

@@ -17,7 +17,7 @@ import tree_sitter
 LANGUAGES = ("python",)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _language(name: str) -> tree_sitter.Language:
     if name == "python":
         import tree_sitter_python

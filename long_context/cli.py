@@ -16,14 +16,18 @@ SCALING_HELP = "linear, dynamic, yarn or llama3 (optionally TYPE:FACTOR); 'defau
 def register(cli) -> None:
     cli.group("rope", help="change or analyse a model's rotary position embedding (RoPE)")
 
-    p = cli.command("set", parent="rope", help="copy a checkpoint with a new RoPE base, context or scaling",
-                    epilog="examples:\n"
-                           "  # Code Llama's long-context setting\n"
-                           "  codellama rope set --base 1e6 --max-context 16384 runs/tiny runs/tiny-1m\n"
-                           "  # linear position interpolation to 4x the context\n"
-                           "  codellama rope set --scaling linear:4 runs/tiny runs/tiny-pi4\n"
-                           "  codellama rope set --scaling yarn --max-context 2048 runs/tiny runs/tiny-yarn\n"
-                           "  codellama rope set --scaling dynamic --factor 4 runs/tiny runs/tiny-ntk")
+    p = cli.command(
+        "set",
+        parent="rope",
+        help="copy a checkpoint with a new RoPE base, context or scaling",
+        epilog="examples:\n"
+        "  # Code Llama's long-context setting\n"
+        "  codellama rope set --base 1e6 --max-context 16384 runs/tiny runs/tiny-1m\n"
+        "  # linear position interpolation to 4x the context\n"
+        "  codellama rope set --scaling linear:4 runs/tiny runs/tiny-pi4\n"
+        "  codellama rope set --scaling yarn --max-context 2048 runs/tiny runs/tiny-yarn\n"
+        "  codellama rope set --scaling dynamic --factor 4 runs/tiny runs/tiny-ntk",
+    )
     p.add_argument("model", type=Path, help="checkpoint directory")
     p.add_argument("out", type=Path, help="new checkpoint directory (must not exist)")
     p.add_argument("--base", type=float, help="RoPE base period (rope_theta), e.g. 1e6")
@@ -32,55 +36,88 @@ def register(cli) -> None:
     p.add_argument("--factor", type=float, help="scaling factor (default: max context / trained context)")
     p.set_defaults(func=cmd_rope_set)
 
-    p = cli.command("plot", parent="rope", help="plot rotation wavelengths and attention decay for RoPE settings",
-                    epilog="examples:\n"
-                           "  codellama rope plot --out rope.png               # head_dim 128, base 1e4 vs 1e6\n"
-                           "  codellama rope plot --head-dim 32 --base 1e4 --base 1e6 --base 1e7 --out rope32.png\n"
-                           "  codellama rope plot --base 1e4 --scaling linear:4 --scaling yarn:4 --context 4096 --out scaled.png\n"
-                           "writes the PNG and a JSON with the same numbers next to it")
+    p = cli.command(
+        "plot",
+        parent="rope",
+        help="plot rotation wavelengths and attention decay for RoPE settings",
+        epilog="examples:\n"
+        "  codellama rope plot --out rope.png               # head_dim 128, base 1e4 vs 1e6\n"
+        "  codellama rope plot --head-dim 32 --base 1e4 --base 1e6 --base 1e7 --out rope32.png\n"
+        "  codellama rope plot --base 1e4 --scaling linear:4 --scaling yarn:4 --context 4096 --out scaled.png\n"
+        "writes the PNG and a JSON with the same numbers next to it",
+    )
     p.add_argument("--head-dim", type=_positive_int, default=128, help="rotary head dimension (default 128)")
-    p.add_argument("--base", type=float, action="append",
-                   help="base period; repeat to compare (default: 10000 and 1000000)")
-    p.add_argument("--scaling", action="append", default=[],
-                   help="TYPE:FACTOR variant of the first base, e.g. linear:4 (repeatable)")
+    p.add_argument(
+        "--base", type=float, action="append", help="base period; repeat to compare (default: 10000 and 1000000)"
+    )
+    p.add_argument(
+        "--scaling",
+        action="append",
+        default=[],
+        help="TYPE:FACTOR variant of the first base, e.g. linear:4 (repeatable)",
+    )
     p.add_argument("--context", type=_positive_int, default=4096, help="trained context (default 4096)")
     p.add_argument("--max-distance", type=_positive_int, default=100_000, help="largest distance plotted")
     p.add_argument("--out", type=Path, required=True, help="PNG path")
     p.set_defaults(func=cmd_rope_plot)
 
     cli.group("eval", help="score models")
-    p = cli.command("key-retrieval", parent="eval",
-                    help="Code Llama's key retrieval: find a function's return value in a long Python file",
-                    epilog="examples:\n"
-                           "  codellama eval key-retrieval --model runs/tiny-1m --lengths 1k,2k,4k --out runs/kr\n"
-                           "  codellama eval key-retrieval --model codellama-7b --lengths 8k,16k,24k,32k \\\n"
-                           "      --positions 0,0.25,0.5,0.75,1 --seeds 3 --device cuda --dtype bfloat16 --out runs/kr7b\n"
-                           "  codellama eval key-retrieval --endpoint http://localhost:8000/v1 --tokenizer runs/tok \\\n"
-                           "      --lengths 16k --out runs/kr-remote\n"
-                           "writes OUT/key_retrieval.json (every item) and OUT/key_retrieval.png (accuracy heatmap)")
+    p = cli.command(
+        "key-retrieval",
+        parent="eval",
+        help="Code Llama's key retrieval: find a function's return value in a long Python file",
+        epilog="examples:\n"
+        "  codellama eval key-retrieval --model runs/tiny-1m --lengths 1k,2k,4k --out runs/kr\n"
+        "  codellama eval key-retrieval --model codellama-7b --lengths 8k,16k,24k,32k \\\n"
+        "      --positions 0,0.25,0.5,0.75,1 --seeds 3 --device cuda --dtype bfloat16 --out runs/kr7b\n"
+        "  codellama eval key-retrieval --endpoint http://localhost:8000/v1 --tokenizer runs/tok \\\n"
+        "      --lengths 16k --out runs/kr-remote\n"
+        "writes OUT/key_retrieval.json (every item) and OUT/key_retrieval.png (accuracy heatmap)",
+    )
     _model_source_args(p)
     p.add_argument("--tokenizer", type=Path, help="tokenizer (dir or .model) to measure lengths; default: the model's")
-    p.add_argument("--lengths", type=_lengths, default=_lengths("8k,16k,24k,32k"),
-                   help="prompt lengths in tokens, comma-separated; k = 1024 (default 8k,16k,24k,32k)")
-    p.add_argument("--positions", type=_positions, default=_positions("0,0.25,0.5,0.75,1"),
-                   help="relative key positions in [0, 1] (default 0,0.25,0.5,0.75,1)")
+    p.add_argument(
+        "--lengths",
+        type=_lengths,
+        default=_lengths("8k,16k,24k,32k"),
+        help="prompt lengths in tokens, comma-separated; k = 1024 (default 8k,16k,24k,32k)",
+    )
+    p.add_argument(
+        "--positions",
+        type=_positions,
+        default=_positions("0,0.25,0.5,0.75,1"),
+        help="relative key positions in [0, 1] (default 0,0.25,0.5,0.75,1)",
+    )
     p.add_argument("--seeds", type=_positive_int, default=1, help="prompts per (length, position) cell (default 1)")
     p.add_argument("--digits", type=_positive_int, default=5, help="digits of the key value (default 5)")
     p.add_argument("--source", type=Path, action="append", help="filler source files/dirs (default: the stdlib)")
     p.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
     p.set_defaults(func=cmd_key_retrieval)
 
-    p = cli.command("long-ppl", parent="eval", help="perplexity versus context length, comparing models",
-                    epilog="examples:\n"
-                           "  codellama eval long-ppl --model base=runs/tiny --model 1m=runs/tiny-1m \\\n"
-                           "      --lengths 256,512,1k,2k,4k --samples 4 --out runs/ppl\n"
-                           "  # the same tokens, but no token sees more than 512 tokens of context\n"
-                           "  codellama eval long-ppl --model runs/tiny --lengths 1k,2k,4k --window 512 --out runs/ppl-win\n"
-                           "writes OUT/long_ppl.json and OUT/long_ppl.png (one curve per model)")
-    p.add_argument("--model", action="append", required=True, metavar="[LABEL=]DIR",
-                   help="checkpoint to score; repeat to compare (all must share one tokenizer)")
-    p.add_argument("--lengths", type=_lengths, default=_lengths("512,1k,2k,4k,8k,16k"),
-                   help="context lengths, comma-separated; k = 1024 (default 512,1k,2k,4k,8k,16k)")
+    p = cli.command(
+        "long-ppl",
+        parent="eval",
+        help="perplexity versus context length, comparing models",
+        epilog="examples:\n"
+        "  codellama eval long-ppl --model base=runs/tiny --model 1m=runs/tiny-1m \\\n"
+        "      --lengths 256,512,1k,2k,4k --samples 4 --out runs/ppl\n"
+        "  # the same tokens, but no token sees more than 512 tokens of context\n"
+        "  codellama eval long-ppl --model runs/tiny --lengths 1k,2k,4k --window 512 --out runs/ppl-win\n"
+        "writes OUT/long_ppl.json and OUT/long_ppl.png (one curve per model)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[LABEL=]DIR",
+        help="checkpoint to score; repeat to compare (all must share one tokenizer)",
+    )
+    p.add_argument(
+        "--lengths",
+        type=_lengths,
+        default=_lengths("512,1k,2k,4k,8k,16k"),
+        help="context lengths, comma-separated; k = 1024 (default 512,1k,2k,4k,8k,16k)",
+    )
     p.add_argument("--samples", type=_positive_int, default=4, help="token windows per length (default 4)")
     p.add_argument("--window", type=_positive_int, help="sliding window: at most this much context per token")
     p.add_argument("--stride", type=_positive_int, help="sliding window stride (default window/2)")
@@ -145,8 +182,13 @@ def cmd_rope_set(args: argparse.Namespace) -> int:
 
     if args.base is None and args.max_context is None and args.scaling is None:
         raise ValueError("nothing to change: give --base, --max-context and/or --scaling")
-    params = rope_set(args.model, args.out, base=args.base, max_context=args.max_context,
-                      scaling=parse_scaling(args.scaling, args.factor))
+    params = rope_set(
+        args.model,
+        args.out,
+        base=args.base,
+        max_context=args.max_context,
+        scaling=parse_scaling(args.scaling, args.factor),
+    )
     print(f"wrote {args.out}")
     print(json.dumps(params, indent=2))
     return 0
@@ -175,8 +217,10 @@ def cmd_rope_plot(args: argparse.Namespace) -> int:
     atomic_write_json(json_path, analysis)
     print(f"{'variant':<32}{'longest wavelength':>20}{'pairs turning in context':>26}{'bound at max dist':>19}")
     for v in analysis["variants"]:
-        print(f"{v['label']:<32}{v['wavelengths'][-1]:>20,.0f}{v['pairs_turning_within_context']:>26}"
-              f"{v['decay_bound'][-1]:>19.3f}")
+        print(
+            f"{v['label']:<32}{v['wavelengths'][-1]:>20,.0f}{v['pairs_turning_within_context']:>26}"
+            f"{v['decay_bound'][-1]:>19.3f}"
+        )
     print(f"wrote {args.out} and {json_path}")
     return 0
 
@@ -225,8 +269,11 @@ def _generator(args: argparse.Namespace, longest: int):
     model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     trained = model.config.max_position_embeddings
     if longest > trained:
-        log.warning("prompts reach %d tokens, beyond the model's max_position_embeddings %d: "
-                    "this measures extrapolation", longest, trained)
+        log.warning(
+            "prompts reach %d tokens, beyond the model's max_position_embeddings %d: this measures extrapolation",
+            longest,
+            trained,
+        )
     # The benchmark is about going past the trained context, so the generator must not refuse it.
     return HFGenerator(model, load_tokenizer(args.model), batch_size=1, max_context=longest)
 
@@ -255,8 +302,16 @@ def cmd_long_ppl(args: argparse.Namespace) -> int:
         from codellama.data.stdlib import iter_source_texts
 
         texts = iter_source_texts(args.source)
-    report = evaluate_models(models, lengths=args.lengths, samples=args.samples, window=args.window,
-                             stride=args.stride, texts=texts, device=args.device, dtype=getattr(torch, args.dtype))
+    report = evaluate_models(
+        models,
+        lengths=args.lengths,
+        samples=args.samples,
+        window=args.window,
+        stride=args.stride,
+        texts=texts,
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+    )
     with atomic_directory(args.out) as tmp:
         atomic_write_json(tmp / "long_ppl.json", report)
         plot_long_ppl(report, tmp / "long_ppl.png")

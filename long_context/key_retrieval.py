@@ -23,9 +23,11 @@ QUESTION = f"\nassert {KEY_NAME}() =="
 
 
 def key_function(value: int) -> str:
-    return (f"def {KEY_NAME}() -> int:\n"
-            f'    """Note that this function is used at the end of the file."""\n'
-            f"    return {value}\n\n")
+    return (
+        f"def {KEY_NAME}() -> int:\n"
+        f'    """Note that this function is used at the end of the file."""\n'
+        f"    return {value}\n\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,9 @@ def top_level_units(source: str) -> list[str]:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []
-    starts = sorted({min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-                     for node in tree.body})
+    starts = sorted(
+        {min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) for node in tree.body}
+    )
     if not starts:
         return []
     lines = source.splitlines(keepends=True)
@@ -67,7 +70,7 @@ def top_level_units(source: str) -> list[str]:
     bounds = starts + [len(lines) + 1]
     units = []
     for begin, end in zip(bounds, bounds[1:]):
-        text = "".join(lines[begin - 1:end - 1]).strip("\n")
+        text = "".join(lines[begin - 1 : end - 1]).strip("\n")
         if text and KEY_NAME not in text:
             units.append(text + "\n\n")
     return units
@@ -117,8 +120,9 @@ def _fill(stream, budget: int, *, slack: int, max_misses: int = 200) -> tuple[li
     return chosen, used
 
 
-def make_prompt(tokenizer, context_tokens: int, position: float, seed: int, *, pool: FillerPool | None = None,
-                digits: int = 5) -> KeyRetrievalPrompt:
+def make_prompt(
+    tokenizer, context_tokens: int, position: float, seed: int, *, pool: FillerPool | None = None, digits: int = 5
+) -> KeyRetrievalPrompt:
     """A prompt of `context_tokens` tokens (within 1%; 8 tokens for short ones) with the key at `position`.
 
     Position 0 puts the key function first in the file, 1 just before the final assert.
@@ -127,7 +131,7 @@ def make_prompt(tokenizer, context_tokens: int, position: float, seed: int, *, p
         raise ValueError(f"key position must be within [0, 1], got {position}")
     pool = pool or FillerPool(tokenizer)
     rng = random.Random(f"key-retrieval/{seed}/{context_tokens}/{position}")
-    value = rng.randint(10 ** (digits - 1), 10 ** digits - 1)
+    value = rng.randint(10 ** (digits - 1), 10**digits - 1)
     key = key_function(value)
     fixed = 1 + len(tokenizer.encode_infilling(key)) + len(tokenizer.encode_infilling(QUESTION))
     filler_budget = context_tokens - fixed
@@ -143,11 +147,13 @@ def make_prompt(tokenizer, context_tokens: int, position: float, seed: int, *, p
     key_offset = len(tokenizer.encode(head_text, bos=True)) if head_text else 1
     if abs(n_tokens - context_tokens) > max(8, 0.01 * context_tokens):
         # Only a filler corpus too small for the length gets here; a shorter prompt would mislabel the result.
-        raise ValueError(f"could only build a {n_tokens}-token prompt for {context_tokens} tokens: "
-                         "the filler sources are too small")
+        raise ValueError(
+            f"could only build a {n_tokens}-token prompt for {context_tokens} tokens: the filler sources are too small"
+        )
     log.debug("key-retrieval prompt: %d tokens (asked %d), key at token %d", n_tokens, context_tokens, key_offset)
-    return KeyRetrievalPrompt(prompt, value, context_tokens, position, seed, n_tokens, key_offset,
-                              filler_tokens=n_tokens - fixed)
+    return KeyRetrievalPrompt(
+        prompt, value, context_tokens, position, seed, n_tokens, key_offset, filler_tokens=n_tokens - fixed
+    )
 
 
 _NUMBER = re.compile(r"^\s*\(?\s*([+-]?\s*\d[\d_]*)(?![\w.])")
@@ -172,15 +178,24 @@ def score(completion: str, answer: int) -> bool:
     return extract_value(completion) == answer
 
 
-def build_prompts(tokenizer, lengths: Sequence[int], positions: Sequence[float], seeds: Sequence[int], *,
-                  pool: FillerPool | None = None, digits: int = 5) -> list[KeyRetrievalPrompt]:
+def build_prompts(
+    tokenizer,
+    lengths: Sequence[int],
+    positions: Sequence[float],
+    seeds: Sequence[int],
+    *,
+    pool: FillerPool | None = None,
+    digits: int = 5,
+) -> list[KeyRetrievalPrompt]:
     pool = pool or FillerPool(tokenizer)
-    return [make_prompt(tokenizer, n, p, s, pool=pool, digits=digits)
-            for n in lengths for p in positions for s in seeds]
+    return [
+        make_prompt(tokenizer, n, p, s, pool=pool, digits=digits) for n in lengths for p in positions for s in seeds
+    ]
 
 
-def run_key_retrieval(generator, prompts: Sequence[KeyRetrievalPrompt], *, digits: int = 5,
-                      progress: bool = True) -> dict:
+def run_key_retrieval(
+    generator, prompts: Sequence[KeyRetrievalPrompt], *, digits: int = 5, progress: bool = True
+) -> dict:
     """Greedy-complete every prompt through the shared generation path and score it; the JSON report."""
     from tqdm.auto import tqdm
 
@@ -192,8 +207,9 @@ def run_key_retrieval(generator, prompts: Sequence[KeyRetrievalPrompt], *, digit
     for item in tqdm(prompts, desc="key retrieval", unit="prompt", disable=not progress):
         [completion] = generator.generate([GenerationRequest(item.prompt, params=params)])
         value = extract_value(completion.text)
-        records.append({**item.meta(), "completion": completion.text, "extracted": value,
-                        "correct": value == item.answer})
+        records.append(
+            {**item.meta(), "completion": completion.text, "extracted": value, "correct": value == item.answer}
+        )
     return summarize(records)
 
 

@@ -72,8 +72,9 @@ def _nll_of(model, input_ids: torch.Tensor, n_targets: int, chunk: int) -> torch
 
 
 @torch.no_grad()
-def token_nll(model, input_ids: torch.Tensor, *, window: int | None = None, stride: int | None = None,
-              chunk: int = 2048) -> torch.Tensor:
+def token_nll(
+    model, input_ids: torch.Tensor, *, window: int | None = None, stride: int | None = None, chunk: int = 2048
+) -> torch.Tensor:
     """Per-token NLL of tokens 1..L-1 of each row ([B, L] -> [B, L-1]).
 
     Without a window every token sees all tokens before it. With one, windows of `window`
@@ -100,8 +101,16 @@ def token_nll(model, input_ids: torch.Tensor, *, window: int | None = None, stri
     return torch.cat(pieces, dim=1)
 
 
-def long_ppl(model, windows: torch.Tensor, lengths: Sequence[int], *, window: int | None = None,
-             stride: int | None = None, progress: bool = True, desc: str = "long-ppl") -> list[PPLPoint]:
+def long_ppl(
+    model,
+    windows: torch.Tensor,
+    lengths: Sequence[int],
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    progress: bool = True,
+    desc: str = "long-ppl",
+) -> list[PPLPoint]:
     """Perplexity at each context length over the same sample windows ([samples, >= max(lengths)])."""
     from tqdm.auto import tqdm
 
@@ -124,9 +133,18 @@ def long_ppl(model, windows: torch.Tensor, lengths: Sequence[int], *, window: in
     return points
 
 
-def evaluate_models(models: dict[str, str], *, lengths: Sequence[int] = DEFAULT_LENGTHS, samples: int = 4,
-                    window: int | None = None, stride: int | None = None, texts: Iterable[str] | None = None,
-                    device: str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True) -> dict:
+def evaluate_models(
+    models: dict[str, str],
+    *,
+    lengths: Sequence[int] = DEFAULT_LENGTHS,
+    samples: int = 4,
+    window: int | None = None,
+    stride: int | None = None,
+    texts: Iterable[str] | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> dict:
     """Score several checkpoints (label -> directory) on the same tokens; the JSON report.
 
     Tokens come from the first model's tokenizer; all models must share it.
@@ -137,13 +155,19 @@ def evaluate_models(models: dict[str, str], *, lengths: Sequence[int] = DEFAULT_
     tokenizer = load_tokenizer(models[labels[0]])
     tokens = corpus_tokens(tokenizer, samples * max(lengths), texts)
     windows = sample_windows(tokens, samples, max(lengths))
-    report: dict = {"lengths": sorted(lengths), "samples": samples, "window": window,
-                    "stride": (stride or max(1, window // 2)) if window else None, "models": {}}
+    report: dict = {
+        "lengths": sorted(lengths),
+        "samples": samples,
+        "window": window,
+        "stride": (stride or max(1, window // 2)) if window else None,
+        "models": {},
+    }
     for label in labels:
         other = load_tokenizer(models[label])
         if other.proto_bytes != tokenizer.proto_bytes:
-            raise ValueError(f"model {label!r} has a different tokenizer from {labels[0]!r}; "
-                             "perplexities would not be comparable")
+            raise ValueError(
+                f"model {label!r} has a different tokenizer from {labels[0]!r}; perplexities would not be comparable"
+            )
         model = load_model(models[label], dtype=dtype, device=device)
         points = long_ppl(model, windows, lengths, window=window, stride=stride, progress=progress, desc=label)
         report["models"][label] = {

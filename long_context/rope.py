@@ -39,8 +39,9 @@ def trained_context(config: PretrainedConfig) -> int:
     return int(config.max_position_embeddings)
 
 
-def set_rope(config_or_model, *, base: float | None = None, max_context: int | None = None,
-             scaling: dict | None = None):
+def set_rope(
+    config_or_model, *, base: float | None = None, max_context: int | None = None, scaling: dict | None = None
+):
     """Set RoPE base, context and scaling on a config or a loaded model (in place); returns the config.
 
     `scaling` is transformers' rope_parameters vocabulary: {"rope_type": "linear"|"dynamic"|"yarn"|
@@ -63,8 +64,10 @@ def set_rope(config_or_model, *, base: float | None = None, max_context: int | N
     if scaling is not None:
         params, max_context = _apply_scaling(params, dict(scaling), original, max_context)
     elif params["rope_type"] == "dynamic" and max_context not in (None, config.max_position_embeddings):
-        raise ValueError("this model uses dynamic NTK scaling, which stretches from max_position_embeddings: "
-                         "change the factor (or the scaling) instead of the max context")
+        raise ValueError(
+            "this model uses dynamic NTK scaling, which stretches from max_position_embeddings: "
+            "change the factor (or the scaling) instead of the max context"
+        )
     if max_context is not None:
         config.max_position_embeddings = int(max_context)
 
@@ -92,8 +95,9 @@ def _apply_scaling(params: dict, scaling: dict, original: int, max_context: int 
     if rope_type == "dynamic" and max_context is not None and max_context != original:
         # transformers' dynamic NTK rescales from config.max_position_embeddings on the fly, so that
         # field must stay the trained context; the factor alone says how far to stretch.
-        raise ValueError("dynamic NTK scaling stretches past the trained context by itself: "
-                         "give a factor, not a new max context")
+        raise ValueError(
+            "dynamic NTK scaling stretches past the trained context by itself: give a factor, not a new max context"
+        )
     if factor is None:
         if max_context is None:
             raise ValueError(f"{rope_type} scaling needs a factor (or a max context to derive it from)")
@@ -124,8 +128,14 @@ def _rebuild_rotary(model: PreTrainedModel) -> None:
                 setattr(parent, name, fresh)
 
 
-def rope_set(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, base: float | None = None,
-             max_context: int | None = None, scaling: dict | None = None) -> dict:
+def rope_set(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    base: float | None = None,
+    max_context: int | None = None,
+    scaling: dict | None = None,
+) -> dict:
     """Write a copy of a checkpoint with new RoPE settings; `out_dir` appears only when complete.
 
     RoPE has no weights (inv_freq is a non-persistent buffer), so only config.json changes;

@@ -46,10 +46,17 @@ def inv_freq(head_dim: int, variant: RopeVariant) -> tuple[torch.Tensor, float]:
 
     if head_dim < 2 or head_dim % 2:
         raise ValueError(f"head_dim must be even and >= 2, got {head_dim}")
-    config = LlamaConfig(hidden_size=head_dim, num_attention_heads=1, num_key_value_heads=1, head_dim=head_dim,
-                         num_hidden_layers=1, intermediate_size=4, vocab_size=8,
-                         max_position_embeddings=variant.context,
-                         rope_parameters={"rope_type": "default", "rope_theta": float(variant.base)})
+    config = LlamaConfig(
+        hidden_size=head_dim,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=head_dim,
+        num_hidden_layers=1,
+        intermediate_size=4,
+        vocab_size=8,
+        max_position_embeddings=variant.context,
+        rope_parameters={"rope_type": "default", "rope_theta": float(variant.base)},
+    )
     if variant.scaling:
         set_rope(config, scaling=variant.scaling)
     rotary = LlamaRotaryEmbedding(config)
@@ -78,8 +85,9 @@ def decay_bound(head_dim: int, variant: RopeVariant, distances: torch.Tensor) ->
     return torch.cat(out) / ((freq.numel() + 1) / 2)
 
 
-def smoothed_decay(head_dim: int, variant: RopeVariant, max_distance: int, bins: int = 120
-                   ) -> tuple[list[float], list[float]]:
+def smoothed_decay(
+    head_dim: int, variant: RopeVariant, max_distance: int, bins: int = 120
+) -> tuple[list[float], list[float]]:
     """The bound averaged over log-spaced distance bins: it oscillates token to token, the trend is what matters."""
     distances = torch.arange(1, max_distance + 1)
     bound = decay_bound(head_dim, variant, distances)
@@ -87,7 +95,7 @@ def smoothed_decay(head_dim: int, variant: RopeVariant, max_distance: int, bins:
     xs, ys = [], []
     for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
         xs.append(math.sqrt(lo * hi))
-        ys.append(float(bound[lo - 1:hi - 1].mean()))
+        ys.append(float(bound[lo - 1 : hi - 1].mean()))
     return xs, ys
 
 
@@ -99,12 +107,18 @@ def analyse(head_dim: int, variants: Sequence[RopeVariant], max_distance: int = 
     for v in variants:
         waves = wavelengths(head_dim, v)
         xs, ys = smoothed_decay(head_dim, v, max_distance)
-        out["variants"].append({
-            "label": v.label, "base": v.base, "scaling": v.scaling, "context": v.context,
-            "wavelengths": waves.tolist(),
-            "pairs_turning_within_context": int((waves <= v.context).sum()),
-            "decay_distances": xs, "decay_bound": ys,
-        })
+        out["variants"].append(
+            {
+                "label": v.label,
+                "base": v.base,
+                "scaling": v.scaling,
+                "context": v.context,
+                "wavelengths": waves.tolist(),
+                "pairs_turning_within_context": int((waves <= v.context).sum()),
+                "decay_distances": xs,
+                "decay_bound": ys,
+            }
+        )
     return out
 
 

@@ -3,7 +3,6 @@
 No `from __future__ import annotations` here: fastapi reads the handlers' annotations at runtime.
 """
 
-
 import os
 import socket
 import threading
@@ -56,10 +55,15 @@ def scripted_completions_server(answer, *, delay: float = 0.0, model: str = "tes
         text = answer(body["prompt"])
         for stop in body.get("stop") or []:
             if stop in text:
-                text = text[:text.index(stop)]
-        return {"id": f"cmpl-{len(log)}", "object": "text_completion", "created": 0, "model": model,
-                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                text = text[: text.index(stop)]
+        return {
+            "id": f"cmpl-{len(log)}",
+            "object": "text_completion",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -6,7 +6,6 @@ answers known, so tests can assert exact middles and stopping at <EOT>.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 EXAMPLES = [  # (prefix, middle, suffix)

@@ -18,37 +18,67 @@ from codellama.instruct.pipeline import request_seed
 
 # function name -> (question, tests, solutions in sample order). None = the tests are unparseable.
 SCRIPT = {
-    "add": ("Write a function add(a, b) that returns the sum of two integers a and b.",
-            ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"],
-            ["def add(a, b):\n    return a - b\n",                        # wrong
-             "def add(a, b):\n    return a + b\n",                        # passes: the kept one
-             "def add(a, b):\n    return b + a\n"]),
-    "reverse_words": ("Write a function reverse_words(s) that reverses the order of the words in a sentence.",
-                      ["assert reverse_words('a b c') == 'c b a'", "assert reverse_words('') == ''"],
-                      ["def reverse_words(s):\n    return ' '.join(reversed(s.split()))\n"] * 3),
-    "is_prime": ("Write a function is_prime(n) that tells whether an integer n is a prime number.",
-                 ["assert is_prime(7)", "assert not is_prime(9)"],
-                 ["def is_prime(n):\n    return n % 2 == 1\n",                 # fails on 9
-                  "def is_prime(n):\n    return True\n",
-                  "def is_prime(n):\n    raise NotImplementedError\n"]),
-    "count_vowels": ("Write a function count_vowels(s) that counts the vowels in a string.",
-                     ["assert count_vowels('banana') == 3"],
-                     ["def count_vowels(s):\n    while True:\n        pass\n"] * 3),          # hangs
-    "factorial": ("Write a function factorial(n) that returns the factorial of a non-negative integer n.",
-                  ["assert factorial(5) == 120"],
-                  ["import os\n\ndef factorial(n):\n    while True:\n        try:\n            os.fork()\n"
-                   "        except OSError:\n            pass\n"] * 3),                       # fork bomb
-    "max_of": ("Write a function max_of(xs) that returns the largest element of a non-empty list.",
-               ["assert max_of([1, 5, 2]) == 5", "assert max_of([-3]) == -3"],
-               ["import sys\n\ndef max_of(xs):\n    return 0\n\nsys.exit(0)\n",  # exits before the tests: no proof
-                "def max_of(xs):\n    return max(xs)\n",
-                "def max_of(xs):\n    return sorted(xs)[-1]\n"]),
+    "add": (
+        "Write a function add(a, b) that returns the sum of two integers a and b.",
+        ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"],
+        [
+            "def add(a, b):\n    return a - b\n",  # wrong
+            "def add(a, b):\n    return a + b\n",  # passes: the kept one
+            "def add(a, b):\n    return b + a\n",
+        ],
+    ),
+    "reverse_words": (
+        "Write a function reverse_words(s) that reverses the order of the words in a sentence.",
+        ["assert reverse_words('a b c') == 'c b a'", "assert reverse_words('') == ''"],
+        ["def reverse_words(s):\n    return ' '.join(reversed(s.split()))\n"] * 3,
+    ),
+    "is_prime": (
+        "Write a function is_prime(n) that tells whether an integer n is a prime number.",
+        ["assert is_prime(7)", "assert not is_prime(9)"],
+        [
+            "def is_prime(n):\n    return n % 2 == 1\n",  # fails on 9
+            "def is_prime(n):\n    return True\n",
+            "def is_prime(n):\n    raise NotImplementedError\n",
+        ],
+    ),
+    "count_vowels": (
+        "Write a function count_vowels(s) that counts the vowels in a string.",
+        ["assert count_vowels('banana') == 3"],
+        ["def count_vowels(s):\n    while True:\n        pass\n"] * 3,
+    ),  # hangs
+    "factorial": (
+        "Write a function factorial(n) that returns the factorial of a non-negative integer n.",
+        ["assert factorial(5) == 120"],
+        [
+            "import os\n\ndef factorial(n):\n    while True:\n        try:\n            os.fork()\n"
+            "        except OSError:\n            pass\n"
+        ]
+        * 3,
+    ),  # fork bomb
+    "max_of": (
+        "Write a function max_of(xs) that returns the largest element of a non-empty list.",
+        ["assert max_of([1, 5, 2]) == 5", "assert max_of([-3]) == -3"],
+        [
+            "import sys\n\ndef max_of(xs):\n    return 0\n\nsys.exit(0)\n",  # exits before the tests: no proof
+            "def max_of(xs):\n    return max(xs)\n",
+            "def max_of(xs):\n    return sorted(xs)[-1]\n",
+        ],
+    ),
     "draw_cat": ("Write a function draw_cat() that prints an ASCII-art picture of a cat.", None, []),
 }
 EXACT_DUP = "write a function add(a,b) that returns the sum of two integers a and b"
 NEAR_DUP = "Write a function add(a, b) that returns the sum of two integers a and b in Python."
-QUESTIONS = [SCRIPT["add"][0], EXACT_DUP, NEAR_DUP, SCRIPT["reverse_words"][0], SCRIPT["is_prime"][0],
-             SCRIPT["count_vowels"][0], SCRIPT["factorial"][0], SCRIPT["draw_cat"][0], SCRIPT["max_of"][0]]
+QUESTIONS = [
+    SCRIPT["add"][0],
+    EXACT_DUP,
+    NEAR_DUP,
+    SCRIPT["reverse_words"][0],
+    SCRIPT["is_prime"][0],
+    SCRIPT["count_vowels"][0],
+    SCRIPT["factorial"][0],
+    SCRIPT["draw_cat"][0],
+    SCRIPT["max_of"][0],
+]
 # With 3 solutions per question, these get a passing solution (name -> index of the first that passes).
 PASSING = {"add": 1, "reverse_words": 0, "max_of": 1}
 UNIQUE = [n for n in SCRIPT]  # after dedup, in order
@@ -66,14 +96,23 @@ class Script:
         self.lock = threading.Lock()
 
     def respond(self, prompt: str, seed: int | None) -> str:
-        kind = ("questions" if "interview questions" in prompt else "tests" if "[TESTS]" in prompt
-                else "solution" if "[PYTHON]" in prompt else "unknown")
+        kind = (
+            "questions"
+            if "interview questions" in prompt
+            else "tests"
+            if "[TESTS]" in prompt
+            else "solution"
+            if "[PYTHON]" in prompt
+            else "unknown"
+        )
         with self.lock:
             self.calls[kind] += 1
         if kind == "questions":  # the prompt ends inside the list ("... 3."): continue it
             start = int(prompt.rstrip()[:-1].rsplit("\n", 1)[-1])
-            return "".join(f"{'' if i == 0 else f'{start + i}.'} {q}\n" for i, q in enumerate(QUESTIONS)) + \
-                "\nThese questions cover many subjects.</s>"
+            return (
+                "".join(f"{'' if i == 0 else f'{start + i}.'} {q}\n" for i, q in enumerate(QUESTIONS))
+                + "\nThese questions cover many subjects.</s>"
+            )
         name = next((n for n in SCRIPT if f"function {n}(" in prompt.split("Problem:")[-1]), None)
         if name is None:
             return "I do not know."
@@ -118,12 +157,17 @@ def scripted_server(script: Script):
     @app.post("/v1/completions")
     def completions(body: dict):
         stop = body.get("stop") or []
-        text, hit = truncate_at_stop(script.respond(body["prompt"], body.get("seed")),
-                                     [stop] if isinstance(stop, str) else stop)
-        return {"id": "cmpl-scripted", "object": "text_completion", "created": int(time.time()),
-                "model": body.get("model", "scripted"),
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+        text, hit = truncate_at_stop(
+            script.respond(body["prompt"], body.get("seed")), [stop] if isinstance(stop, str) else stop
+        )
+        return {
+            "id": "cmpl-scripted",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", "scripted"),
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)

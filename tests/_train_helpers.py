@@ -12,8 +12,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_code_shards(tokenizer, texts: list[str], out: Path, seq_len: int, max_sequences: int | None = None,
-                      meta: dict | None = None) -> Path:
+def write_code_shards(
+    tokenizer, texts: list[str], out: Path, seq_len: int, max_sequences: int | None = None, meta: dict | None = None
+) -> Path:
     """Documents as <s> text </s>, concatenated and cut into seq_len rows (what `data prepare` packs)."""
     from codellama.data.shards import ShardWriter
 
@@ -21,16 +22,26 @@ def write_code_shards(tokenizer, texts: list[str], out: Path, seq_len: int, max_
     n = len(stream) // seq_len if max_sequences is None else min(max_sequences, len(stream) // seq_len)
     writer = ShardWriter(out, seq_len, tokenizer.vocab_size, sequences_per_shard=64)
     for i in range(n):
-        writer.add(stream[i * seq_len:(i + 1) * seq_len])
+        writer.add(stream[i * seq_len : (i + 1) * seq_len])
     writer.finish(meta=meta or {})
     return out
 
 
-def run_cli(*args: str, timeout: float = 300, env: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: float = 300, env: dict | None = None, torchrun: int = 0
+) -> subprocess.CompletedProcess:
     """`codellama ...` in a fresh process (optionally under torchrun with N local ranks)."""
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}",
-               "-m", "codellama.cli", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={torchrun}",
+            "-m",
+            "codellama.cli",
+            *args,
+        ]
     else:
         cmd = [sys.executable, "-m", "codellama.cli", *args]
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}

@@ -24,9 +24,14 @@ def _subcommands(parser):
 
 
 def test_every_command_has_help_with_an_example():
-    leaves = [(name, p) for name, p in _subcommands(build_parser())
-              if not any(isinstance(a, type(build_parser()._subparsers._group_actions[0])) for a in p._actions)]
-    assert {"tokenizer train", "tokenizer extend", "model init", "model info", "convert meta-to-hf"} <= {n for n, _ in leaves}
+    leaves = [
+        (name, p)
+        for name, p in _subcommands(build_parser())
+        if not any(isinstance(a, type(build_parser()._subparsers._group_actions[0])) for a in p._actions)
+    ]
+    assert {"tokenizer train", "tokenizer extend", "model init", "model info", "convert meta-to-hf"} <= {
+        n for n, _ in leaves
+    }
     for name, parser in leaves:
         assert parser.epilog and "codellama " in parser.epilog, f"`codellama {name} --help` has no example"
 
@@ -59,8 +64,21 @@ def test_model_init_opens_with_auto_classes(tiny_tokenizer_dir, tmp_path, capsys
 
 
 def test_model_init_extends_a_llama2_tokenizer(llama2_tokenizer_path, tmp_path, capsys):
-    assert main(["model", "init", "--preset", "tiny", "--tokenizer", str(llama2_tokenizer_path),
-                 "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "init",
+                "--preset",
+                "tiny",
+                "--tokenizer",
+                str(llama2_tokenizer_path),
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     assert re.search(r"^vocab_size\s+32016$", capsys.readouterr().out, re.M)
 
 
@@ -69,13 +87,37 @@ def test_tokenizer_train_and_extend_commands(tmp_path, llama2_tokenizer_path):
     src.mkdir()
     import random
 
-    words = ["alpha", "beta", "gamma", "delta", "value", "result", "index", "count", "items", "return", "lambda",
-             "self", "class", "import", "while", "yield", "buffer", "parser", "token", "stream"]
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "value",
+        "result",
+        "index",
+        "count",
+        "items",
+        "return",
+        "lambda",
+        "self",
+        "class",
+        "import",
+        "while",
+        "yield",
+        "buffer",
+        "parser",
+        "token",
+        "stream",
+    ]
     rng = random.Random(0)
     for i in range(40):
-        (src / f"m{i}.py").write_text("\n".join(
-            f"def {rng.choice(words)}_{rng.choice(words)}({rng.choice(words)}):\n    return {rng.choice(words)}"
-            f".{rng.choice(words)}({rng.randint(0, 999)})" for _ in range(50)))
+        (src / f"m{i}.py").write_text(
+            "\n".join(
+                f"def {rng.choice(words)}_{rng.choice(words)}({rng.choice(words)}):\n    return {rng.choice(words)}"
+                f".{rng.choice(words)}({rng.randint(0, 999)})"
+                for _ in range(50)
+            )
+        )
     (src / "util.c").write_text("int count(int *items, int n) { return n; }\n")
     (src / ".gitignore").write_text("build/\n")
     (src / "build").mkdir()
@@ -92,12 +134,15 @@ def test_tokenizer_train_and_extend_commands(tmp_path, llama2_tokenizer_path):
     assert res.returncode == 0 and "<PRE>=32007 <SUF>=32008 <MID>=32009 <EOT>=32010" in res.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["model", "info", "no-such-thing"], "neither a checkpoint directory nor a preset"),
-    (["model", "init", "--preset", "huge", "--tokenizer", "x", "--out", "o"], "unknown preset 'huge'"),
-    (["model", "init", "--preset", "tiny", "--tokenizer", "missing.model", "--out", "o"], "no SentencePiece model"),
-    (["tokenizer", "extend", "--base", "missing.model", "--out", "o"], "no tokenizer model"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["model", "info", "no-such-thing"], "neither a checkpoint directory nor a preset"),
+        (["model", "init", "--preset", "huge", "--tokenizer", "x", "--out", "o"], "unknown preset 'huge'"),
+        (["model", "init", "--preset", "tiny", "--tokenizer", "missing.model", "--out", "o"], "no SentencePiece model"),
+        (["tokenizer", "extend", "--base", "missing.model", "--out", "o"], "no tokenizer model"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(args) == 2
@@ -124,9 +169,11 @@ def test_corrupt_checkpoint_and_unwritable_output(tiny_model_dir, tmp_path, caps
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        res = run_cli("model", "init", "--preset", "tiny", "--tokenizer", str(tiny_model_dir), "--out",
-                      str(locked / "m"))
+        res = run_cli(
+            "model", "init", "--preset", "tiny", "--tokenizer", str(tiny_model_dir), "--out", str(locked / "m")
+        )
         import os
+
         if os.geteuid() != 0:  # root ignores directory permissions
             assert res.returncode == 2 and "not writable" in res.stderr
     finally:
@@ -145,6 +192,13 @@ def test_existing_output_is_never_overwritten(tiny_tokenizer_dir, tmp_path, caps
 def test_help_runs_fast_without_torch():
     res = run_cli("--help")
     assert res.returncode == 0 and "tokenizer" in res.stdout and "model" in res.stdout
-    probe = subprocess.run([sys.executable, "-c", "import sys; from codellama.cli import build_parser; build_parser();"
-                            " print('torch' in sys.modules)"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from codellama.cli import build_parser; build_parser(); print('torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert probe.stdout.strip() == "False"

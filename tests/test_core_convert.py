@@ -12,8 +12,16 @@ from codellama.checkpoint import load_model
 from codellama.cli import main
 from codellama.convert import convert_meta_to_hf
 
-PARAMS = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 96, "multiple_of": 32,
-          "norm_eps": 1e-5, "rope_theta": 10000.0}
+PARAMS = {
+    "dim": 64,
+    "n_layers": 2,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "vocab_size": 96,
+    "multiple_of": 32,
+    "norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+}
 
 
 def ffn_dim(p):
@@ -29,14 +37,26 @@ def random_meta_weights(p, seed=0):
     def w(*shape):
         return torch.randn(*shape, generator=g) * 0.2
 
-    sd = {"tok_embeddings.weight": w(p["vocab_size"], d), "norm.weight": 1 + w(d), "output.weight": w(p["vocab_size"], d),
-          "rope.freqs": torch.zeros(hd // 2)}
+    sd = {
+        "tok_embeddings.weight": w(p["vocab_size"], d),
+        "norm.weight": 1 + w(d),
+        "output.weight": w(p["vocab_size"], d),
+        "rope.freqs": torch.zeros(hd // 2),
+    }
     for i in range(p["n_layers"]):
-        sd.update({f"layers.{i}.attention.wq.weight": w(h * hd, d), f"layers.{i}.attention.wk.weight": w(kv * hd, d),
-                   f"layers.{i}.attention.wv.weight": w(kv * hd, d), f"layers.{i}.attention.wo.weight": w(d, h * hd),
-                   f"layers.{i}.feed_forward.w1.weight": w(f, d), f"layers.{i}.feed_forward.w2.weight": w(d, f),
-                   f"layers.{i}.feed_forward.w3.weight": w(f, d), f"layers.{i}.attention_norm.weight": 1 + w(d),
-                   f"layers.{i}.ffn_norm.weight": 1 + w(d)})
+        sd.update(
+            {
+                f"layers.{i}.attention.wq.weight": w(h * hd, d),
+                f"layers.{i}.attention.wk.weight": w(kv * hd, d),
+                f"layers.{i}.attention.wv.weight": w(kv * hd, d),
+                f"layers.{i}.attention.wo.weight": w(d, h * hd),
+                f"layers.{i}.feed_forward.w1.weight": w(f, d),
+                f"layers.{i}.feed_forward.w2.weight": w(d, f),
+                f"layers.{i}.feed_forward.w3.weight": w(f, d),
+                f"layers.{i}.attention_norm.weight": 1 + w(d),
+                f"layers.{i}.ffn_norm.weight": 1 + w(d),
+            }
+        )
     return sd
 
 
@@ -112,8 +132,18 @@ def test_conversion_shards_safetensors_and_cli(tmp_path, capsys):
     params = {**PARAMS, "rope_theta": 1_000_000.0}
     sd = random_meta_weights(params, seed=3)
     write_meta_checkpoint(tmp_path / "meta", sd, 2, params)
-    rc = main(["convert", "meta-to-hf", "--input", str(tmp_path / "meta"), "--out", str(tmp_path / "hf"),
-               "--max-shard-gb", "0.00005"])
+    rc = main(
+        [
+            "convert",
+            "meta-to-hf",
+            "--input",
+            str(tmp_path / "meta"),
+            "--out",
+            str(tmp_path / "hf"),
+            "--max-shard-gb",
+            "0.00005",
+        ]
+    )
     assert rc == 0
     assert len(list((tmp_path / "hf").glob("model-*-of-*.safetensors"))) > 1
     out = capsys.readouterr().out
@@ -123,7 +153,9 @@ def test_conversion_shards_safetensors_and_cli(tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     tokens = torch.arange(17)[None] % PARAMS["vocab_size"]
     with torch.no_grad():
-        torch.testing.assert_close(model(tokens).logits, meta_reference_forward(sd, params, tokens), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model(tokens).logits, meta_reference_forward(sd, params, tokens), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_conversion_errors_are_one_line_and_leave_nothing(tmp_path, capsys):

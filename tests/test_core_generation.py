@@ -18,7 +18,8 @@ def forward_shapes(model):
     shapes = []
     hook = model.register_forward_pre_hook(
         lambda m, a, kw: shapes.append((tuple(kw["input_ids"].shape), tuple(kw["attention_mask"].shape))),
-        with_kwargs=True)
+        with_kwargs=True,
+    )
     try:
         yield shapes
     finally:
@@ -34,7 +35,7 @@ def test_batched_greedy_matches_transformers_generate(generator):
     for request, got in zip(requests, batched):
         ids = torch.tensor([generator.prompt_ids(request)])
         ref = generator.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
-        expected = [t for t in ref[0, ids.shape[1]:].tolist()]
+        expected = [t for t in ref[0, ids.shape[1] :].tolist()]
         eos = expected.index(2) if 2 in expected else len(expected)
         assert got.token_ids == expected[:eos]
         assert got.prompt_tokens == ids.shape[1]
@@ -55,8 +56,10 @@ def test_finished_rows_leave_the_batch_and_the_others_are_unchanged(generator):
 @pytest.mark.parametrize("joiner", [PROMPTS[2], PROMPTS[1] * 3])  # shorter and longer than the running row
 def test_admitted_rows_join_a_running_batch_and_decode_as_alone(generator, joiner):
     first = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=20))
-    late = [GenerationRequest(joiner, params=SamplingParams(max_new_tokens=8)),
-            GenerationRequest(PROMPTS[3], params=SamplingParams(max_new_tokens=6, temperature=0.9, seed=3))]
+    late = [
+        GenerationRequest(joiner, params=SamplingParams(max_new_tokens=8)),
+        GenerationRequest(PROMPTS[3], params=SamplingParams(max_new_tokens=6, temperature=0.9, seed=3)),
+    ]
     alone = [generator.generate([r])[0] for r in (first, *late)]
     admits, done = [], {}
 
@@ -80,8 +83,11 @@ def test_the_batch_narrows_to_the_rows_still_decoding(generator):
     alone = generator.generate([late])[0]
     done = {}
     with forward_shapes(generator.model) as calls:
-        generator.generate([long_first], admit=lambda free: [late] if not done and len(calls) == 1 else [],
-                           on_done=lambda i, c: done.setdefault(i, c))
+        generator.generate(
+            [long_first],
+            admit=lambda free: [late] if not done and len(calls) == 1 else [],
+            on_done=lambda i, c: done.setdefault(i, c),
+        )
     widths = [mask[1] for _, mask in calls]
     assert done[1].token_ids == alone.token_ids
     # the last step's mask is exactly the late row's own prompt and tokens, not the long row's history
@@ -95,8 +101,9 @@ def test_a_long_joining_prompt_is_prefilled_in_chunks_between_decode_steps(tiny_
     alone = [gen.generate([r])[0].token_ids for r in (first, late)]
     done = {}
     with forward_shapes(gen.model) as calls:
-        [out] = gen.generate([first], admit=lambda free: [late] if len(calls) == 2 else [],
-                             on_done=lambda i, c: done.setdefault(i, c))
+        [out] = gen.generate(
+            [first], admit=lambda free: [late] if len(calls) == 2 else [], on_done=lambda i, c: done.setdefault(i, c)
+        )
     calls = [ids for ids, _ in calls]
     assert out.token_ids == alone[0] and done[1].token_ids == alone[1]
     chunks = [i for i, shape in enumerate(calls) if shape == (1, 16)]
@@ -118,7 +125,7 @@ def test_stop_strings_cut_the_text(generator):
     stop = free.text[5:8]
     assert stop
     cut = generator.generate([GenerationRequest(PROMPTS[1], params=SamplingParams(max_new_tokens=20, stop=(stop,)))])[0]
-    assert cut.finish_reason == "stop" and cut.text == free.text[:free.text.find(stop)]
+    assert cut.finish_reason == "stop" and cut.text == free.text[: free.text.find(stop)]
     assert truncate_at_stop("a\ndef b\nclass", ["\nclass", "\ndef"]) == ("a", True)
 
 
@@ -130,8 +137,9 @@ def test_sampling_is_seeded_and_cancellation_stops(generator):
     other = GenerationRequest(PROMPTS[1], params=SamplingParams(max_new_tokens=10, temperature=1.0, seed=99))
     c = generator.generate([other, GenerationRequest(PROMPTS[0], params=params)])[1]
     assert c.token_ids == a.token_ids  # independent of batch-mates
-    out = generator.generate([GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=50))] * 2,
-                             is_cancelled=lambda i: i == 1)
+    out = generator.generate(
+        [GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=50))] * 2, is_cancelled=lambda i: i == 1
+    )
     assert out[1].finish_reason == "cancelled" and out[1].token_ids == [] and out[0].finish_reason == "length"
 
 
@@ -145,7 +153,9 @@ def test_context_overflow_is_a_clear_error_or_a_shorter_budget(generator):
     assert 0 < room < 400 and out.finish_reason == "length" and len(out.token_ids) <= room
     # A benchmark asks for over-long prompts to be skipped: an empty completion, the others unharmed.
     skipping = HFGenerator(generator.model, generator.tokenizer, overflow="skip")
-    long, short = skipping.generate([GenerationRequest("x " * 600), GenerationRequest("y", params=SamplingParams(max_new_tokens=3))])
+    long, short = skipping.generate(
+        [GenerationRequest("x " * 600), GenerationRequest("y", params=SamplingParams(max_new_tokens=3))]
+    )
     assert (long.text, long.finish_reason) == ("", "context") and short.finish_reason == "length"
 
 
@@ -158,7 +168,7 @@ def test_infilling_returns_the_middle_and_stops_at_eot(tiny_model_dir):
         target = tok.encode_infilling(middle) + [tok.eot_id]
         ids = torch.tensor([prompt + target])
         labels = ids.clone()
-        labels[0, :len(prompt)] = -100
+        labels[0, : len(prompt)] = -100
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         model.train()
         for _ in range(60):
@@ -166,7 +176,8 @@ def test_infilling_returns_the_middle_and_stops_at_eot(tiny_model_dir):
             model(input_ids=ids, labels=labels).loss.backward()
             opt.step()
         gen = HFGenerator(model, tok)
-        [out] = gen.generate([GenerationRequest(prefix, suffix=suffix, suffix_first=spm,
-                                                params=SamplingParams(max_new_tokens=40))])
+        [out] = gen.generate(
+            [GenerationRequest(prefix, suffix=suffix, suffix_first=spm, params=SamplingParams(max_new_tokens=40))]
+        )
         assert out.text == middle and out.finish_reason == "stop"
         assert out.token_ids == target[:-1]

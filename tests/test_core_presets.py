@@ -5,25 +5,34 @@ from codellama.model import build_model, count_parameters, preset_from_config, r
 from codellama.presets import CODELLAMA_VOCAB, PRESETS, PUBLISHED_PARAMETER_COUNTS, get_preset
 
 
-@pytest.mark.parametrize("name", ["llama2-7b", "llama2-13b", "llama2-70b", "codellama-7b", "codellama-13b",
-                                  "codellama-70b"])
+@pytest.mark.parametrize(
+    "name", ["llama2-7b", "llama2-13b", "llama2-70b", "codellama-7b", "codellama-13b", "codellama-70b"]
+)
 def test_parameter_counts_match_meta(name):
     assert count_parameters(get_preset(name)) == PUBLISHED_PARAMETER_COUNTS[name]
 
 
 def test_codellama_34b_as_released_by_meta():
     # Meta released Code Llama 34B without the infilling pieces (32,000 vocab).
-    assert count_parameters(get_preset("codellama-34b").replace(vocab_size=32000)) == \
-        PUBLISHED_PARAMETER_COUNTS["codellama-34b@32000"]
+    assert (
+        count_parameters(get_preset("codellama-34b").replace(vocab_size=32000))
+        == PUBLISHED_PARAMETER_COUNTS["codellama-34b@32000"]
+    )
 
 
 def test_llama2_7b_documented_count():
     assert count_parameters(get_preset("llama2-7b")) == 6_738_415_616
 
 
-@pytest.mark.parametrize("size,shape", [
-    ("7b", (4096, 32, 32, 32, 11008)), ("13b", (5120, 40, 40, 40, 13824)),
-    ("34b", (8192, 48, 64, 8, 22016)), ("70b", (8192, 80, 64, 8, 28672))])
+@pytest.mark.parametrize(
+    "size,shape",
+    [
+        ("7b", (4096, 32, 32, 32, 11008)),
+        ("13b", (5120, 40, 40, 40, 13824)),
+        ("34b", (8192, 48, 64, 8, 22016)),
+        ("70b", (8192, 80, 64, 8, 28672)),
+    ],
+)
 def test_meta_shapes(size, shape):
     llama, code = get_preset(f"llama2-{size}"), get_preset(f"codellama-{size}")
     for p in (llama, code):

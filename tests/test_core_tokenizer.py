@@ -13,8 +13,18 @@ def test_trained_tokenizer_reserves_infilling_pieces(tiny_tokenizer):
 
 
 def test_round_trip_is_byte_exact(tiny_tokenizer, stdlib_texts):
-    odd = ["", "x", " ", "\n", "  leading spaces", "tab\tand\r\nCRLF\n", "émoji 🐍 and 中文 ", "\x00\x1f\x7f",
-           "trailing space ", "\n\n\ndef f():\n\treturn 1\n"]
+    odd = [
+        "",
+        "x",
+        " ",
+        "\n",
+        "  leading spaces",
+        "tab\tand\r\nCRLF\n",
+        "émoji 🐍 and 中文 ",
+        "\x00\x1f\x7f",
+        "trailing space ",
+        "\n\n\ndef f():\n\treturn 1\n",
+    ]
     for text in stdlib_texts + odd:
         assert tiny_tokenizer.decode(tiny_tokenizer.encode(text)) == text
 
@@ -38,9 +48,23 @@ def test_infilling_prompt_layout(tiny_tokenizer):
     tok = tiny_tokenizer
     pre, suf = "def f(x):\n    ", "\n    return y\n"
     psm = tok.infilling_prompt(pre, suf)
-    assert psm == [tok.bos_id, tok.prefix_id, *tok.encode(pre), tok.suffix_id, *tok.encode_infilling(suf), tok.middle_id]
+    assert psm == [
+        tok.bos_id,
+        tok.prefix_id,
+        *tok.encode(pre),
+        tok.suffix_id,
+        *tok.encode_infilling(suf),
+        tok.middle_id,
+    ]
     spm = tok.infilling_prompt(pre, suf, suffix_first=True)
-    assert spm == [tok.bos_id, tok.prefix_id, tok.suffix_id, *tok.encode_infilling(suf), tok.middle_id, *tok.encode(pre)]
+    assert spm == [
+        tok.bos_id,
+        tok.prefix_id,
+        tok.suffix_id,
+        *tok.encode_infilling(suf),
+        tok.middle_id,
+        *tok.encode(pre),
+    ]
     assert tok.render(psm).startswith("<s> <PRE>")
 
 

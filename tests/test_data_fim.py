@@ -8,14 +8,20 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from infilling.fim import FimOptions, FimSample, document_rng, fim_tokens, fim_tokens_batch, fim_transform, \
-    parse_fim_tokens
+from infilling.fim import (
+    FimOptions,
+    FimSample,
+    document_rng,
+    fim_tokens,
+    fim_tokens_batch,
+    fim_transform,
+    parse_fim_tokens,
+)
 from infilling.spans import char_span, syntax_nodes, syntax_span
 
 # SentencePiece reads U+2581 ("▁") in input as its own space marker, so it decodes as " " in
 # plain text too; that is a property of the tokenizer, not of FIM, and is left out here.
-documents = st.text(alphabet=st.characters(blacklist_characters="\u2581", blacklist_categories=("Cs",)),
-                    max_size=300)
+documents = st.text(alphabet=st.characters(blacklist_characters="\u2581", blacklist_categories=("Cs",)), max_size=300)
 ALWAYS_FIM = FimOptions(fim_rate=1.0, spm_rate=0.5)
 SLOW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -61,16 +67,28 @@ def test_token_layouts_follow_code_llama(tiny_tokenizer):
     tok = tiny_tokenizer
     sample = FimSample("psm", "def f(x):\n", "    return x", "\n\nprint(f(1))\n", "char")
     ids = fim_tokens(sample, tok, bos=False, eos=False)
-    assert ids == ([tok.prefix_id] + tok.encode(sample.prefix) + [tok.suffix_id] + tok.encode_infilling(sample.suffix)
-                   + [tok.middle_id] + tok.encode_infilling(sample.middle) + [tok.eot_id])
+    assert ids == (
+        [tok.prefix_id]
+        + tok.encode(sample.prefix)
+        + [tok.suffix_id]
+        + tok.encode_infilling(sample.suffix)
+        + [tok.middle_id]
+        + tok.encode_infilling(sample.middle)
+        + [tok.eot_id]
+    )
     spm = FimSample("spm", sample.prefix, sample.middle, sample.suffix, "char")
     assert fim_tokens(spm, tok, bos=False, eos=False) == (
-        [tok.prefix_id, tok.suffix_id] + tok.encode_infilling(spm.suffix) + [tok.middle_id]
-        + tok.encode(spm.prefix) + tok.encode_infilling(spm.middle) + [tok.eot_id])
+        [tok.prefix_id, tok.suffix_id]
+        + tok.encode_infilling(spm.suffix)
+        + [tok.middle_id]
+        + tok.encode(spm.prefix)
+        + tok.encode_infilling(spm.middle)
+        + [tok.eot_id]
+    )
     plain = FimSample("plain", "x = 1\n")
     assert fim_tokens(plain, tok) == tok.encode("x = 1\n", bos=True, eos=True)
     # the PSM prompt part is exactly what inference builds (codellama.tokenizer.infilling_prompt)
-    assert ids[:ids.index(tok.middle_id) + 1] == tok.infilling_prompt(sample.prefix, sample.suffix, bos=False)
+    assert ids[: ids.index(tok.middle_id) + 1] == tok.infilling_prompt(sample.prefix, sample.suffix, bos=False)
 
 
 def test_batched_tokens_equal_one_by_one(tiny_tokenizer, stdlib_texts):
@@ -81,8 +99,10 @@ def test_batched_tokens_equal_one_by_one(tiny_tokenizer, stdlib_texts):
 @pytest.mark.parametrize("fim_rate,spm_rate", [(0.9, 0.5), (0.3, 0.8), (1.0, 0.0), (0.0, 0.5)])
 def test_observed_rates_match_the_settings_over_10000_documents(fim_rate, spm_rate):
     n = 10_000
-    samples = [fim_transform("some code\n" * (i % 7 + 1), document_rng(1234, i), FimOptions(fim_rate, spm_rate))
-               for i in range(n)]
+    samples = [
+        fim_transform("some code\n" * (i % 7 + 1), document_rng(1234, i), FimOptions(fim_rate, spm_rate))
+        for i in range(n)
+    ]
     fim = [s for s in samples if s.mode != "plain"]
     spm = sum(s.mode == "spm" for s in fim)
     # within 5 standard deviations of a binomial (deterministic seeds: this never flakes)
@@ -144,8 +164,10 @@ def test_syntax_middles_are_whole_nodes(parseable_files, seed, which):
 
 
 def test_syntax_spans_handle_non_ascii_and_cover_many_node_kinds():
-    text = 'def grüße(name):\n    """Sagt Hallo — 日本."""\n    msg = f"Hallo {name} ✓"\n    return msg\n\n' \
-           'class Ä:\n    def m(self):\n        return [x * 2 for x in range(3)]\n'
+    text = (
+        'def grüße(name):\n    """Sagt Hallo — 日本."""\n    msg = f"Hallo {name} ✓"\n    return msg\n\n'
+        "class Ä:\n    def m(self):\n        return [x * 2 for x in range(3)]\n"
+    )
     root = syntax_nodes(text, "python")
     kinds = set()
     for seed in range(300):
@@ -156,8 +178,15 @@ def test_syntax_spans_handle_non_ascii_and_cover_many_node_kinds():
     assert {"function_definition", "block", "identifier"} <= kinds or len(kinds) >= 8
 
 
-@pytest.mark.parametrize("text,language", [("def broken(:\n  pass\n", "python"), ("# Title\n\nSome *text*.\n", "markdown"),
-                                           ("x = 1\n", None), ("", "python")])
+@pytest.mark.parametrize(
+    "text,language",
+    [
+        ("def broken(:\n  pass\n", "python"),
+        ("# Title\n\nSome *text*.\n", "markdown"),
+        ("x = 1\n", None),
+        ("", "python"),
+    ],
+)
 def test_syntax_mode_falls_back_to_char_spans(text, language):
     samples = [fim_transform(text, random.Random(s), FimOptions(1.0, 0.5, "syntax"), language) for s in range(20)]
     assert all(s.span == "char" and s.text == text for s in samples)

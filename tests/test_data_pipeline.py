@@ -23,16 +23,35 @@ CODE = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
 
 
 def _docs(texts, source="s", language="python"):
-    return datasets.Dataset.from_dict({"text": texts, "path": [f"f{i}.py" for i in range(len(texts))],
-                                       "language": [language] * len(texts), "source": [source] * len(texts),
-                                       "hash": [content_hash(t) for t in texts]})
+    return datasets.Dataset.from_dict(
+        {
+            "text": texts,
+            "path": [f"f{i}.py" for i in range(len(texts))],
+            "language": [language] * len(texts),
+            "source": [source] * len(texts),
+            "hash": [content_hash(t) for t in texts],
+        }
+    )
 
 
 # -- ingest -----------------------------------------------------------------------------------
 def test_languages_from_extensions():
-    expected = {"a.py": "python", "a.c": "c", "a.h": "c", "a.cpp": "cpp", "A.java": "java", "a.js": "javascript",
-                "a.ts": "typescript", "a.go": "go", "a.rs": "rust", "a.sh": "shell", "README.md": "markdown",
-                "x.PY": "python", "data.bin": "unknown", "Makefile": "unknown"}
+    expected = {
+        "a.py": "python",
+        "a.c": "c",
+        "a.h": "c",
+        "a.cpp": "cpp",
+        "A.java": "java",
+        "a.js": "javascript",
+        "a.ts": "typescript",
+        "a.go": "go",
+        "a.rs": "rust",
+        "a.sh": "shell",
+        "README.md": "markdown",
+        "x.PY": "python",
+        "data.bin": "unknown",
+        "Makefile": "unknown",
+    }
     assert {p: language_of(p) for p in expected} == expected
 
 
@@ -59,7 +78,9 @@ def test_directory_ingest_honours_gitignore(tmp_path):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "src" / "new.rs").write_text("fn main() {}\n")
     assert [p.relative_to(tmp_path).as_posix() for p in list_code_files(tmp_path)] == expected[:2] + [
-        "src/main.go", "src/new.rs"]
+        "src/main.go",
+        "src/new.rs",
+    ]
 
 
 def test_table_sources_jsonl_parquet_and_saved_datasets(tmp_path):
@@ -160,10 +181,13 @@ def test_mixture_gives_each_source_its_share_and_says_when_it_repeats(caplog):
 
 
 def test_mixture_file_and_dataset(tmp_path):
-    (tmp_path / "nl.jsonl").write_text("".join(json.dumps({"text": f"Prose number {i} about loops."}) + "\n"
-                                               for i in range(5)))
-    (tmp_path / "mix.yaml").write_text("total_bytes: 3000\nsources:\n  - {name: code, source: code.jsonl, weight: 0.9}\n"
-                                       "  - {name: nl, source: nl.jsonl, weight: 0.1, language: text}\n")
+    (tmp_path / "nl.jsonl").write_text(
+        "".join(json.dumps({"text": f"Prose number {i} about loops."}) + "\n" for i in range(5))
+    )
+    (tmp_path / "mix.yaml").write_text(
+        "total_bytes: 3000\nsources:\n  - {name: code, source: code.jsonl, weight: 0.9}\n"
+        "  - {name: nl, source: nl.jsonl, weight: 0.1, language: text}\n"
+    )
     (tmp_path / "code.jsonl").write_text(json.dumps({"text": CODE}) + "\n")
     spec = load_mix(tmp_path / "mix.yaml")
     assert spec.shares == {"code": 0.9, "nl": pytest.approx(0.1)} and spec.sources[1].spec.language == "text"
@@ -215,7 +239,9 @@ def test_whole_files_packing_never_splits_a_file_that_fits(lengths, seq_len):
     for n in lengths:
         whole, rest = divmod(n, seq_len)
         # a document that fits is one segment; a longer one fills whole sequences, then its tail is one segment
-        expected = [(pos + k * seq_len, seq_len) for k in range(whole)] + ([(pos + whole * seq_len, rest)] if rest else [])
+        expected = [(pos + k * seq_len, seq_len) for k in range(whole)] + (
+            [(pos + whole * seq_len, rest)] if rest else []
+        )
         assert set(expected) <= segments, (pos, n)
         pos += n
     assert len(layout) <= _in_order_sequences(lengths, seq_len)  # best-fit never pads more than stream order
@@ -232,8 +258,11 @@ def test_concat_packing_and_sequence_blocks():
     # packs 7+1 and 5+3 (no padding at all), where stream order needs 5 sequences (5, 7, 3, 8, 1).
     whole = pack_layout([len(d) for d in docs], 8, "whole-files")
     block, mask = sequence_block(stream, whole, 0, len(whole), pad_id=-1)
-    assert block.tolist() == [docs[3][:8].tolist(), docs[1].tolist() + docs[3][8:].tolist(),
-                              docs[0].tolist() + docs[2].tolist()]
+    assert block.tolist() == [
+        docs[3][:8].tolist(),
+        docs[1].tolist() + docs[3][8:].tolist(),
+        docs[0].tolist() + docs[2].tolist(),
+    ]
     assert mask.all() and whole.padding_tokens == 0
     short = pack_layout([5, 2], 8, "whole-files")  # padding is masked out
     block, mask = sequence_block(_Stream([docs[0], docs[1][:2]]), short, 0, 1, pad_id=-1)

@@ -34,15 +34,20 @@ def _answer(prompt: str) -> str:
     problems = load_problems()
     for i, t in enumerate(TASKS):
         if problems[t].prompt == prompt:
-            return problems[t].canonical_solution + "\n\ndef extra():\n    pass\n" if i % 2 == 0 else "    return None\n"
+            return (
+                problems[t].canonical_solution + "\n\ndef extra():\n    pass\n" if i % 2 == 0 else "    return None\n"
+            )
     raise AssertionError("unknown prompt")
 
 
 def test_score_writes_human_eval_results_and_report(small_problems, tmp_path, capsys):
     problems = load_problems(small_problems)
     samples = tmp_path / "samples.jsonl"
-    rows = [{"task_id": t, "completion": p.canonical_solution if (i + s) % 2 == 0 else ""}
-            for i, (t, p) in enumerate(problems.items()) for s in range(2)]
+    rows = [
+        {"task_id": t, "completion": p.canonical_solution if (i + s) % 2 == 0 else ""}
+        for i, (t, p) in enumerate(problems.items())
+        for s in range(2)
+    ]
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["eval", "score", str(samples), "--problems", str(small_problems), "--k", "1,2"]) == 0
     out = capsys.readouterr().out
@@ -74,8 +79,13 @@ def test_require_isolation_refuses_without_bubblewrap(tmp_path):
     env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no bwrap on PATH
     samples = tmp_path / "s.jsonl"
     samples.write_text('{"task_id": "HumanEval/0", "completion": ""}\n')
-    proc = subprocess.run([sys.executable, "-m", "codellama.cli", "eval", "score", str(samples),
-                           "--require-isolation"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "codellama.cli", "eval", "score", str(samples), "--require-isolation"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "refusing to run untrusted code without isolation: bwrap not found" in proc.stderr
     assert not Path(f"{samples}_results.jsonl").exists()
@@ -83,8 +93,23 @@ def test_require_isolation_refuses_without_bubblewrap(tmp_path):
 
 def test_endpoint_run_resumes_after_kill(small_problems, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "codellama.cli", "eval", "humaneval", "--samples", "3", "--problems",
-           str(small_problems), "--out", str(out), "--k", "1,3", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "codellama.cli",
+        "eval",
+        "humaneval",
+        "--samples",
+        "3",
+        "--problems",
+        str(small_problems),
+        "--out",
+        str(out),
+        "--k",
+        "1,3",
+        "--workers",
+        "2",
+    ]
     with scripted_completions_server(_answer, delay=0.5) as (url, requests):
         cmd += ["--endpoint", url]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -113,8 +138,20 @@ def test_endpoint_run_resumes_after_kill(small_problems, tmp_path):
 
 def test_local_model_run_and_settings_guard(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["eval", "humaneval", "--model", str(tiny_model_dir), "--out", str(out), "--limit", "2",
-            "--max-new-tokens", "12", "--k", "1"]
+    args = [
+        "eval",
+        "humaneval",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--k",
+        "1",
+    ]
     assert main(args) == 0
     samples = read_jsonl(out / "samples.jsonl")
     assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]

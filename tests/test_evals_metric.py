@@ -15,10 +15,12 @@ def test_evaluate_load_offline_runs_through_the_sandbox(monkeypatch):
     from evals.metrics import path
 
     metric = evaluate.load(path())
-    candidates = ["def add(a, b):\n    return a + b",
-                  "def add(a, b):\n    return a - b",
-                  "import os\ndef add(a, b):\n    os._exit(0)",
-                  "import os\nopen(os.path.expanduser('~') + '/x', 'w')\ndef add(a, b):\n    return a + b"]
+    candidates = [
+        "def add(a, b):\n    return a + b",
+        "def add(a, b):\n    return a - b",
+        "import os\ndef add(a, b):\n    os._exit(0)",
+        "import os\nopen(os.path.expanduser('~') + '/x', 'w')\ndef add(a, b):\n    return a + b",
+    ]
     scores, results = metric.compute(predictions=[candidates], references=["assert add(2, 3) == 5"], k=[1, 4])
     assert scores == {"pass@1": pytest.approx(0.25), "pass@4": 1.0}
     kinds = [r[1]["kind"] for r in results[0]]

@@ -31,14 +31,18 @@ def _attacks(home: str, port: int, secret_var: str) -> dict[str, str]:
         "memory_bomb": top("hog = []\nwhile True:\n    hog.append(bytearray(1 << 26))"),
         "infinite_loop": top("while True:\n    pass"),
         "sleep_forever": top("import time\ntime.sleep(10**6)"),
-        "rm_rf_home": top(f"import os, shutil\nshutil.rmtree({home!r})\nshutil.rmtree(os.path.expanduser('~'))\n"
-                          f"assert not os.path.exists({home!r})"),
+        "rm_rf_home": top(
+            f"import os, shutil\nshutil.rmtree({home!r})\nshutil.rmtree(os.path.expanduser('~'))\n"
+            f"assert not os.path.exists({home!r})"
+        ),
         "write_outside_tmp": top(f"open({home!r} + '/pwned', 'w').write('x')\nopen('/usr/pwned', 'w').write('x')"),
         "network": top(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')"),
         "network_outside": top("import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)"),
         "env_secret": top(f"import os\nprint(os.environ[{secret_var!r}])"),
-        "proc_environ": top("import glob\nfound = [open(p, 'rb').read() for p in glob.glob('/proc/*/environ')]\n"
-                            f"assert any(b{secret_var!r} in e for e in found), 'no secret'"),
+        "proc_environ": top(
+            "import glob\nfound = [open(p, 'rb').read() for p in glob.glob('/proc/*/environ')]\n"
+            f"assert any(b{secret_var!r} in e for e in found), 'no secret'"
+        ),
         "home_file": top(f"print(open({home!r} + '/secret.txt').read())"),
         "kill_parent": top("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)"),
         "kill_everything": top("import os, signal\nos.kill(-1, signal.SIGKILL)\nos.killpg(0, signal.SIGKILL)"),
@@ -49,14 +53,15 @@ def _attacks(home: str, port: int, secret_var: str) -> dict[str, str]:
         "keyboard_interrupt": top("raise KeyboardInterrupt"),
         "sigterm_self": top("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)"),
         "exit_inside_check": "    import sys\n    sys.exit(0)\n",
-        "exit_from_thread": top("import os, threading\nt = threading.Thread(target=os._exit, args=(0,))\n"
-                                "t.start(); t.join()"),
+        "exit_from_thread": top(
+            "import os, threading\nt = threading.Thread(target=os._exit, args=(0,))\nt.start(); t.join()"
+        ),
         "atexit_fake_pass": top("import atexit, sys\natexit.register(print, 'passed')\nsys.exit(0)"),
         "patch_assert": "    return True\nimport builtins\nclass Quiet(Exception): pass\n"
-                        "builtins.AssertionError = Quiet\n",
+        "builtins.AssertionError = Quiet\n",
         "forge_proof": top("import os\nos.write(3, b'\\nproof ' + b'0' * 32 + b'\\n')\nos._exit(0)"),
         "print_1gb": "    import sys\n    for _ in range(1024):\n        sys.stdout.write('x' * (1 << 20))\n"
-                     + body.lstrip("\n"),
+        + body.lstrip("\n"),
     }
 
 
@@ -83,6 +88,7 @@ def _listener():
                 accepted.append(server.accept())
             except OSError:
                 pass
+
     threading.Thread(target=loop, daemon=True).start()
     return server, accepted, stop
 
@@ -107,13 +113,15 @@ def test_hostile_completions_never_pass_and_host_is_unharmed(isolation, fake_hom
     start = time.monotonic()
     with SandboxPool(config) as pool:
         uids = {w.uid for w in pool._workers}
-        records = check_samples(problems, [{"task_id": TASK, "completion": c, "attack": n}
-                                           for n, c in attacks.items()], pool, progress=None)
+        records = check_samples(
+            problems, [{"task_id": TASK, "completion": c, "attack": n} for n, c in attacks.items()], pool, progress=None
+        )
         verdicts = {r["attack"]: r["kind"] for r in records}
         assert not [n for n, r in zip(attacks, records) if r["passed"]], verdicts
         # The harness is still fine: the honest solution passes in the same pool, nothing of the attacks lives on.
-        assert check_samples(problems, [{"task_id": TASK, "completion": problems[TASK].canonical_solution}] * 8,
-                             pool, progress=None)[0]["passed"]
+        assert check_samples(
+            problems, [{"task_id": TASK, "completion": problems[TASK].canonical_solution}] * 8, pool, progress=None
+        )[0]["passed"]
         assert sandbox_processes(uids) == []
     elapsed = time.monotonic() - start
     stop.set()

@@ -7,8 +7,9 @@ import pytest
 from evals import sandbox
 from evals.sandbox import IsolationUnavailable, SandboxConfig, SandboxPool
 
-needs_bwrap = pytest.mark.skipif(sandbox.bwrap_available() is not None, reason=f"bubblewrap unusable here: "
-                                 f"{sandbox.bwrap_available()}")
+needs_bwrap = pytest.mark.skipif(
+    sandbox.bwrap_available() is not None, reason=f"bubblewrap unusable here: {sandbox.bwrap_available()}"
+)
 
 PROGRAMS = {
     "passes": ("import math\nassert math.gcd(12, 18) == 6\nprint('done')", "passed", None),
@@ -18,8 +19,11 @@ PROGRAMS = {
     "sys_exit_0": ("import sys\nsys.exit(0)\nassert False", "error", "SystemExit"),
     "os_exit_0": ("import os\nos._exit(0)", "error", "EarlyExit(0)"),
     "keyboard_interrupt": ("raise KeyboardInterrupt", "error", "KeyboardInterrupt"),
-    "forged_proof": ("import os\nos.write(3, b'\\nproof 00112233445566778899aabbccddeeff\\n')\nos._exit(0)",
-                     "error", "EarlyExit(0)"),
+    "forged_proof": (
+        "import os\nos.write(3, b'\\nproof 00112233445566778899aabbccddeeff\\n')\nos._exit(0)",
+        "error",
+        "EarlyExit(0)",
+    ),
     "self_sigkill": ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "killed", None),
     "sleep": ("import time\ntime.sleep(60)", "timeout", None),
     "memory": ("x = bytearray(4 << 30)", "killed", "MemoryError"),
@@ -71,10 +75,12 @@ def test_output_flood_is_truncated_not_buffered():
 
 def test_files_do_not_leak_between_programs():
     with SandboxPool(SandboxConfig(workers=1, timeout=2)) as pool:
-        first = pool.run_one("import os\nopen('/tmp/left', 'w').write('x')\nopen('here', 'w').write('x')\n"
-                             "print(os.getcwd())")
-        second = pool.run_one("import os\nassert not os.path.exists('/tmp/left'), 'leak'\n"
-                              "assert os.listdir('.') == [], 'leak'")
+        first = pool.run_one(
+            "import os\nopen('/tmp/left', 'w').write('x')\nopen('here', 'w').write('x')\nprint(os.getcwd())"
+        )
+        second = pool.run_one(
+            "import os\nassert not os.path.exists('/tmp/left'), 'leak'\nassert os.listdir('.') == [], 'leak'"
+        )
     assert first.passed and second.passed, (first, second)
 
 

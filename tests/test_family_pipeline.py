@@ -28,10 +28,16 @@ def small_config(tmp_path_factory, stdlib_texts):
         "data": {"sources": [str(src)]},
         "branches": {b: list(TINY_OVERRIDES) for b in ("code", "python", "long-context", "instruct")},
         "instruct_data": {"questions": 2, "solutions_per_question": 1, "max_new_tokens": 24, "stdlib_pairs": 40},
-        "eval": {"humaneval": {"limit": 3, "max_new_tokens": 16},
-                 "infilling": {"benchmarks": ["single-line"], "limit": 3, "max_new_tokens": 12},
-                 "long_context": {"ppl_lengths": [64, 128], "ppl_samples": 1, "key_retrieval_lengths": [160],
-                                  "key_retrieval_positions": [0.5]}},
+        "eval": {
+            "humaneval": {"limit": 3, "max_new_tokens": 16},
+            "infilling": {"benchmarks": ["single-line"], "limit": 3, "max_new_tokens": 12},
+            "long_context": {
+                "ppl_lengths": [64, 128],
+                "ppl_samples": 1,
+                "key_retrieval_lengths": [160],
+                "key_retrieval_positions": [0.5],
+            },
+        },
     }
     config["branches"]["long-context"] += ["seq_len=256", "rope.max_context=256"]
     path = root / "config.yaml"

@@ -40,7 +40,11 @@ def test_canonical_solutions_pass_and_wrong_ones_fail(spread_subset, tmp_path):
     config = BenchmarkConfig(modes=("canonical",), ks=(1,))
     report = run_benchmark(config, tmp_path / "canon", data=path)
     summary = report["modes"]["canonical"]
-    assert summary["samples"] == n > 40 and summary["pass@k"] == {"pass@1": 1.0} and summary["failure_kinds"] == {"passed": n}
+    assert (
+        summary["samples"] == n > 40
+        and summary["pass@k"] == {"pass@1": 1.0}
+        and summary["failure_kinds"] == {"passed": n}
+    )
     assert (tmp_path / "canon" / "report.png").stat().st_size > 1000
     # The same programs with the hole left empty must fail: the tests really exercise the middle.
     emptied = tmp_path / "emptied.jsonl"
@@ -70,24 +74,45 @@ def test_model_run_is_resumable_in_psm_and_spm(tiny_model_dir, tmp_path):
     assert again["this_run"]["generated"] == 0 and again["this_run"]["executed"] == 1
     assert again["modes"] == first["modes"]
     # More problems: only the new ones are generated.
-    more = run_benchmark(BenchmarkConfig(benchmark="random-span-light", max_new_tokens=8, limit=5, ks=(1,),
-                                         model="taught"), out, gen)
+    more = run_benchmark(
+        BenchmarkConfig(benchmark="random-span-light", max_new_tokens=8, limit=5, ks=(1,), model="taught"), out, gen
+    )
     assert more["this_run"]["generated"] == 4 and more["modes"]["psm"]["samples"] == 5
     with pytest.raises(FileExistsError, match="different settings"):
-        run_benchmark(BenchmarkConfig(benchmark="random-span-light", max_new_tokens=9, limit=5, model="taught"), out, gen)
+        run_benchmark(
+            BenchmarkConfig(benchmark="random-span-light", max_new_tokens=9, limit=5, model="taught"), out, gen
+        )
 
 
 def test_cli(tmp_path, capsys):
-    assert main(["eval", "infilling", "--benchmark", "multi-line", "--canonical", "--limit", "4", "--k", "1",
-                 "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "infilling",
+                "--benchmark",
+                "multi-line",
+                "--canonical",
+                "--limit",
+                "4",
+                "--k",
+                "1",
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "multi-line" in out and "pass@1 100.0%" in out
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert report["modes"]["canonical"]["samples"] == 4
     assert main(["eval", "infilling", "--canonical", "--out", str(tmp_path / "x"), "--k", "1,x"]) == 2
     assert main(["eval", "infilling", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2
-    assert main(["eval", "infilling", "--canonical", "--data", str(tmp_path / "none.jsonl"),
-                 "--out", str(tmp_path / "z")]) == 2
+    assert (
+        main(["eval", "infilling", "--canonical", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "z")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--k must be comma-separated integers" in err and "model directory not found" in err
     assert "benchmark file not found" in err

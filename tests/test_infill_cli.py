@@ -22,14 +22,44 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, capsys):
     f = tmp_path / "a.py"
     f.write_text("x = 1\n")
     cases = [
-        (["infill", "--model", str(tiny_model_dir), "--file", str(tmp_path / "nope.py"), "--line", "1", "--col", "1"],
-         "file not found"),
-        (["infill", "--model", str(tiny_model_dir), "--file", str(f), "--line", "7", "--col", "1"],
-         "line 7 is outside the file"),
-        (["infill", "--model", str(tiny_model_dir), "--file", str(f), "--line", "1", "--col", "1",
-          "--temperature", "-1"], "temperature must be >= 0"),
-        (["infill", "--server", "http://127.0.0.1:9", "--file", str(f), "--line", "1", "--col", "1", "--spm"],
-         "--spm applies to a local --model"),
+        (
+            [
+                "infill",
+                "--model",
+                str(tiny_model_dir),
+                "--file",
+                str(tmp_path / "nope.py"),
+                "--line",
+                "1",
+                "--col",
+                "1",
+            ],
+            "file not found",
+        ),
+        (
+            ["infill", "--model", str(tiny_model_dir), "--file", str(f), "--line", "7", "--col", "1"],
+            "line 7 is outside the file",
+        ),
+        (
+            [
+                "infill",
+                "--model",
+                str(tiny_model_dir),
+                "--file",
+                str(f),
+                "--line",
+                "1",
+                "--col",
+                "1",
+                "--temperature",
+                "-1",
+            ],
+            "temperature must be >= 0",
+        ),
+        (
+            ["infill", "--server", "http://127.0.0.1:9", "--file", str(f), "--line", "1", "--col", "1", "--spm"],
+            "--spm applies to a local --model",
+        ),
         (["serve", "--model", str(tmp_path / "missing")], "model directory not found"),
         (["serve", "--model", str(tiny_model_dir), "--max-batch", "0"], "--max-batch must be >= 1"),
     ]

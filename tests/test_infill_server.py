@@ -47,9 +47,15 @@ def test_openai_client_infills_and_streams(server):
     out = client.completions.create(model="tiny-infill", prompt=PREFIX, suffix=SUFFIX, max_tokens=40, temperature=0)
     assert out.object == "text_completion" and out.model == "tiny-infill"
     assert out.choices[0].text == MIDDLE and out.choices[0].finish_reason == "stop"
-    assert out.usage.completion_tokens > 0 and out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
-    chunks = list(client.completions.create(model="tiny-infill", prompt=PREFIX2, suffix=SUFFIX2, max_tokens=40,
-                                            temperature=0, stream=True))
+    assert (
+        out.usage.completion_tokens > 0
+        and out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    )
+    chunks = list(
+        client.completions.create(
+            model="tiny-infill", prompt=PREFIX2, suffix=SUFFIX2, max_tokens=40, temperature=0, stream=True
+        )
+    )
     texts = [c.choices[0].text for c in chunks]
     assert "".join(texts) == MIDDLE2 and sum(bool(t) for t in texts) > 3
     assert chunks[-1].choices[0].finish_reason == "stop"
@@ -59,24 +65,36 @@ def test_openai_client_infills_and_streams(server):
 
 def test_llama_cpp_infill_request(server):
     url, _ = server
-    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 40, "temperature": 0, "top_k": 40,
-            "cache_prompt": True, "samplers": ["top_k"]}  # llama.vim's extra fields are accepted
+    body = {
+        "input_prefix": PREFIX,
+        "input_suffix": SUFFIX,
+        "n_predict": 40,
+        "temperature": 0,
+        "top_k": 40,
+        "cache_prompt": True,
+        "samplers": ["top_k"],
+    }  # llama.vim's extra fields are accepted
     r = httpx.post(f"{url}/infill", json=body, timeout=TIMEOUT)
     assert r.status_code == 200
     res = r.json()
     assert res["content"] == MIDDLE and res["stop"] is True and res["stop_type"] == "eos" and res["stopped_eos"]
     assert res["tokens_predicted"] > 0 and res["tokens_evaluated"] > 0 and res["timings"]["predicted_n"] > 0
     # llama.vim splits the current line off as `prompt`; it is part of what comes before the cursor.
-    split = dict(body, input_prefix=PREFIX[:-4], prompt=PREFIX[-4:],
-                 response_fields=["content", "timings/predicted_n", "nope"])
+    split = dict(
+        body, input_prefix=PREFIX[:-4], prompt=PREFIX[-4:], response_fields=["content", "timings/predicted_n", "nope"]
+    )
     r = httpx.post(f"{url}/infill", json=split, timeout=TIMEOUT)
     assert r.json() == {"content": MIDDLE, "timings/predicted_n": res["timings"]["predicted_n"]}
     # A stop string ends the middle early and is reported as llama.cpp does.
     r = httpx.post(f"{url}/infill", json=dict(body, stop=[" * r"]), timeout=TIMEOUT).json()
     assert r["content"] == "return 3.14" and r["stop_type"] == "word" and r["stopping_word"] == " * r"
     # `curl -d` sends JSON as form-encoded; llama.cpp reads it anyway, so do we.
-    r = httpx.post(f"{url}/infill", content=json.dumps(body), timeout=TIMEOUT,
-                   headers={"content-type": "application/x-www-form-urlencoded"})
+    r = httpx.post(
+        f"{url}/infill",
+        content=json.dumps(body),
+        timeout=TIMEOUT,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 200 and r.json()["content"] == MIDDLE
     r = httpx.post(f"{url}/infill", json=dict(body, n_predict=3), timeout=TIMEOUT).json()
     assert r["stop_type"] == "limit" and r["tokens_predicted"] == 3
@@ -104,8 +122,11 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_up(server):
     url, _ = server
     post = lambda path, **kw: httpx.post(f"{url}{path}", timeout=TIMEOUT, **kw)  # noqa: E731
     cases = [
-        (post("/v1/completions", content=b'{"prompt": "x",', headers={"content-type": "application/json"}),
-         400, "not valid JSON"),
+        (
+            post("/v1/completions", content=b'{"prompt": "x",', headers={"content-type": "application/json"}),
+            400,
+            "not valid JSON",
+        ),
         (post("/infill", content=b"\xff\xfe", headers={"content-type": "application/json"}), 400, "not valid JSON"),
         (post("/infill", content=b"[1, 2]"), 400, "must be a JSON object"),
         (post("/v1/completions", json={"max_tokens": 4}), 400, "missing field 'prompt'"),
@@ -114,11 +135,14 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_up(server):
         (post("/v1/completions", json={"prompt": "x", "n": 3}), 400, "only n=1"),
         (post("/v1/completions", json={"prompt": "x", "top_p": 0}), 400, "top_p"),
         (post("/v1/completions", json={"prompt": "x" * 5000}), 400, "accepts at most 300"),
-        (post("/infill", json={"input_prefix": "x", "input_extra": [{"filename": "a.py"}]}), 400,
-         "input_extra.0.text"),
+        (post("/infill", json={"input_prefix": "x", "input_extra": [{"filename": "a.py"}]}), 400, "input_extra.0.text"),
         (post("/infill", json={}), 400, "give input_prefix"),
         (post("/infill", json={"input_prefix": "def f(x):\n" * 400}), 400, "accepts at most 300"),
-        (post("/infill", content=b"x" * (5 << 20), headers={"content-type": "application/json"}), 413, "over the limit"),
+        (
+            post("/infill", content=b"x" * (5 << 20), headers={"content-type": "application/json"}),
+            413,
+            "over the limit",
+        ),
         (httpx.get(f"{url}/v2/nothing", timeout=TIMEOUT), 404, "Not Found"),
     ]
     for response, status, message in cases:
@@ -135,17 +159,23 @@ def test_fifty_concurrent_clients(server):
         with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
             kind = i % 5
             if kind == 0:
-                r = http.post("/v1/completions", json={"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 40,
-                                                       "temperature": 0})
+                r = http.post(
+                    "/v1/completions", json={"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 40, "temperature": 0}
+                )
                 return r.status_code, r.status_code == 200 and r.json()["choices"][0]["text"] == MIDDLE
             if kind == 1:
-                r = http.post("/infill", json={"input_prefix": PREFIX2, "input_suffix": SUFFIX2, "n_predict": 40,
-                                               "temperature": 0})
+                r = http.post(
+                    "/infill",
+                    json={"input_prefix": PREFIX2, "input_suffix": SUFFIX2, "n_predict": 40, "temperature": 0},
+                )
                 return r.status_code, r.status_code == 200 and r.json()["content"] == MIDDLE2
             if kind == 2:
                 text = ""
-                with http.stream("POST", "/v1/completions", json={"prompt": PREFIX, "suffix": SUFFIX, "stream": True,
-                                                                  "max_tokens": 40, "temperature": 0}) as r:
+                with http.stream(
+                    "POST",
+                    "/v1/completions",
+                    json={"prompt": PREFIX, "suffix": SUFFIX, "stream": True, "max_tokens": 40, "temperature": 0},
+                ) as r:
                     for line in r.iter_lines():
                         if line.startswith("data: ") and line != "data: [DONE]":
                             text += json.loads(line[6:])["choices"][0]["text"]
@@ -170,7 +200,6 @@ def test_disconnected_client_cancels_its_generation(random_server):
     url, engine = random_server
     cancelled_before = engine.finished["cancelled"]
     body = {"prompt": "class Tree:\n", "suffix": "", "max_tokens": 400, "temperature": 0, "stream": True}
-    start = time.perf_counter()
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=TIMEOUT) as r:
         lines = r.iter_lines()
         while not next(lines).startswith("data: "):
@@ -204,8 +233,9 @@ def _long_then_short(url, engine, *, joins):
         while not next(lines).startswith("data: "):
             pass
         batches = engine.batches  # the long request's batch is decoding now
-        short = httpx.post(f"{url}/v1/completions", json={"prompt": "def f(x):\n", "max_tokens": 5, "temperature": 0},
-                           timeout=TIMEOUT)
+        short = httpx.post(
+            f"{url}/v1/completions", json={"prompt": "def f(x):\n", "max_tokens": 5, "temperature": 0}, timeout=TIMEOUT
+        )
         assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 5
         # continuous: it joined the running batch; static: it waited for the long one, then ran alone
         assert engine.batches == (batches if joins else batches + 1)
@@ -219,8 +249,10 @@ def test_openai_generator_reports_each_completion_when_it_ends(server):
 
     url, _ = server
     done = {}
-    requests = [GenerationRequest(PREFIX, suffix=SUFFIX, params=SamplingParams(max_new_tokens=40)),
-                GenerationRequest(PREFIX2, suffix=SUFFIX2, params=SamplingParams(max_new_tokens=40))]
+    requests = [
+        GenerationRequest(PREFIX, suffix=SUFFIX, params=SamplingParams(max_new_tokens=40)),
+        GenerationRequest(PREFIX2, suffix=SUFFIX2, params=SamplingParams(max_new_tokens=40)),
+    ]
     outs = OpenAIGenerator(f"{url}/v1").generate(requests, on_done=lambda i, c: done.setdefault(i, c))
     assert [o.text for o in outs] == [MIDDLE, MIDDLE2] and [done[0], done[1]] == outs
 

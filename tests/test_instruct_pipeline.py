@@ -4,15 +4,15 @@ import json
 import time
 
 import numpy as np
-
 import pytest
-
 from _instruct_helpers import PASSING, QUESTIONS, SCRIPT, Script, ScriptedGenerator
+
 from codellama.instruct import InstructDataConfig, run_pipeline
 from codellama.io import read_jsonl
 
-CFG = InstructDataConfig(questions=len(QUESTIONS), solutions_per_question=3, timeout=1.0,
-                         system_prompt="Answer with Python code.")
+CFG = InstructDataConfig(
+    questions=len(QUESTIONS), solutions_per_question=3, timeout=1.0, system_prompt="Answer with Python code."
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,14 @@ def finished_run(sandbox, tmp_path_factory):
     out = tmp_path_factory.mktemp("instruct") / "run"
     script = Script()
     start = time.monotonic()
-    dataset = run_pipeline(out, CFG, question_model=ScriptedGenerator(script), solver_model=ScriptedGenerator(script),
-                           executor=sandbox, chunk_size=6)
+    dataset = run_pipeline(
+        out,
+        CFG,
+        question_model=ScriptedGenerator(script),
+        solver_model=ScriptedGenerator(script),
+        executor=sandbox,
+        chunk_size=6,
+    )
     return out, dataset, time.monotonic() - start, script
 
 
@@ -41,10 +47,11 @@ def test_dataset_holds_exactly_the_questions_whose_solution_passed(finished_run)
         question, tests, solutions = SCRIPT[name]
         assert row["solution"] == solutions[first_pass] and row["solution_index"] == first_pass
         assert row["tests"] == tests
-        assert row["messages"] == [{"role": "system", "content": "Answer with Python code."},
-                                   {"role": "user", "content": question},
-                                   {"role": "assistant",
-                                    "content": f"```python\n{solutions[first_pass].rstrip()}\n```"}]
+        assert row["messages"] == [
+            {"role": "system", "content": "Answer with Python code."},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": f"```python\n{solutions[first_pass].rstrip()}\n```"},
+        ]
     # The hostile solutions were run and filtered out, without stalling the run.
     results = {r["id"]: r["results"] for r in read_jsonl(out / "execute.jsonl")}
     statuses = [x["status"] for r in results.values() for x in r]
@@ -56,8 +63,13 @@ def test_summary_counts_every_stage(finished_run):
     out, *_ = finished_run
     summary = json.loads((out / "summary.json").read_text())
     counts = {s["stage"]: s["count"] for s in summary["stages"]}
-    assert counts == {"questions generated": 9, "kept after dedup": 7, "with tests": 6, "with a parsed solution": 6,
-                      "with a passing solution": 3}
+    assert counts == {
+        "questions generated": 9,
+        "kept after dedup": 7,
+        "with tests": 6,
+        "with a parsed solution": 6,
+        "with a passing solution": 3,
+    }
     assert summary["stages"][1]["rate"] == pytest.approx(7 / 9)
     assert summary["execution"]["programs"] == 18 and summary["execution"]["passed"] == 7
     assert summary["dataset_examples"] == 3
@@ -69,16 +81,23 @@ def test_summary_counts_every_stage(finished_run):
 def test_stop_after_a_stage_then_rerun_redoes_nothing(sandbox, tmp_path):
     script = Script()
     question_model = ScriptedGenerator(script)
-    run_pipeline(tmp_path / "run", CFG, question_model=question_model, solver_model=ScriptedGenerator(script),
-                 executor=sandbox, stop_after="tests")
+    run_pipeline(
+        tmp_path / "run",
+        CFG,
+        question_model=question_model,
+        solver_model=ScriptedGenerator(script),
+        executor=sandbox,
+        stop_after="tests",
+    )
     assert script.calls["questions"] == 1 and script.calls["tests"] == 7 and script.calls["solution"] == 0
     assert not (tmp_path / "run" / "solutions.jsonl").exists()
 
     def no_model():
         raise AssertionError("a finished stage's model was loaded again")
 
-    dataset = run_pipeline(tmp_path / "run", CFG, question_model=no_model, solver_model=ScriptedGenerator(script),
-                           executor=sandbox)
+    dataset = run_pipeline(
+        tmp_path / "run", CFG, question_model=no_model, solver_model=ScriptedGenerator(script), executor=sandbox
+    )
     assert script.calls["questions"] == 1 and script.calls["tests"] == 7 and script.calls["solution"] == 18
     assert [r["question"] for r in read_jsonl(dataset)] == [SCRIPT[name][0] for name in PASSING]
 
@@ -89,12 +108,19 @@ def test_interrupted_stage_resumes_at_the_first_unfinished_item(sandbox, tmp_pat
     # chunks of 6 requests = 2 questions of 3 solutions; the solver dies after the tests and the first chunk
     solver = ScriptedGenerator(script, fail_after=3)  # tests: 2 chunks (6 + 1 questions), solutions: 1 chunk
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(out, CFG, question_model=ScriptedGenerator(script), solver_model=solver, executor=sandbox,
-                     chunk_size=6)
+        run_pipeline(
+            out, CFG, question_model=ScriptedGenerator(script), solver_model=solver, executor=sandbox, chunk_size=6
+        )
     assert script.calls["solution"] == 6
     assert len(read_jsonl(out / "solutions.partial.jsonl")) == 2
-    dataset = run_pipeline(out, CFG, question_model=ScriptedGenerator(script), solver_model=ScriptedGenerator(script),
-                           executor=sandbox, chunk_size=6)
+    dataset = run_pipeline(
+        out,
+        CFG,
+        question_model=ScriptedGenerator(script),
+        solver_model=ScriptedGenerator(script),
+        executor=sandbox,
+        chunk_size=6,
+    )
     assert script.calls["questions"] == 1 and script.calls["tests"] == 7
     assert script.calls["solution"] == 18  # 6 before the interruption + the 12 that were missing
     assert not (out / "solutions.partial.jsonl").exists()
@@ -134,22 +160,39 @@ def test_interrupted_sandbox_stage_reruns_only_unfinished_questions(sandbox, tmp
 
 def test_rerun_with_other_settings_is_refused(sandbox, tmp_path):
     script = Script()
-    run_pipeline(tmp_path / "run", CFG, question_model=ScriptedGenerator(script),
-                 solver_model=ScriptedGenerator(script), executor=sandbox, stop_after="questions")
+    run_pipeline(
+        tmp_path / "run",
+        CFG,
+        question_model=ScriptedGenerator(script),
+        solver_model=ScriptedGenerator(script),
+        executor=sandbox,
+        stop_after="questions",
+    )
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="solutions_per_question: 3 -> 5"):
-        run_pipeline(tmp_path / "run", replace(CFG, solutions_per_question=5), question_model=ScriptedGenerator(script),
-                     solver_model=ScriptedGenerator(script), executor=sandbox)
+        run_pipeline(
+            tmp_path / "run",
+            replace(CFG, solutions_per_question=5),
+            question_model=ScriptedGenerator(script),
+            solver_model=ScriptedGenerator(script),
+            executor=sandbox,
+        )
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not an instruct-data run"):
-        run_pipeline(tmp_path / "other", CFG, question_model=ScriptedGenerator(script),
-                     solver_model=ScriptedGenerator(script), executor=sandbox)
+        run_pipeline(
+            tmp_path / "other",
+            CFG,
+            question_model=ScriptedGenerator(script),
+            solver_model=ScriptedGenerator(script),
+            executor=sandbox,
+        )
 
 
-def test_instruct_branch_trains_on_the_dataset_with_loss_only_on_answers(finished_run, tiny_model_dir, tiny_tokenizer,
-                                                                       stdlib_texts, tmp_path):
+def test_instruct_branch_trains_on_the_dataset_with_loss_only_on_answers(
+    finished_run, tiny_model_dir, tiny_tokenizer, stdlib_texts, tmp_path
+):
     """`train instruct` (tiny) on the dataset plus a code rehearsal set: the loss counts answers and rehearsal code."""
     import torch
     from _train_helpers import write_code_shards
@@ -163,9 +206,30 @@ def test_instruct_branch_trains_on_the_dataset_with_loss_only_on_answers(finishe
     out = tmp_path / "train"
     code = write_code_shards(tiny_tokenizer, stdlib_texts[:10], tmp_path / "code", seq_len=256, max_sequences=16)
     rehearsal = [{"path": str(code), "weight": 0.25}]  # the recipe's 0.08, raised so step 1 surely has some
-    assert main(["train", "instruct", "--scale", "tiny", "--base", str(tiny_model_dir), "--data", str(dataset),
-                 "--rehearsal", f"{code}:0.25", "--out", str(out), "--set", "max_steps=2", "--set", "precision=fp32",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "instruct",
+                "--scale",
+                "tiny",
+                "--base",
+                str(tiny_model_dir),
+                "--data",
+                str(dataset),
+                "--rehearsal",
+                f"{code}:0.25",
+                "--out",
+                str(out),
+                "--set",
+                "max_steps=2",
+                "--set",
+                "precision=fp32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (out / "final" / "config.json").is_file()
 
     # What the loss counts: exactly the answers (and the </s> that ends each), never a question.

@@ -1,10 +1,18 @@
 """Prompts and the parsers that turn model answers into questions, tests and solutions."""
 
-from codellama.instruct.dedup import find_duplicates
-from codellama.instruct.prompts import (PromptConfig, checked_program, parse_questions, parse_solution, parse_tests,
-                                        question_prompt, solution_prompt, unit_tests_prompt)
-
 from _instruct_helpers import QUESTIONS
+
+from codellama.instruct.dedup import find_duplicates
+from codellama.instruct.prompts import (
+    PromptConfig,
+    checked_program,
+    parse_questions,
+    parse_solution,
+    parse_tests,
+    question_prompt,
+    solution_prompt,
+    unit_tests_prompt,
+)
 
 
 def test_prompts_are_llama2_chat_turns_with_the_answer_started():
@@ -19,19 +27,23 @@ def test_prompts_are_llama2_chat_turns_with_the_answer_started():
 
 
 def test_questions_continue_the_numbered_list_and_stop_where_it_ends():
-    completion = (" Write a function that merges two sorted lists\n   into one sorted list.\n"
-                  "4. Given a string, return its longest palindromic substring.\n"
-                  "5. ok\n"  # too short to be a question
-                  "7. Numbering broke here, so this is not taken.\n")
-    assert parse_questions(completion, 3) == ["Write a function that merges two sorted lists into one sorted list.",
-                                              "Given a string, return its longest palindromic substring."]
+    completion = (
+        " Write a function that merges two sorted lists\n   into one sorted list.\n"
+        "4. Given a string, return its longest palindromic substring.\n"
+        "5. ok\n"  # too short to be a question
+        "7. Numbering broke here, so this is not taken.\n"
+    )
+    assert parse_questions(completion, 3) == [
+        "Write a function that merges two sorted lists into one sorted list.",
+        "Given a string, return its longest palindromic substring.",
+    ]
     trailing = " Count the words in a sentence.\n\nI hope these questions help!</s>"
     assert parse_questions(trailing, 3) == ["Count the words in a sentence."]
     assert parse_questions("", 3) == []
 
 
 def test_tests_are_the_valid_asserts_of_the_block():
-    block = ("# Test case 1:\nassert f(1) == 2\n# Test case 2:\nassert f(\n    2) == 3\nprint('hi')\n[/TESTS] more")
+    block = "# Test case 1:\nassert f(1) == 2\n# Test case 2:\nassert f(\n    2) == 3\nprint('hi')\n[/TESTS] more"
     assert parse_tests(block) == ["assert f(1) == 2", "assert f(\n    2) == 3"]
     broken = "# Test case 1:\nassert f(1) == 2\nassert f(2 == \nassert f(3) == 4\n"
     assert parse_tests(broken) == ["assert f(1) == 2", "assert f(3) == 4"]

@@ -9,8 +9,15 @@ import pytest
 
 from codellama.cli import main
 from codellama.generation import Completion
-from long_context.key_retrieval import (KEY_NAME, FillerPool, build_prompts, extract_value, make_prompt,
-                                        run_key_retrieval, score)
+from long_context.key_retrieval import (
+    KEY_NAME,
+    FillerPool,
+    build_prompts,
+    extract_value,
+    make_prompt,
+    run_key_retrieval,
+    score,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,7 @@ def test_prompt_has_the_requested_length_and_key_position(tiny_tokenizer, pool, 
     assert len(ids) == item.prompt_tokens
     assert abs(item.prompt_tokens - length) <= 0.01 * length
     # The key function starts at key_offset, at the requested fraction of the filler (+-1% of the prompt).
-    assert tiny_tokenizer.decode(ids[item.key_offset:]).startswith(f"def {KEY_NAME}() -> int:")
+    assert tiny_tokenizer.decode(ids[item.key_offset :]).startswith(f"def {KEY_NAME}() -> int:")
     assert abs(item.key_offset - 1 - position * item.filler_tokens) <= 0.01 * length
     assert item.prompt.count(f"def {KEY_NAME}(") == 1
     assert item.prompt.endswith(f"assert {KEY_NAME}() ==")
@@ -61,12 +68,29 @@ def test_too_short_or_bad_position_is_refused(tiny_tokenizer, pool):
         make_prompt(tiny_tokenizer, 50_000, 0.5, seed=0, pool=FillerPool(tiny_tokenizer, ["x = 1\n", "y = 2\n"]))
 
 
-@pytest.mark.parametrize("completion,value", [
-    (" 42", 42), ("42", 42), (" 42\n", 42), ("  42  # the answer", 42), (" (42)", 42), (" 42)", 42),
-    (" -7", -7), (" 12_345", 12345), (" 42\n\ndef foo():", 42), ("\t 9", 9), (" 42, 'msg'", 42),
-    (" 42.5", None), (" 42abc", None), (" my_function()", None), (" x", None), ("", None), (" None", None),
-    (" 0x2A", None),
-])
+@pytest.mark.parametrize(
+    "completion,value",
+    [
+        (" 42", 42),
+        ("42", 42),
+        (" 42\n", 42),
+        ("  42  # the answer", 42),
+        (" (42)", 42),
+        (" 42)", 42),
+        (" -7", -7),
+        (" 12_345", 12345),
+        (" 42\n\ndef foo():", 42),
+        ("\t 9", 9),
+        (" 42, 'msg'", 42),
+        (" 42.5", None),
+        (" 42abc", None),
+        (" my_function()", None),
+        (" x", None),
+        ("", None),
+        (" None", None),
+        (" 0x2A", None),
+    ],
+)
 def test_scorer_extracts_the_value(completion, value):
     assert extract_value(completion) == value
     assert score(completion, 42) == (value == 42)
@@ -127,19 +151,37 @@ def test_hf_generator_sees_the_requested_length(tiny_model_dir, tiny_tokenizer, 
 def test_key_retrieval_cli(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "kr"
     # 768 tokens: past the tiny model's 512-token context, which the benchmark must allow.
-    assert main(["eval", "key-retrieval", "--model", str(tiny_model_dir), "--lengths", "256,768",
-                 "--positions", "0.5", "--digits", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "key-retrieval",
+                "--model",
+                str(tiny_model_dir),
+                "--lengths",
+                "256,768",
+                "--positions",
+                "0.5",
+                "--digits",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "key_retrieval.json").read_text())
     assert report["n"] == 2 and set(report["accuracy"]) == {"256", "768"}
     assert [item["prompt_tokens"] for item in report["items"]] == pytest.approx([256, 768], rel=0.01)
     assert all(100 <= item["answer"] <= 999 for item in report["items"])
     assert (out / "key_retrieval.png").read_bytes()[:4] == b"\x89PNG"
     assert "exact match" in capsys.readouterr().out
-    assert main(["eval", "key-retrieval", "--model", str(tiny_model_dir), "--lengths", "256",
-                 "--out", str(out)]) == 2
+    assert main(["eval", "key-retrieval", "--model", str(tiny_model_dir), "--lengths", "256", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse rejects a position outside [0, 1]
-        main(["eval", "key-retrieval", "--model", str(tiny_model_dir), "--positions", "2", "--out", str(tmp_path / "x")])
+        main(
+            ["eval", "key-retrieval", "--model", str(tiny_model_dir), "--positions", "2", "--out", str(tmp_path / "x")]
+        )
     assert exit_info.value.code == 2
     assert main(["eval", "key-retrieval", "--endpoint", "http://localhost:1/v1", "--out", str(tmp_path / "y")]) == 2
     assert "--tokenizer" in capsys.readouterr().err

@@ -25,8 +25,9 @@ def _whole_file_shards(tokenizer, texts: list[str], out: Path, seq_len: int) -> 
 
     docs = out.parent / f"{out.name}.jsonl"
     docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    config = PrepareConfig(sources=(SourceSpec(str(docs)),), seq_len=seq_len, packing="whole-files",
-                           fim=FimOptions(fim_rate=0.0))
+    config = PrepareConfig(
+        sources=(SourceSpec(str(docs)),), seq_len=seq_len, packing="whole-files", fim=FimOptions(fim_rate=0.0)
+    )
     prepare(config, tokenizer, out)
     return out
 
@@ -42,10 +43,23 @@ def test_lcft_runs_end_to_end_on_whole_file_shards(tiny_tokenizer, tiny_model_di
     masked = sum(int((shards.loss_mask(i) == 0).sum()) for i in range(len(shards)))
     assert masked > 0
 
-    result = train_branch("long-context", base=str(tiny_model_dir), data=str(shards_dir), out=str(tmp_path / "run"),
-                          overrides=["seq_len=1024", "batch_tokens=2048", "micro_batch_size=1", "max_steps=2",
-                                     "rope.max_context=1024", "gradient_checkpointing=true", "checkpoint_every=0",
-                                     "precision=fp32"], progress=False)
+    result = train_branch(
+        "long-context",
+        base=str(tiny_model_dir),
+        data=str(shards_dir),
+        out=str(tmp_path / "run"),
+        overrides=[
+            "seq_len=1024",
+            "batch_tokens=2048",
+            "micro_batch_size=1",
+            "max_steps=2",
+            "rope.max_context=1024",
+            "gradient_checkpointing=true",
+            "checkpoint_every=0",
+            "precision=fp32",
+        ],
+        progress=False,
+    )
     assert math.isfinite(result.last_loss) and result.tokens == 2 * 2048
     model = load_model(result.final_dir)
     assert model.config.rope_parameters["rope_theta"] == 1e6  # the recipe's Code Llama base
@@ -120,8 +134,10 @@ def test_activation_estimate_is_close_to_what_autograd_saves():
                     storages[s.data_ptr()] = s.nbytes()
                 return t
 
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with (
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+            ):
                 model.model(input_ids=ids)
             measured.append(sum(storages.values()))
         per_token_layer = (measured[1] - measured[0]) / ids.shape[1]
@@ -151,8 +167,22 @@ def test_dry_run_states_a_sane_memory_estimate_for_7b_at_16k(capsys):
     assert without > 80
 
     # The sequence length is a recipe field like any other: 32k doubles the activations.
-    assert main(["train", "long-context", "--scale", "7b", "--dry-run", "--set", "seq_len=32768",
-                 "--set", "rope.max_context=32768"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "long-context",
+                "--scale",
+                "7b",
+                "--dry-run",
+                "--set",
+                "seq_len=32768",
+                "--set",
+                "rope.max_context=32768",
+            ]
+        )
+        == 0
+    )
     out32 = capsys.readouterr().out
     assert "seq_len: 32768" in out32
     assert _gib(out32, "total")[0] > with_ckpt + 8
@@ -168,8 +198,9 @@ def _repro_module():
 
 def test_reproduction_script_runs_every_stage(tmp_path):
     repro = _repro_module()
-    settings = repro.Settings(context=64, batch_tokens=512, pretrain_steps=2, ft_steps=1, eval_files=2,
-                              max_files=12, control=False)
+    settings = repro.Settings(
+        context=64, batch_tokens=512, pretrain_steps=2, ft_steps=1, eval_files=2, max_files=12, control=False
+    )
     png = tmp_path / "copy.png"
     report = repro.run(settings, tmp_path / "work", png)
 

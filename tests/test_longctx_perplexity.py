@@ -64,7 +64,7 @@ def test_sliding_window_scores_each_token_once_with_at_most_window_context(model
     while scored_to < 300:
         end = min(begin + window, 300)
         nll = _direct_nll(model, row[begin:end])  # targets begin+1 .. end-1
-        expected[scored_to - 1:end - 1] = nll[scored_to - begin - 1:]
+        expected[scored_to - 1 : end - 1] = nll[scored_to - begin - 1 :]
         scored_to, begin = end, begin + stride
     assert torch.allclose(got.double(), expected, atol=1e-5)
     # Less context than the full prefix: later tokens get different (here: not identical) losses.
@@ -77,8 +77,25 @@ def test_long_ppl_cli_compares_models(tmp_path, tiny_model_dir, model, capsys):
     raised = tmp_path / "raised"
     rope_set(tiny_model_dir, raised, base=1e6)
     out = tmp_path / "ppl"
-    assert main(["eval", "long-ppl", "--model", f"base={tiny_model_dir}", "--model", f"1m={raised}",
-                 "--lengths", "128,512", "--samples", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "long-ppl",
+                "--model",
+                f"base={tiny_model_dir}",
+                "--model",
+                f"1m={raised}",
+                "--lengths",
+                "128,512",
+                "--samples",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "long_ppl.json").read_text())
     assert list(report["models"]) == ["base", "1m"] and report["lengths"] == [128, 512]
     assert report["models"]["1m"]["rope_parameters"]["rope_theta"] == 1e6
@@ -95,5 +112,7 @@ def test_long_ppl_cli_compares_models(tmp_path, tiny_model_dir, model, capsys):
     assert "wrote" in capsys.readouterr().out
     assert main(["eval", "long-ppl", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    assert main(["eval", "long-ppl", "--model", str(tiny_model_dir), "--stride", "8", "--out", str(tmp_path / "o3")]) == 2
+    assert (
+        main(["eval", "long-ppl", "--model", str(tiny_model_dir), "--stride", "8", "--out", str(tmp_path / "o3")]) == 2
+    )
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()

@@ -46,21 +46,40 @@ def _reference(original: LlamaForCausalLM, rope_parameters: dict, max_positions:
 CASES = [
     # (rope_set kwargs, rope_parameters transformers must see, max_position_embeddings)
     (dict(base=1e6, max_context=2048), {"rope_type": "default", "rope_theta": 1e6}, 2048),
-    (dict(scaling={"rope_type": "linear", "factor": 4}), {"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0},
-     2048),
-    (dict(scaling={"rope_type": "dynamic", "factor": 4}), {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0},
-     512),
-    (dict(max_context=2048, scaling={"rope_type": "yarn"}),
-     {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 512}, 2048),
-    (dict(base=5e5, scaling={"rope_type": "llama3", "factor": 8}),
-     {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "original_max_position_embeddings": 512,
-      "low_freq_factor": 1.0, "high_freq_factor": 4.0}, 4096),
+    (
+        dict(scaling={"rope_type": "linear", "factor": 4}),
+        {"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0},
+        2048,
+    ),
+    (
+        dict(scaling={"rope_type": "dynamic", "factor": 4}),
+        {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0},
+        512,
+    ),
+    (
+        dict(max_context=2048, scaling={"rope_type": "yarn"}),
+        {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 512},
+        2048,
+    ),
+    (
+        dict(base=5e5, scaling={"rope_type": "llama3", "factor": 8}),
+        {
+            "rope_type": "llama3",
+            "rope_theta": 5e5,
+            "factor": 8.0,
+            "original_max_position_embeddings": 512,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+        },
+        4096,
+    ),
 ]
 
 
 @pytest.mark.parametrize("kwargs,expected,max_positions", CASES, ids=lambda c: str(c)[:30])
-def test_rope_set_survives_save_load_and_matches_transformers(tmp_path, tiny_model_dir, original, ids, kwargs,
-                                                             expected, max_positions):
+def test_rope_set_survives_save_load_and_matches_transformers(
+    tmp_path, tiny_model_dir, original, ids, kwargs, expected, max_positions
+):
     out = tmp_path / "out"
     rope_set(tiny_model_dir, out, **kwargs)
     saved = json.loads((out / "config.json").read_text())
@@ -107,8 +126,12 @@ def test_linear_interpolation_is_default_rope_at_divided_positions(original, ids
     scaled = _reference(original, {"rope_type": "default", "rope_theta": 1e4}, TINY_CONTEXT)
     set_rope(scaled, scaling={"rope_type": "linear", "factor": 4})
     positions = torch.arange(LONG)[None]
-    torch.testing.assert_close(_logits(scaled, ids, position_ids=positions),
-                               _logits(original, ids, position_ids=positions.float() / 4), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        _logits(scaled, ids, position_ids=positions),
+        _logits(original, ids, position_ids=positions.float() / 4),
+        atol=2e-5,
+        rtol=1e-5,
+    )
 
 
 def test_set_rope_on_a_loaded_model_equals_the_rewritten_checkpoint(tmp_path, tiny_model_dir, ids):
@@ -120,8 +143,12 @@ def test_set_rope_on_a_loaded_model_equals_the_rewritten_checkpoint(tmp_path, ti
 
 
 def test_set_rope_on_configs_chains_and_validates():
-    config = LlamaConfig(hidden_size=64, num_attention_heads=2, max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+    config = LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+    )
     set_rope(config, base=1e6, max_context=16384)  # Code Llama's LCFT setting
     assert config.rope_parameters == {"rope_type": "default", "rope_theta": 1e6}
     assert trained_context(config) == 16384
@@ -149,7 +176,10 @@ def test_rope_set_cli(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "lcft"
     assert main(["rope", "set", "--base", "1e6", "--max-context", "16384", str(tiny_model_dir), str(out)]) == 0
     assert json.loads(capsys.readouterr().out.split("\n", 1)[1]) == {
-        "rope_type": "default", "rope_theta": 1e6, "max_position_embeddings": 16384}
+        "rope_type": "default",
+        "rope_theta": 1e6,
+        "max_position_embeddings": 16384,
+    }
     # Refuses to overwrite, refuses nonsense; one line, exit 2, nothing half-written.
     assert main(["rope", "set", "--base", "1e5", str(tiny_model_dir), str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -161,8 +191,29 @@ def test_rope_set_cli(tmp_path, tiny_model_dir, capsys):
 
 def test_rope_plot_cli(tmp_path, capsys):
     png = tmp_path / "rope.png"
-    assert main(["rope", "plot", "--head-dim", "128", "--base", "1e4", "--base", "1e6", "--scaling", "linear:4",
-                 "--context", "4096", "--max-distance", "20000", "--out", str(png)]) == 0
+    assert (
+        main(
+            [
+                "rope",
+                "plot",
+                "--head-dim",
+                "128",
+                "--base",
+                "1e4",
+                "--base",
+                "1e6",
+                "--scaling",
+                "linear:4",
+                "--context",
+                "4096",
+                "--max-distance",
+                "20000",
+                "--out",
+                str(png),
+            ]
+        )
+        == 0
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     analysis = json.loads(png.with_suffix(".json").read_text())
     base4, base6, linear = analysis["variants"]

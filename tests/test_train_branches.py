@@ -7,23 +7,30 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from _train_helpers import metric_losses, write_code_shards
+
 from codellama.checkpoint import load_model
 from codellama.train import resolve_config, train
 
 
 @pytest.fixture(scope="module")
 def code_shards(tiny_tokenizer, stdlib_texts, tmp_path_factory):
-    return write_code_shards(tiny_tokenizer, stdlib_texts, tmp_path_factory.mktemp("branches") / "shards", 256,
-                             meta={"fim_rate": 0.9})
+    return write_code_shards(
+        tiny_tokenizer, stdlib_texts, tmp_path_factory.mktemp("branches") / "shards", 256, meta={"fim_rate": 0.9}
+    )
 
 
 @pytest.fixture(scope="module")
 def code_run(code_shards, tiny_tokenizer_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("code") / "run"
-    config = resolve_config("code", "tiny", ["max_steps=40", "batch_tokens=2048", "micro_batch_size=8"],
-                            data=str(code_shards), out=str(out), tokenizer=str(tiny_tokenizer_dir))
+    config = resolve_config(
+        "code",
+        "tiny",
+        ["max_steps=40", "batch_tokens=2048", "micro_batch_size=8"],
+        data=str(code_shards),
+        out=str(out),
+        tokenizer=str(tiny_tokenizer_dir),
+    )
     return config, train(config, progress=False)
 
 
@@ -43,8 +50,9 @@ def test_code_branch_loss_falls_clearly(code_run):
 
 def test_python_branch_continues_from_the_code_model(code_run, code_shards, tmp_path):
     _, code = code_run
-    config = resolve_config("python", "tiny", ["max_steps=3"], base=str(code.final_dir), data=str(code_shards),
-                            out=str(tmp_path / "python"))
+    config = resolve_config(
+        "python", "tiny", ["max_steps=3"], base=str(code.final_dir), data=str(code_shards), out=str(tmp_path / "python")
+    )
     assert config.optim.lr == 1e-3 and config.data_expect == {"fim_rate": 0.0}
     result = train(config, progress=False)
     # Starts where the code model ended, not from scratch.
@@ -53,8 +61,14 @@ def test_python_branch_continues_from_the_code_model(code_run, code_shards, tmp_
 
 
 def test_long_context_branch_sets_rope_and_trains_4x_longer(code_shards, tiny_tokenizer_dir, tmp_path):
-    config = resolve_config("long-context", "tiny", ["max_steps=2"], data=str(code_shards),
-                            out=str(tmp_path / "lcft"), tokenizer=str(tiny_tokenizer_dir))
+    config = resolve_config(
+        "long-context",
+        "tiny",
+        ["max_steps=2"],
+        data=str(code_shards),
+        out=str(tmp_path / "lcft"),
+        tokenizer=str(tiny_tokenizer_dir),
+    )
     assert config.seq_len == 4 * 256
     result = train(config, progress=False)
     saved = json.loads((result.final_dir / "config.json").read_text())
@@ -64,8 +78,9 @@ def test_long_context_branch_sets_rope_and_trains_4x_longer(code_shards, tiny_to
     assert records[-1]["tokens"] == 2 * 4096 and np.isfinite(result.last_loss)
 
 
-def test_instruct_branch_trains_on_answers_only(code_shards, tiny_tokenizer, tiny_tokenizer_dir, stdlib_texts,
-                                                tmp_path):
+def test_instruct_branch_trains_on_answers_only(
+    code_shards, tiny_tokenizer, tiny_tokenizer_dir, stdlib_texts, tmp_path
+):
     from codellama.model import build_model
     from codellama.presets import get_preset
     from codellama.train.data import count_targets, open_stream, rank_batch
@@ -73,11 +88,21 @@ def test_instruct_branch_trains_on_answers_only(code_shards, tiny_tokenizer, tin
     chats = tmp_path / "chats.jsonl"
     with open(chats, "w") as f:
         for i, text in enumerate(stdlib_texts[:80]):
-            f.write(json.dumps({"instruction": f"Write the first lines of stdlib module number {i}.",
-                                "response": text[:240]}) + "\n")
-    config = resolve_config("instruct", "tiny", ["max_steps=2", "precision=fp32"], data=str(chats),
-                            out=str(tmp_path / "instruct"), tokenizer=str(tiny_tokenizer_dir),
-                            rehearsal=[{"path": str(code_shards), "weight": 0.25}])
+            f.write(
+                json.dumps(
+                    {"instruction": f"Write the first lines of stdlib module number {i}.", "response": text[:240]}
+                )
+                + "\n"
+            )
+    config = resolve_config(
+        "instruct",
+        "tiny",
+        ["max_steps=2", "precision=fp32"],
+        data=str(chats),
+        out=str(tmp_path / "instruct"),
+        tokenizer=str(tiny_tokenizer_dir),
+        rehearsal=[{"path": str(code_shards), "weight": 0.25}],
+    )
     result = train(config, progress=False)
     packed = result.out_dir / "instruct-shards"
     assert json.loads((packed / "index.json").read_text())["has_loss_mask"]
@@ -93,6 +118,7 @@ def test_instruct_branch_trains_on_answers_only(code_shards, tiny_tokenizer, tin
     model = build_model(get_preset("tiny").replace(vocab_size=2016), seed=config.seed)
     with torch.no_grad():
         logits = model(input_ids=tokens).logits.float()
-    manual = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 2016), labels[:, 1:].reshape(-1),
-                                               ignore_index=-100, reduction="sum") / count_targets(labels)
+    manual = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 2016), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    ) / count_targets(labels)
     assert metric_losses(result.out_dir)[0][1] == pytest.approx(manual.item(), rel=1e-4)

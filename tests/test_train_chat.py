@@ -24,7 +24,8 @@ DIALOG = [
 def test_render_is_the_llama2_chat_template():
     assert render(DIALOG) == (
         "<s>[INST] <<SYS>>\nYou write short Python.\n<</SYS>>\n\nReverse a list xs. [/INST] return xs[::-1] </s>"
-        "<s>[INST] Now sort it. [/INST] return sorted(xs) </s>")
+        "<s>[INST] Now sort it. [/INST] return sorted(xs) </s>"
+    )
     assert render([{"role": "user", "content": "hi"}]) == "<s>[INST] hi [/INST]"
 
 
@@ -49,7 +50,10 @@ def test_split_encoding_equals_meta_joint_encoding(tiny_tokenizer):
     joint = tiny_tokenizer.encode("[INST] Reverse a list xs. [/INST] return xs[::-1] ", bos=True, eos=True)
     assert tokens == joint
     prompt = prompt_tokens(tiny_tokenizer, DIALOG[1:4])
-    assert prompt[:len(tokens)] == tokens and tiny_tokenizer.decode(prompt[len(tokens):]) == "[INST] Now sort it. [/INST]"
+    assert (
+        prompt[: len(tokens)] == tokens
+        and tiny_tokenizer.decode(prompt[len(tokens) :]) == "[INST] Now sort it. [/INST]"
+    )
 
 
 def test_labels_ignore_everything_but_answers(tiny_tokenizer, tmp_path):
@@ -72,8 +76,12 @@ def test_labels_ignore_everything_but_answers(tiny_tokenizer, tmp_path):
 
 def test_bad_chat_records_are_reported_with_line_numbers(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"messages": DIALOG}) + "\n" +
-                    json.dumps({"messages": [{"role": "assistant", "content": "hi"}]}) + "\n")
+    path.write_text(
+        json.dumps({"messages": DIALOG})
+        + "\n"
+        + json.dumps({"messages": [{"role": "assistant", "content": "hi"}]})
+        + "\n"
+    )
     with pytest.raises(ValueError, match=r"bad.jsonl:2: .*expected 'user'"):
         list(read_chat_jsonl(path))
     path.write_text('{"prompt": 1}\n')

@@ -15,7 +15,12 @@ from codellama.train.schedule import lr_factor
 
 def test_recipes_hold_code_llamas_settings():
     code = resolve_config("code", "7b")
-    assert (code.optim.lr, code.seq_len, code.batch_tokens, code.data_expect["fim_rate"]) == (3e-4, 4096, 4 * 2**20, 0.9)
+    assert (code.optim.lr, code.seq_len, code.batch_tokens, code.data_expect["fim_rate"]) == (
+        3e-4,
+        4096,
+        4 * 2**20,
+        0.9,
+    )
     assert code.total_tokens == 500e9 and code.optim.betas == (0.9, 0.95) and code.optim.weight_decay == 0.1
     assert code.schedule.warmup_steps == 1000 and code.schedule.min_lr_ratio == pytest.approx(1 / 30, rel=1e-4)
     assert resolve_config("code", "34b").optim.lr == 1.5e-4
@@ -33,8 +38,11 @@ def test_recipes_hold_code_llamas_settings():
 
 
 def test_overrides_are_typed_and_checked():
-    config = resolve_config("code", "tiny", ["optim.lr=1e-3", "max_steps=7", "total_tokens=5e9",
-                                             "rope.base=500000", "gradient_checkpointing=true"])
+    config = resolve_config(
+        "code",
+        "tiny",
+        ["optim.lr=1e-3", "max_steps=7", "total_tokens=5e9", "rope.base=500000", "gradient_checkpointing=true"],
+    )
     assert (config.optim.lr, config.steps, config.total_tokens, config.rope.base) == (1e-3, 7, 5e9, 5e5)
     assert config.gradient_checkpointing is True
     with pytest.raises(ValueError, match="unknown config key optim.learning_rate"):
@@ -73,8 +81,22 @@ def test_dry_run_prints_plan_and_memory(capsys):
     assert f"steps               {math.ceil(500e9 / 2**22):,}" in out
     assert "token budget        500,002,979,840" in out and "1 sequence(s) per rank" in out
     assert "AdamW moments" in out and "with checkpointing" in out
-    assert main(["train", "long-context", "--scale", "34b", "--world-size", "16", "--dry-run",
-                 "--set", "micro_batch_size=2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "long-context",
+                "--scale",
+                "34b",
+                "--world-size",
+                "16",
+                "--dry-run",
+                "--set",
+                "micro_batch_size=2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "rope:\n    base: 1000000.0" in out and "16,384" in out and "micro_batch_size: 2" in out
 

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _train_helpers import final_weights, metric_losses, run_cli, write_code_shards
 
-ARGS = ["--set", "max_steps=4", "--set", "seq_len=64", "--set", "batch_tokens=512", "--set", "micro_batch_size=2",
-        "--set", "precision=fp32", "--set", "optim.lr=3e-3", "--set", "schedule.warmup_steps=1", "--no-progress"]
+ARGS = [
+    "--set",
+    "max_steps=4",
+    "--set",
+    "seq_len=64",
+    "--set",
+    "batch_tokens=512",
+    "--set",
+    "micro_batch_size=2",
+    "--set",
+    "precision=fp32",
+    "--set",
+    "optim.lr=3e-3",
+    "--set",
+    "schedule.warmup_steps=1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +56,21 @@ def test_checkpoint_base_reaches_every_rank_from_rank0(shards, tiny_model_dir, t
     from codellama.checkpoint import load_model, load_tokenizer, save_checkpoint
 
     if stored == "bf16":  # like Meta's releases: rank 0 holds it in bf16, the shards are its exact fp32 upcast
-        tiny_model_dir = save_checkpoint(load_model(tiny_model_dir, dtype=torch.bfloat16), tmp_path / "bf16",
-                                         load_tokenizer(tiny_model_dir))
+        tiny_model_dir = save_checkpoint(
+            load_model(tiny_model_dir, dtype=torch.bfloat16), tmp_path / "bf16", load_tokenizer(tiny_model_dir)
+        )
     frozen = [a if a != "optim.lr=3e-3" else "optim.lr=1e-30" for a in ARGS]  # steps below fp32 resolution
-    common = ["train", "code", "--data", str(shards), "--base", str(tiny_model_dir), *frozen,
-              "--set", "rope.base=1000000"]  # a changed RoPE: the rebuilt buffers must follow the config
+    common = [
+        "train",
+        "code",
+        "--data",
+        str(shards),
+        "--base",
+        str(tiny_model_dir),
+        *frozen,
+        "--set",
+        "rope.base=1000000",
+    ]  # a changed RoPE: the rebuilt buffers must follow the config
     two = run_cli(*common, "--out", str(tmp_path / "two"), torchrun=2)
     assert two.returncode == 0, two.stderr[-3000:]
     one = run_cli(*common, "--out", str(tmp_path / "one"))

@@ -4,10 +4,13 @@ from codellama.train.config import resolve_config
 from codellama.train.loop import train
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("data", "no-such-shards", "not a finished shard directory"),
-    ("base", "no-such-model", "neither a checkpoint directory nor a preset"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("data", "no-such-shards", "not a finished shard directory"),
+        ("base", "no-such-model", "neither a checkpoint directory nor a preset"),
+    ],
+)
 def test_bad_inputs_fail_before_writing_anything(tmp_path, monkeypatch, field, value, message):
     monkeypatch.chdir(tmp_path)
     fields = {"data": "no-such-shards", "base": "tiny", "out": str(tmp_path / "run")}

@@ -58,8 +58,9 @@ def _model_and_batch():
 def test_model_loss_equals_transformers_loss_with_a_loss_mask():
     model, ids, labels = _model_and_batch()
     n = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    ours = causal_lm_loss(model, ids, labels, autocast=contextlib.nullcontext, compute_dtype=torch.float32,
-                          chunk=16) / n
+    ours = (
+        causal_lm_loss(model, ids, labels, autocast=contextlib.nullcontext, compute_dtype=torch.float32, chunk=16) / n
+    )
     ours.backward()
     grads = {k: p.grad.clone() for k, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)

@@ -11,14 +11,28 @@ import time
 
 import pytest
 import torch
-
 from _train_helpers import REPO, final_weights, metric_losses, run_cli, write_code_shards
+
 from codellama.train import state
 
 STEPS = 10
-ARGS = ["--set", f"max_steps={STEPS}", "--set", "seq_len=64", "--set", "batch_tokens=1024",
-        "--set", "micro_batch_size=8", "--set", "checkpoint_every=2", "--set", "keep_checkpoints=2",
-        "--set", "schedule.warmup_steps=2", "--no-progress"]
+ARGS = [
+    "--set",
+    f"max_steps={STEPS}",
+    "--set",
+    "seq_len=64",
+    "--set",
+    "batch_tokens=1024",
+    "--set",
+    "micro_batch_size=8",
+    "--set",
+    "checkpoint_every=2",
+    "--set",
+    "keep_checkpoints=2",
+    "--set",
+    "schedule.warmup_steps=2",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +47,12 @@ def test_sigkill_then_resume_matches_unbroken_run(shards, tiny_tokenizer_dir, tm
 
     kill_after = random.Random(os.urandom(8)).randint(3, STEPS - 3)  # a random step, past the first checkpoint
     broken = tmp_path / "broken"
-    proc = subprocess.Popen([sys.executable, "-m", "codellama.cli", *common, "--out", str(broken)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codellama.cli", *common, "--out", str(broken)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while len(metric_losses(broken)) < kill_after and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -8,15 +8,20 @@ from pathlib import Path
 
 def register(cli) -> None:
     cli.group("convert", help="convert checkpoints between layouts")
-    p = cli.command("meta-to-hf", parent="convert",
-                    help="convert Meta's params.json + consolidated.NN.pth (sharded or not) to Hugging Face format",
-                    epilog="examples:\n"
-                           "  codellama convert meta-to-hf --input llama-2-13b --tokenizer tokenizer.model --out runs/llama2-13b-hf\n"
-                           "  codellama convert meta-to-hf --input CodeLlama-7b --tokenizer CodeLlama-7b/tokenizer.model "
-                           "--dtype bfloat16 --out runs/cl7b")
+    p = cli.command(
+        "meta-to-hf",
+        parent="convert",
+        help="convert Meta's params.json + consolidated.NN.pth (sharded or not) to Hugging Face format",
+        epilog="examples:\n"
+        "  codellama convert meta-to-hf --input llama-2-13b --tokenizer tokenizer.model --out runs/llama2-13b-hf\n"
+        "  codellama convert meta-to-hf --input CodeLlama-7b --tokenizer CodeLlama-7b/tokenizer.model "
+        "--dtype bfloat16 --out runs/cl7b",
+    )
     p.add_argument("--input", type=Path, required=True, help="directory with params.json and consolidated.*.pth")
     p.add_argument("--out", type=Path, required=True, help="output directory (created atomically)")
-    p.add_argument("--tokenizer", type=Path, help="tokenizer.model to include (extended to 32016 if the model needs it)")
+    p.add_argument(
+        "--tokenizer", type=Path, help="tokenizer.model to include (extended to 32016 if the model needs it)"
+    )
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="default: the checkpoint's own dtype")
     p.add_argument("--max-seq-len", type=int, help="context length to record (default 4096 or params.json's)")
     p.add_argument("--max-shard-gb", type=float, default=5.0, help="size of each safetensors shard")
@@ -31,8 +36,13 @@ def cmd_meta_to_hf(args: argparse.Namespace) -> int:
     from codellama.io import ensure_new_output_dir
 
     ensure_new_output_dir(args.out)
-    convert_meta_to_hf(args.input, args.out, tokenizer_path=args.tokenizer,
-                       dtype=getattr(torch, args.dtype) if args.dtype else None,
-                       max_shard_bytes=int(args.max_shard_gb * 2**30), max_seq_len=args.max_seq_len)
+    convert_meta_to_hf(
+        args.input,
+        args.out,
+        tokenizer_path=args.tokenizer,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        max_shard_bytes=int(args.max_shard_gb * 2**30),
+        max_seq_len=args.max_seq_len,
+    )
     _print_info(describe_checkpoint(args.out), as_json=False)
     return 0

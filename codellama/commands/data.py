@@ -25,27 +25,49 @@ INSPECT_EXAMPLES = """examples:
 def register(cli) -> None:
     cli.group("data", help="prepare packed FIM token shards from code, and inspect them")
 
-    p = cli.command("prepare", parent="data", help="ingest, filter, dedup, mix, FIM-transform, tokenize and pack code",
-                    epilog=PREPARE_EXAMPLES)
-    p.add_argument("--source", action="append", default=None,
-                   help="where documents come from (repeatable; default: the Python standard library)")
+    p = cli.command(
+        "prepare",
+        parent="data",
+        help="ingest, filter, dedup, mix, FIM-transform, tokenize and pack code",
+        epilog=PREPARE_EXAMPLES,
+    )
+    p.add_argument(
+        "--source",
+        action="append",
+        default=None,
+        help="where documents come from (repeatable; default: the Python standard library)",
+    )
     p.add_argument("--mix", type=Path, help="mixture YAML (sources with weights); replaces --source")
-    p.add_argument("--tokenizer", type=Path, required=True,
-                   help="tokenizer directory or tokenizer.model (a Llama 2 model gets Code Llama's pieces added)")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        required=True,
+        help="tokenizer directory or tokenizer.model (a Llama 2 model gets Code Llama's pieces added)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output shard directory (new, or an unfinished run)")
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per training sequence (default 4096)")
-    p.add_argument("--packing", choices=("concat", "whole-files"), default="concat",
-                   help="concat: concatenate and chop; whole-files: never split a file that fits, files packed "
-                        "best-fit so little is padding (padding masked out of the loss)")
+    p.add_argument(
+        "--packing",
+        choices=("concat", "whole-files"),
+        default="concat",
+        help="concat: concatenate and chop; whole-files: never split a file that fits, files packed "
+        "best-fit so little is padding (padding masked out of the loss)",
+    )
     p.add_argument("--fim-rate", type=float, default=0.9, help="share of documents FIM-transformed (default 0.9)")
     p.add_argument("--spm-rate", type=float, default=0.5, help="share of FIM documents in SPM order (default 0.5)")
-    p.add_argument("--span-mode", choices=("char", "syntax"), default="char",
-                   help="char: Code Llama's random character cuts; syntax: the middle is whole tree-sitter nodes")
+    p.add_argument(
+        "--span-mode",
+        choices=("char", "syntax"),
+        default="char",
+        help="char: Code Llama's random character cuts; syntax: the middle is whole tree-sitter nodes",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=None, help="sequences per shard file (default: ~4M tokens)")
     p.add_argument("--max-documents", type=int, default=None, help="use only the first N documents after shuffling")
     p.add_argument("--languages", default="", help="comma-separated languages to read from directories (default: all)")
-    p.add_argument("--text-column", default=None, help="text column of JSONL/Parquet/HF sources (default: text/content)")
+    p.add_argument(
+        "--text-column", default=None, help="text column of JSONL/Parquet/HF sources (default: text/content)"
+    )
     p.add_argument("--num-proc", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
     g = p.add_argument_group("filters")
     g.add_argument("--min-bytes", type=int, default=16)
@@ -59,8 +81,9 @@ def register(cli) -> None:
     g.add_argument("--near-dup-threshold", type=float, default=0.85, help="MinHash Jaccard threshold (default 0.85)")
     p.set_defaults(func=cmd_prepare)
 
-    p = cli.command("inspect", parent="data", help="show a shard directory's summary and decoded sequences",
-                    epilog=INSPECT_EXAMPLES)
+    p = cli.command(
+        "inspect", parent="data", help="show a shard directory's summary and decoded sequences", epilog=INSPECT_EXAMPLES
+    )
     p.add_argument("directory", type=Path)
     p.add_argument("-n", "--num", type=int, default=3, help="how many random sequences to show (default 3)")
     p.add_argument("--index", type=int, nargs="*", default=None, help="show these sequence numbers instead")
@@ -85,14 +108,26 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     languages = tuple(x.strip() for x in args.languages.split(",") if x.strip())
     sources = tuple(SourceSpec(s, text_column=args.text_column, languages=languages) for s in args.source or ())
     config = PrepareConfig(
-        sources=sources, mix=load_mix(args.mix) if args.mix else None, seq_len=args.seq_len, packing=args.packing,
+        sources=sources,
+        mix=load_mix(args.mix) if args.mix else None,
+        seq_len=args.seq_len,
+        packing=args.packing,
         fim=FimOptions(args.fim_rate, args.spm_rate, args.span_mode),
-        filters=FilterConfig(min_bytes=args.min_bytes, max_bytes=args.max_bytes, max_line_length=args.max_line_length,
-                             max_mean_line_length=args.max_mean_line_length,
-                             min_alnum_fraction=args.min_alnum_fraction, autogenerated=not args.keep_autogenerated),
-        dedup=DedupConfig(exact=not args.no_exact_dedup, near=not args.no_near_dedup,
-                          threshold=args.near_dup_threshold),
-        seed=args.seed, sequences_per_shard=args.shard_size, max_documents=args.max_documents)
+        filters=FilterConfig(
+            min_bytes=args.min_bytes,
+            max_bytes=args.max_bytes,
+            max_line_length=args.max_line_length,
+            max_mean_line_length=args.max_mean_line_length,
+            min_alnum_fraction=args.min_alnum_fraction,
+            autogenerated=not args.keep_autogenerated,
+        ),
+        dedup=DedupConfig(
+            exact=not args.no_exact_dedup, near=not args.no_near_dedup, threshold=args.near_dup_threshold
+        ),
+        seed=args.seed,
+        sequences_per_shard=args.shard_size,
+        max_documents=args.max_documents,
+    )
     tokenizer = _load_tokenizer(args.tokenizer)
     start = time.perf_counter()
     index = prepare(config, tokenizer, args.out, num_proc=max(1, args.num_proc))
@@ -105,7 +140,7 @@ def _load_tokenizer(path: Path):
 
     tok = CodeLlamaTokenizer.load(path)
     try:
-        tok.prefix_id
+        _ = tok.prefix_id
     except KeyError:  # plain Llama 2 tokenizer: add Code Llama's pieces, as `model init` does
         tok = CodeLlamaTokenizer.extend_llama(path / "tokenizer.model" if path.is_dir() else path)
     return tok
@@ -113,8 +148,10 @@ def _load_tokenizer(path: Path):
 
 def _print_summary(stats: dict, index, out: Path, seconds: float) -> None:
     ingested = stats["ingested"]
-    print(f"ingested {sum(v['documents'] for v in ingested.values()):,} documents "
-          f"({sum(v['bytes'] for v in ingested.values()) / 1e6:.1f} MB) from {len(ingested)} source(s)")
+    print(
+        f"ingested {sum(v['documents'] for v in ingested.values()):,} documents "
+        f"({sum(v['bytes'] for v in ingested.values()) / 1e6:.1f} MB) from {len(ingested)} source(s)"
+    )
     for name, v in stats["filters"].items():
         if v["documents"]:
             print(f"  filter {name:<18} removed {v['documents']:>6,} documents {v['bytes'] / 1e6:>8.2f} MB")
@@ -126,12 +163,16 @@ def _print_summary(stats: dict, index, out: Path, seconds: float) -> None:
         note = f" (repeated {v['epochs']:.2f}x)" if v["epochs"] > 1 else ""
         print(f"  mix {name}: {v['documents']:,} documents, {v['bytes'] / 1e6:.2f} MB, share {v['share']:.1%}{note}")
     modes = stats["fim_modes"]
-    print(f"{stats['documents']:,} documents -> {stats['tokens']:,} tokens; FIM {stats['fim_fraction']:.1%} "
-          f"(PSM {modes['psm']:,} / SPM {modes['spm']:,} / plain {modes['plain']:,}); "
-          f"spans {', '.join(f'{k} {v:,}' for k, v in stats['fim_spans'].items() if v)}")
-    print(f"{len(index.shards)} shard(s), {index.num_sequences:,} sequences x {index.seq_len} tokens "
-          f"({index.dtype.name}); padding {stats['padding_tokens']:,}, dropped tail {stats['dropped_tail_tokens']:,} "
-          f"tokens -> {out} in {seconds:.1f} s")
+    print(
+        f"{stats['documents']:,} documents -> {stats['tokens']:,} tokens; FIM {stats['fim_fraction']:.1%} "
+        f"(PSM {modes['psm']:,} / SPM {modes['spm']:,} / plain {modes['plain']:,}); "
+        f"spans {', '.join(f'{k} {v:,}' for k, v in stats['fim_spans'].items() if v)}"
+    )
+    print(
+        f"{len(index.shards)} shard(s), {index.num_sequences:,} sequences x {index.seq_len} tokens "
+        f"({index.dtype.name}); padding {stats['padding_tokens']:,}, dropped tail {stats['dropped_tail_tokens']:,} "
+        f"tokens -> {out} in {seconds:.1f} s"
+    )
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

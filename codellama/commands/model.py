@@ -14,26 +14,39 @@ DTYPES = ("float32", "bfloat16", "float16")
 def register(cli) -> None:
     cli.group("model", help="create models from presets and describe them")
 
-    p = cli.command("init", parent="model", help="initialise a LlamaForCausalLM from a preset, with a tokenizer",
-                    epilog="examples:\n"
-                           "  codellama model init --preset tiny --tokenizer runs/tokenizer --out runs/tiny\n"
-                           "  codellama model init --preset codellama-7b --tokenizer tokenizer.model --dtype bfloat16 --out runs/7b")
+    p = cli.command(
+        "init",
+        parent="model",
+        help="initialise a LlamaForCausalLM from a preset, with a tokenizer",
+        epilog="examples:\n"
+        "  codellama model init --preset tiny --tokenizer runs/tokenizer --out runs/tiny\n"
+        "  codellama model init --preset codellama-7b --tokenizer tokenizer.model --dtype bfloat16 --out runs/7b",
+    )
     p.add_argument("--preset", required=True, help="preset name (see `codellama model presets`)")
-    p.add_argument("--tokenizer", type=Path, required=True,
-                   help="tokenizer directory or tokenizer.model (a Llama 2 model is extended to Code Llama's pieces)")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        required=True,
+        help="tokenizer directory or tokenizer.model (a Llama 2 model is extended to Code Llama's pieces)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_init)
 
-    p = cli.command("info", parent="model", help="shape, parameter count, vocab, RoPE base and context of a model",
-                    epilog="examples:\n  codellama model info runs/tiny\n  codellama model info llama2-70b --json")
+    p = cli.command(
+        "info",
+        parent="model",
+        help="shape, parameter count, vocab, RoPE base and context of a model",
+        epilog="examples:\n  codellama model info runs/tiny\n  codellama model info llama2-70b --json",
+    )
     p.add_argument("model", help="checkpoint directory or preset name")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
-    p = cli.command("presets", parent="model", help="list the built-in presets",
-                    epilog="example:\n  codellama model presets")
+    p = cli.command(
+        "presets", parent="model", help="list the built-in presets", epilog="example:\n  codellama model presets"
+    )
     p.set_defaults(func=cmd_presets)
 
 
@@ -61,7 +74,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def _has_infill_pieces(tokenizer) -> bool:
     try:
-        tokenizer.prefix_id
+        _ = tokenizer.prefix_id
         return True
     except KeyError:
         return False
@@ -91,9 +104,17 @@ def describe_checkpoint(path: Path) -> dict:
 
 def _describe(preset, n_params: int, source: str) -> dict:
     return {
-        "source": source, "preset": preset.name, "parameters": n_params, "vocab_size": preset.vocab_size,
-        "dim": preset.dim, "layers": preset.n_layers, "heads": preset.n_heads, "kv_heads": preset.n_kv_heads,
-        "ffn_dim": preset.ffn_dim, "norm_eps": preset.norm_eps, "rope_theta": preset.rope_theta,
+        "source": source,
+        "preset": preset.name,
+        "parameters": n_params,
+        "vocab_size": preset.vocab_size,
+        "dim": preset.dim,
+        "layers": preset.n_layers,
+        "heads": preset.n_heads,
+        "kv_heads": preset.n_kv_heads,
+        "ffn_dim": preset.ffn_dim,
+        "norm_eps": preset.norm_eps,
+        "rope_theta": preset.rope_theta,
         "context": preset.max_seq_len,
     }
 
@@ -118,8 +139,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     elif args.model in PRESETS:
         info = describe_preset(args.model)
     else:
-        raise FileNotFoundError(f"{args.model!r} is neither a checkpoint directory nor a preset "
-                                f"({', '.join(PRESETS)})")
+        raise FileNotFoundError(f"{args.model!r} is neither a checkpoint directory nor a preset ({', '.join(PRESETS)})")
     _print_info(info, args.json)
     return 0
 
@@ -127,8 +147,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     from codellama.presets import PRESETS
 
-    print(f"{'name':<15}{'dim':>6}{'layers':>8}{'heads':>7}{'kv':>5}{'ffn':>7}{'vocab':>7}{'rope':>11}{'ctx':>7}  description")
+    print(
+        f"{'name':<15}{'dim':>6}{'layers':>8}{'heads':>7}{'kv':>5}{'ffn':>7}{'vocab':>7}{'rope':>11}{'ctx':>7}  description"
+    )
     for p in PRESETS.values():
-        print(f"{p.name:<15}{p.dim:>6}{p.n_layers:>8}{p.n_heads:>7}{p.n_kv_heads:>5}{p.ffn_dim:>7}{p.vocab_size:>7}"
-              f"{p.rope_theta:>11.0f}{p.max_seq_len:>7}  {p.description}")
+        print(
+            f"{p.name:<15}{p.dim:>6}{p.n_layers:>8}{p.n_heads:>7}{p.n_kv_heads:>5}{p.ffn_dim:>7}{p.vocab_size:>7}"
+            f"{p.rope_theta:>11.0f}{p.max_seq_len:>7}  {p.description}"
+        )
     return 0

@@ -29,20 +29,34 @@ recipes: codellama/train/recipes/<branch>.yaml (Code Llama paper settings per sc
 
 
 def register(cli) -> None:
-    p = cli.command("train", help="train a branch (code, python, long-context, instruct) with Code Llama's recipe",
-                    epilog=EXAMPLES)
+    p = cli.command(
+        "train", help="train a branch (code, python, long-context, instruct) with Code Llama's recipe", epilog=EXAMPLES
+    )
     p.add_argument("branch", choices=BRANCHES, help="which Code Llama training stage")
     p.add_argument("--scale", choices=SCALES, default="tiny", help="recipe scale (default: tiny, runs on a CPU)")
     p.add_argument("--base", help="checkpoint directory or preset name to start from (default: the recipe's)")
     p.add_argument("--data", help="shard directory (instruct: also a chat JSONL file)")
     p.add_argument("--out", help="run directory: config, metrics, checkpoints, final/ HF checkpoint, loss.png")
     p.add_argument("--tokenizer", help="tokenizer to export with the final weights (default: the base's)")
-    p.add_argument("--rehearsal", action="append", default=[], metavar="DIR:WEIGHT",
-                   help="extra shard set mixed in at this fraction of samples (repeatable)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. optim.lr=1e-4, max_steps=200, precision=fp32 (repeatable)")
+    p.add_argument(
+        "--rehearsal",
+        action="append",
+        default=[],
+        metavar="DIR:WEIGHT",
+        help="extra shard set mixed in at this fraction of samples (repeatable)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. optim.lr=1e-4, max_steps=200, precision=fp32 (repeatable)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config, steps, tokens and memory; train nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config, steps, tokens and memory; train nothing"
+    )
     p.add_argument("--world-size", type=int, help="GPUs in total, for --dry-run (default: nodes x 8; tiny: 1)")
     p.add_argument("--nodes", type=int, default=1, help="nodes of 8 GPUs, for --dry-run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics still go to metrics.jsonl)")
@@ -66,8 +80,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from codellama.train import loop
     from codellama.train.config import resolve_config
 
-    fields = {"base": args.base, "data": args.data, "out": args.out, "tokenizer": args.tokenizer,
-              "rehearsal": parse_rehearsal(args.rehearsal)}
+    fields = {
+        "base": args.base,
+        "data": args.data,
+        "out": args.out,
+        "tokenizer": args.tokenizer,
+        "rehearsal": parse_rehearsal(args.rehearsal),
+    }
     if args.resume:
         if not args.out:
             raise ValueError("--resume needs --out (the run directory)")
@@ -81,8 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     result = loop.train(config, resume=args.resume, progress=not args.no_progress)
     if _is_main():
-        print(f"trained {config.branch} ({config.scale}): steps {result.start_step}->{result.steps}, "
-              f"loss {result.first_loss:.4f} -> {result.last_loss:.4f}, {result.tokens_per_s:,.0f} tokens/s")
+        print(
+            f"trained {config.branch} ({config.scale}): steps {result.start_step}->{result.steps}, "
+            f"loss {result.first_loss:.4f} -> {result.last_loss:.4f}, {result.tokens_per_s:,.0f} tokens/s"
+        )
         print(f"final weights: {result.final_dir}")
         print(f"metrics: {Path(result.out_dir) / 'metrics.jsonl'}  plot: {result.plot}")
     return 0
@@ -100,8 +121,8 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
 
     import yaml
 
-    from codellama.train.memory import estimate
     from codellama.train.loop import use_bf16
+    from codellama.train.memory import estimate
 
     if nodes < 1 or (world_size is not None and world_size < 1):
         raise ValueError("--nodes and --world-size must be >= 1")
@@ -124,8 +145,14 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
     per_node = world // nodes if world % nodes == 0 else world
     replicas, shard = shard_mesh_shape(DistEnv(world_size=world, local_world_size=per_node), config.fsdp_shard_size)
     sharding = f"FSDP over {shard}" if replicas == 1 else f"HSDP: sharded over {shard}, {replicas} replicas"
-    mem = estimate(preset, seq_len=config.seq_len, micro_batch_size=config.micro_batch_size, world_size=shard,
-                   gradient_checkpointing=config.gradient_checkpointing, bf16=bf16)
+    mem = estimate(
+        preset,
+        seq_len=config.seq_len,
+        micro_batch_size=config.micro_batch_size,
+        world_size=shard,
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=bf16,
+    )
     budget = config.steps * config.tokens_per_step
     lines += [
         "plan:",

@@ -43,8 +43,10 @@ class DedupConfig:
         try:
             MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
         except ValueError:
-            raise ValueError(f"near-duplicate threshold {self.threshold} is too close to 1 for {self.num_perm} "
-                             "permutations (LSH needs at least 2 bands)") from None
+            raise ValueError(
+                f"near-duplicate threshold {self.threshold} is too close to 1 for {self.num_perm} "
+                "permutations (LSH needs at least 2 bands)"
+            ) from None
 
 
 def exact_dedup(docs: datasets.Dataset) -> tuple[datasets.Dataset, dict[str, int]]:
@@ -65,17 +67,23 @@ def shingles(text: str, size: int) -> set[bytes]:
     words = WORD.findall(text)
     if len(words) <= size:
         return {" ".join(words).encode()}
-    return {" ".join(words[i:i + size]).encode() for i in range(len(words) - size + 1)}
+    return {" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)}
 
 
 def minhash_signatures(texts: list[str], config: DedupConfig) -> list[np.ndarray]:
-    hashes = MinHash.bulk([list(shingles(t, config.shingle_size)) for t in texts], num_perm=config.num_perm,
-                          hashfunc=xxhash.xxh32_intdigest, seed=1, scheme=SCHEME)
+    hashes = MinHash.bulk(
+        [list(shingles(t, config.shingle_size)) for t in texts],
+        num_perm=config.num_perm,
+        hashfunc=xxhash.xxh32_intdigest,
+        seed=1,
+        scheme=SCHEME,
+    )
     return [m.hashvalues for m in hashes]
 
 
-def near_dedup(docs: datasets.Dataset, config: DedupConfig = DedupConfig(), *, num_proc: int | None = None
-               ) -> tuple[datasets.Dataset, dict[str, int]]:
+def near_dedup(
+    docs: datasets.Dataset, config: DedupConfig = DedupConfig(), *, num_proc: int | None = None
+) -> tuple[datasets.Dataset, dict[str, int]]:
     """Drop documents whose estimated Jaccard similarity to an earlier kept one is >= threshold."""
 
     def signatures(batch):
@@ -83,8 +91,15 @@ def near_dedup(docs: datasets.Dataset, config: DedupConfig = DedupConfig(), *, n
 
     if len(docs) == 0:
         return docs, {"documents": 0, "bytes": 0}
-    signed = docs.map(signatures, batched=True, batch_size=256, num_proc=procs(num_proc, len(docs)),
-                      remove_columns=docs.column_names, desc="minhash", load_from_cache_file=False)
+    signed = docs.map(
+        signatures,
+        batched=True,
+        batch_size=256,
+        num_proc=procs(num_proc, len(docs)),
+        remove_columns=docs.column_names,
+        desc="minhash",
+        load_from_cache_file=False,
+    )
     signed = signed.with_format("numpy")
     lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
     keep, removed_bytes, kept_hashes = [], 0, {}

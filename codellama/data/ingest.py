@@ -30,17 +30,41 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("text", "path", "language", "source", "hash")
 LANGUAGES = {
-    ".py": "python", ".pyi": "python",
-    ".c": "c", ".h": "c",
-    ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp",
+    ".py": "python",
+    ".pyi": "python",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".cxx": "cpp",
+    ".hpp": "cpp",
+    ".hh": "cpp",
+    ".hxx": "cpp",
     ".java": "java",
-    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
-    ".ts": "typescript", ".tsx": "typescript", ".mts": "typescript",
-    ".go": "go", ".rs": "rust",
-    ".sh": "shell", ".bash": "shell", ".zsh": "shell",
-    ".md": "markdown", ".markdown": "markdown",
-    ".rb": "ruby", ".php": "php", ".cs": "csharp", ".kt": "kotlin", ".swift": "swift",
-    ".scala": "scala", ".lua": "lua", ".sql": "sql", ".r": "r", ".jl": "julia",
+    ".js": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
+    ".jsx": "javascript",
+    ".ts": "typescript",
+    ".tsx": "typescript",
+    ".mts": "typescript",
+    ".go": "go",
+    ".rs": "rust",
+    ".sh": "shell",
+    ".bash": "shell",
+    ".zsh": "shell",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".rb": "ruby",
+    ".php": "php",
+    ".cs": "csharp",
+    ".kt": "kotlin",
+    ".swift": "swift",
+    ".scala": "scala",
+    ".lua": "lua",
+    ".sql": "sql",
+    ".r": "r",
+    ".jl": "julia",
 }
 TEXT_COLUMNS = ("text", "content", "code")
 PATH_COLUMNS = ("path", "max_stars_repo_path", "file_path", "filename")
@@ -90,8 +114,10 @@ def load_source(spec: SourceSpec) -> datasets.Dataset:
         elif language_of(path.name) != "unknown" or spec.language:
             ds = _from_files(path.parent, [path], spec)
         else:
-            raise ValueError(f"source {loc}: unknown file type (expected a directory, .jsonl, .json, .parquet "
-                             f"or a source file with a known extension)")
+            raise ValueError(
+                f"source {loc}: unknown file type (expected a directory, .jsonl, .json, .parquet "
+                f"or a source file with a known extension)"
+            )
     elif loc.startswith("hf:") or ("/" in loc and not loc.startswith((".", "/"))):
         ds = _from_table(_load_hub_dataset(loc.removeprefix("hf:")), spec)
     else:
@@ -131,8 +157,11 @@ def _git_files(root: Path) -> list[Path] | None:
     try:
         if subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "."], capture_output=True).returncode == 0:
             return None
-        out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             capture_output=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     files = [root / p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
@@ -187,8 +216,10 @@ def _from_table(table: datasets.Dataset, spec: SourceSpec) -> datasets.Dataset:
     cols = table.column_names
     text_col = spec.text_column or next((c for c in TEXT_COLUMNS if c in cols), None)
     if text_col not in cols:
-        raise ValueError(f"source {spec.location}: no text column (looked for {spec.text_column or TEXT_COLUMNS}; "
-                         f"columns are {cols})")
+        raise ValueError(
+            f"source {spec.location}: no text column (looked for {spec.text_column or TEXT_COLUMNS}; "
+            f"columns are {cols})"
+        )
     path_col = next((c for c in PATH_COLUMNS if c in cols), None)
     lang_col = next((c for c in LANGUAGE_COLUMNS if c in cols), None)
 
@@ -203,8 +234,15 @@ def _from_table(table: datasets.Dataset, spec: SourceSpec) -> datasets.Dataset:
             _add_row(rows, text, path, language, spec.label)
         return rows
 
-    return table.map(normalise, batched=True, with_indices=True, remove_columns=cols, features=_features(),
-                     desc=f"read {spec.label}", load_from_cache_file=False)
+    return table.map(
+        normalise,
+        batched=True,
+        with_indices=True,
+        remove_columns=cols,
+        features=_features(),
+        desc=f"read {spec.label}",
+        load_from_cache_file=False,
+    )
 
 
 def _add_row(rows: dict[str, list], text: str, path: str, language: str, source: str) -> None:
@@ -233,5 +271,7 @@ def _load_hub_dataset(name: str) -> datasets.Dataset:
     try:
         return datasets.load_dataset(name, config or None, split=split or "train")
     except (FileNotFoundError, ConnectionError, ValueError) as exc:
-        raise FileNotFoundError(f"source {name!r} is not a path and not a cached Hugging Face dataset "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise FileNotFoundError(
+            f"source {name!r} is not a path and not a cached Hugging Face dataset "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None

@@ -11,8 +11,9 @@ from codellama.data.shards import TokenShards
 from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
 
 
-def load_shards_and_tokenizer(directory: str | os.PathLike, tokenizer: str | os.PathLike | None = None
-                              ) -> tuple[TokenShards, CodeLlamaTokenizer]:
+def load_shards_and_tokenizer(
+    directory: str | os.PathLike, tokenizer: str | os.PathLike | None = None
+) -> tuple[TokenShards, CodeLlamaTokenizer]:
     shards = TokenShards(directory)
     path = Path(tokenizer) if tokenizer else Path(directory) / TOKENIZER_FILE
     if not path.exists():
@@ -66,7 +67,7 @@ def describe_documents(ids: list[int], tokenizer: CodeLlamaTokenizer) -> list[st
         piece = ids[a:b]
         if tokenizer.prefix_id in piece:
             k = piece.index(tokenizer.prefix_id)
-            mode = "SPM" if piece[k + 1:k + 2] == [tokenizer.suffix_id] else "PSM"
+            mode = "SPM" if piece[k + 1 : k + 2] == [tokenizer.suffix_id] else "PSM"
         elif piece and piece[0] == tokenizer.bos_id:
             mode = "plain"
         else:
@@ -79,17 +80,23 @@ def describe_documents(ids: list[int], tokenizer: CodeLlamaTokenizer) -> list[st
 
 def summary_lines(shards: TokenShards) -> list[str]:
     idx = shards.index
-    lines = [f"{len(shards):,} sequences of {idx.seq_len} tokens in {len(idx.shards)} shard(s), "
-             f"dtype {idx.dtype.name}, vocab {idx.vocab_size}" + (", with loss mask" if idx.has_loss_mask else "")]
+    lines = [
+        f"{len(shards):,} sequences of {idx.seq_len} tokens in {len(idx.shards)} shard(s), "
+        f"dtype {idx.dtype.name}, vocab {idx.vocab_size}" + (", with loss mask" if idx.has_loss_mask else "")
+    ]
     stats = idx.meta.get("stats")
     if stats:
         modes = stats["fim_modes"]
-        lines.append(f"{stats['documents']:,} documents, {stats['tokens']:,} tokens; FIM {stats['fim_fraction']:.1%} "
-                     f"(PSM {modes['psm']:,}, SPM {modes['spm']:,}, plain {modes['plain']:,}); "
-                     f"padding {stats['padding_tokens']:,}, dropped tail {stats['dropped_tail_tokens']:,}")
+        lines.append(
+            f"{stats['documents']:,} documents, {stats['tokens']:,} tokens; FIM {stats['fim_fraction']:.1%} "
+            f"(PSM {modes['psm']:,}, SPM {modes['spm']:,}, plain {modes['plain']:,}); "
+            f"padding {stats['padding_tokens']:,}, dropped tail {stats['dropped_tail_tokens']:,}"
+        )
     config = idx.meta.get("config")
     if config:
         fim = config["fim"]
-        lines.append(f"seed {config['seed']}, packing {config['packing']}, fim_rate {fim['fim_rate']}, "
-                     f"spm_rate {fim['spm_rate']}, span_mode {fim['span_mode']}")
+        lines.append(
+            f"seed {config['seed']}, packing {config['packing']}, fim_rate {fim['fim_rate']}, "
+            f"spm_rate {fim['spm_rate']}, span_mode {fim['span_mode']}"
+        )
     return lines

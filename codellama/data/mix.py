@@ -83,15 +83,21 @@ def load_mix(path: str | os.PathLike) -> MixSpec:
         location = str(item["source"])
         if location != "stdlib" and not Path(location).is_absolute() and (path.parent / location).exists():
             location = str(path.parent / location)  # relative to the mixture file
-        spec = SourceSpec(location, name=item.get("name") or str(item["source"]), text_column=item.get("text_column"),
-                          language=item.get("language"), languages=tuple(item.get("languages") or ()))
+        spec = SourceSpec(
+            location,
+            name=item.get("name") or str(item["source"]),
+            text_column=item.get("text_column"),
+            language=item.get("language"),
+            languages=tuple(item.get("languages") or ()),
+        )
         sources.append(MixSource(spec, float(item["weight"])))
     total = raw.get("total_bytes")
     return MixSpec(tuple(sources), total_bytes=int(total) if total is not None else None, seed=raw.get("seed"))
 
 
-def plan_mixture(sizes: dict[str, list[int]], shares: dict[str, float], total_bytes: int | None, seed: int
-                 ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+def plan_mixture(
+    sizes: dict[str, list[int]], shares: dict[str, float], total_bytes: int | None, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """Choose document indices per source so each gets its share of `total_bytes`.
 
     sizes: source -> byte size of each of its documents. Returns source -> indices (in
@@ -113,16 +119,26 @@ def plan_mixture(sizes: dict[str, list[int]], shares: dict[str, float], total_by
         order = rng.permutation(len(doc_sizes))
         rest = target - full_passes * available[name]
         take = int(np.searchsorted(np.cumsum(doc_sizes[order]), rest, side="left")) + 1 if rest > 0 else 0
-        parts.append(order[:min(take, len(order))])
+        parts.append(order[: min(take, len(order))])
         chosen[name] = np.concatenate(parts)
         picked = int(doc_sizes[chosen[name]].sum())
         epochs = picked / available[name]
-        stats[name] = {"share": round(shares[name], 6), "documents": int(len(chosen[name])), "bytes": picked,
-                       "available_documents": int(len(doc_sizes)), "available_bytes": available[name],
-                       "epochs": round(epochs, 4)}
+        stats[name] = {
+            "share": round(shares[name], 6),
+            "documents": int(len(chosen[name])),
+            "bytes": picked,
+            "available_documents": int(len(doc_sizes)),
+            "available_bytes": available[name],
+            "epochs": round(epochs, 4),
+        }
         if epochs > 1.0 + 1e-9:
-            log.warning("mixture: source %s is repeated %.2f times (%d bytes available, %d wanted)",
-                        name, epochs, available[name], int(target))
+            log.warning(
+                "mixture: source %s is repeated %.2f times (%d bytes available, %d wanted)",
+                name,
+                epochs,
+                available[name],
+                int(target),
+            )
     return chosen, stats
 
 

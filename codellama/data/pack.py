@@ -39,8 +39,11 @@ class Layout:
         return len(self.starts) if self.offsets is None else len(self.offsets) - 1
 
     def segments(self, sequence: int) -> slice:
-        return slice(sequence, sequence + 1) if self.offsets is None else slice(
-            int(self.offsets[sequence]), int(self.offsets[sequence + 1]))
+        return (
+            slice(sequence, sequence + 1)
+            if self.offsets is None
+            else slice(int(self.offsets[sequence]), int(self.offsets[sequence + 1]))
+        )
 
     @property
     def sequence_lengths(self) -> np.ndarray:
@@ -62,8 +65,12 @@ def pack_layout(doc_lengths: np.ndarray, seq_len: int, mode: PackingMode = "conc
     total = int(doc_lengths.sum())
     if mode == "concat":
         n = total // seq_len
-        return Layout(seq_len, np.arange(n, dtype=np.int64) * seq_len, np.full(n, seq_len, np.int64),
-                      dropped_tokens=total - n * seq_len)
+        return Layout(
+            seq_len,
+            np.arange(n, dtype=np.int64) * seq_len,
+            np.full(n, seq_len, np.int64),
+            dropped_tokens=total - n * seq_len,
+        )
     if mode != "whole-files":
         raise ValueError(f"packing mode must be one of {', '.join(PACKING_MODES)}, got {mode!r}")
     return _best_fit_decreasing(doc_lengths, seq_len)
@@ -73,7 +80,8 @@ def _best_fit_decreasing(doc_lengths: np.ndarray, seq_len: int) -> Layout:
     doc_starts = np.concatenate([[0], np.cumsum(doc_lengths)[:-1]]).astype(np.int64)
     full, rest = np.divmod(doc_lengths, seq_len)
     sequences: list[list[tuple[int, int]]] = [
-        [(int(s) + k * seq_len, seq_len)] for s, f in zip(doc_starts.tolist(), full.tolist()) for k in range(f)]
+        [(int(s) + k * seq_len, seq_len)] for s, f in zip(doc_starts.tolist(), full.tolist()) for k in range(f)
+    ]
     piece_starts, piece_lengths = doc_starts + full * seq_len, rest
     keep = piece_lengths > 0
     piece_starts, piece_lengths = piece_starts[keep], piece_lengths[keep]
@@ -91,19 +99,21 @@ def _best_fit_decreasing(doc_lengths: np.ndarray, seq_len: int) -> Layout:
             bisect.insort(room, (free - n, index))
     counts = np.fromiter((len(s) for s in sequences), np.int64, len(sequences))
     flat = [seg for s in sequences for seg in s]
-    return Layout(seq_len, np.asarray([a for a, _ in flat], np.int64).reshape(-1),
-                  np.asarray([n for _, n in flat], np.int64).reshape(-1),
-                  offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    return Layout(
+        seq_len,
+        np.asarray([a for a, _ in flat], np.int64).reshape(-1),
+        np.asarray([n for _, n in flat], np.int64).reshape(-1),
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+    )
 
 
-def sequence_block(stream, layout: Layout, first: int, stop: int, pad_id: int
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
+def sequence_block(stream, layout: Layout, first: int, stop: int, pad_id: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Sequences first..stop-1 as a (n, seq_len) int array, and their loss mask (None when no padding)."""
     n_rows = max(0, min(stop, len(layout)) - first)
     if n_rows == 0:
         return np.zeros((0, layout.seq_len), np.int64), None
     if layout.offsets is None:
-        starts, lengths = layout.starts[first:first + n_rows], layout.lengths[first:first + n_rows]
+        starts, lengths = layout.starts[first : first + n_rows], layout.lengths[first : first + n_rows]
         if (lengths == layout.seq_len).all() and (np.diff(starts) == layout.seq_len).all():
             tokens = stream.read(int(starts[0]), int(starts[-1]) + layout.seq_len)  # one contiguous read
             return tokens.reshape(n_rows, layout.seq_len), None
@@ -113,7 +123,7 @@ def sequence_block(stream, layout: Layout, first: int, stop: int, pad_id: int
         segments = layout.segments(first + row)
         at = 0
         for s, n in zip(layout.starts[segments].tolist(), layout.lengths[segments].tolist()):
-            tokens[row, at:at + n] = stream.read(s, s + n)
+            tokens[row, at : at + n] = stream.read(s, s + n)
             at += n
         mask[row, :at] = 1
     return tokens, mask

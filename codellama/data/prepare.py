@@ -29,8 +29,14 @@ from codellama.data.pack import PACKING_MODES, PackingMode, pack_layout, sequenc
 from codellama.data.shards import INDEX, ShardIndex, ShardWriter
 from codellama.data.tokenize import SPAN_KINDS, TokenStream, token_counts, tokenize_documents
 from codellama.data.workers import children_die_with_us
-from codellama.io import (append_jsonl, atomic_directory, atomic_write_bytes, atomic_write_json,
-                          ensure_new_output_dir, read_jsonl)
+from codellama.io import (
+    append_jsonl,
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_new_output_dir,
+    read_jsonl,
+)
 from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
 from infilling.fim import MODES, FimOptions
 
@@ -72,8 +78,9 @@ class PrepareConfig:
         return json.loads(json.dumps(asdict(self), default=str))
 
 
-def prepare(config: PrepareConfig, tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike, *,
-            num_proc: int = 1) -> ShardIndex:
+def prepare(
+    config: PrepareConfig, tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike, *, num_proc: int = 1
+) -> ShardIndex:
     """Run (or resume) the whole pipeline into `out_dir`; returns the finished index."""
     out = Path(out_dir)
     work = out / WORK
@@ -85,15 +92,16 @@ def prepare(config: PrepareConfig, tokenizer: CodeLlamaTokenizer, out_dir: str |
             return _run(config, tokenizer, out, work, settings, num_proc)
     except Exception:
         if fresh:  # an error (not a kill or Ctrl-C, which keep the checkpoints): leave nothing half-written
-            for child in (out.iterdir() if existed else ()):
+            for child in out.iterdir() if existed else ():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
             if not existed:
                 shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _run(config: PrepareConfig, tokenizer: CodeLlamaTokenizer, out: Path, work: Path, settings: dict,
-         num_proc: int) -> ShardIndex:
+def _run(
+    config: PrepareConfig, tokenizer: CodeLlamaTokenizer, out: Path, work: Path, settings: dict, num_proc: int
+) -> ShardIndex:
     docs, doc_stats = _documents(config, work, num_proc)
     meta = {"created_by": "codellama data prepare", **settings}
     index = documents_to_shards(docs, tokenizer, config, out, work, num_proc=num_proc, meta=meta, stats=doc_stats)
@@ -102,12 +110,21 @@ def _run(config: PrepareConfig, tokenizer: CodeLlamaTokenizer, out: Path, work: 
     return index
 
 
-def documents_to_shards(docs: datasets.Dataset, tokenizer: CodeLlamaTokenizer, config: PrepareConfig, out: Path,
-                        work: Path, *, num_proc: int = 1, meta: dict | None = None,
-                        stats: dict | None = None) -> ShardIndex:
+def documents_to_shards(
+    docs: datasets.Dataset,
+    tokenizer: CodeLlamaTokenizer,
+    config: PrepareConfig,
+    out: Path,
+    work: Path,
+    *,
+    num_proc: int = 1,
+    meta: dict | None = None,
+    stats: dict | None = None,
+) -> ShardIndex:
     """FIM + tokenize + pack + write: the stages after the documents are chosen (what the benchmark times)."""
-    tokens = tokenize_documents(docs, tokenizer, config.fim, config.seed, num_proc=num_proc,
-                                cache_file=work / "tokens.arrow")
+    tokens = tokenize_documents(
+        docs, tokenizer, config.fim, config.seed, num_proc=num_proc, cache_file=work / "tokens.arrow"
+    )
     lengths = token_counts(tokens)
     layout = pack_layout(lengths, config.seq_len, config.packing)
     if len(layout) == 0:
@@ -128,8 +145,10 @@ def _claim_output(out: Path, work: Path, settings: dict) -> bool:
         if not saved.is_file():
             raise FileExistsError(f"output {out} already exists and is not an unfinished `data prepare` run")
         if json.loads(saved.read_text()) != json.loads(json.dumps(settings)):
-            raise FileExistsError(f"{out} holds an unfinished run with different settings; "
-                                  "rerun with the same settings to resume, or choose another --out")
+            raise FileExistsError(
+                f"{out} holds an unfinished run with different settings; "
+                "rerun with the same settings to resume, or choose another --out"
+            )
         log.info("resuming the unfinished run in %s", out)
         return False
     ensure_new_output_dir(out)
@@ -156,8 +175,10 @@ def build_documents(config: PrepareConfig, *, num_proc: int = 1) -> tuple[datase
     specs = tuple(s.spec for s in config.mix.sources) if config.mix else (config.sources or (SourceSpec(),))
     docs = load_documents(specs)
     if len(docs) == 0:
-        raise ValueError(f"no documents found in {', '.join(s.location for s in specs)} "
-                         f"(directories are read for files with a known code extension)")
+        raise ValueError(
+            f"no documents found in {', '.join(s.location for s in specs)} "
+            f"(directories are read for files with a known code extension)"
+        )
     stats: dict = {"ingested": _count(docs)}
     docs, stats["filters"] = apply_filters(docs, config.filters, num_proc=num_proc)
     if config.dedup.exact:
@@ -202,29 +223,53 @@ def _token_stats(tokens: datasets.Dataset, lengths: np.ndarray, layout) -> dict:
         "fim_fraction": round((modes["psm"] + modes["spm"]) / n, 6),
         "spm_fraction_of_fim": round(modes["spm"] / max(1, modes["psm"] + modes["spm"]), 6),
         "fim_spans": spans,
-        "document_tokens": {"mean": round(float(lengths.mean()), 3) if len(lengths) else 0.0,
-                            "max": int(lengths.max()) if len(lengths) else 0},
+        "document_tokens": {
+            "mean": round(float(lengths.mean()), 3) if len(lengths) else 0.0,
+            "max": int(lengths.max()) if len(lengths) else 0,
+        },
     }
 
 
 def _tokenizer_meta(tok: CodeLlamaTokenizer) -> dict:
-    return {"vocab_size": tok.vocab_size, "sha256": hashlib.sha256(tok.proto_bytes).hexdigest(),
-            "bos_id": tok.bos_id, "eos_id": tok.eos_id, "prefix_id": tok.prefix_id, "suffix_id": tok.suffix_id,
-            "middle_id": tok.middle_id, "eot_id": tok.eot_id, "file": TOKENIZER_FILE}
+    return {
+        "vocab_size": tok.vocab_size,
+        "sha256": hashlib.sha256(tok.proto_bytes).hexdigest(),
+        "bos_id": tok.bos_id,
+        "eos_id": tok.eos_id,
+        "prefix_id": tok.prefix_id,
+        "suffix_id": tok.suffix_id,
+        "middle_id": tok.middle_id,
+        "eot_id": tok.eot_id,
+        "file": TOKENIZER_FILE,
+    }
 
 
-def _write_shards(config: PrepareConfig, tokenizer: CodeLlamaTokenizer, out: Path, work: Path,
-                  tokens: datasets.Dataset, layout, meta: dict) -> ShardIndex:
+def _write_shards(
+    config: PrepareConfig,
+    tokenizer: CodeLlamaTokenizer,
+    out: Path,
+    work: Path,
+    tokens: datasets.Dataset,
+    layout,
+    meta: dict,
+) -> ShardIndex:
     from tqdm.auto import tqdm
 
     progress = work / "progress.jsonl"
     masked = config.packing == "whole-files"
-    writer = ShardWriter(out, config.seq_len, tokenizer.vocab_size, sequences_per_shard=config.shard_size,
-                         with_loss_mask=masked, on_flush=lambda entry: append_jsonl(progress, entry))
+    writer = ShardWriter(
+        out,
+        config.seq_len,
+        tokenizer.vocab_size,
+        sequences_per_shard=config.shard_size,
+        with_loss_mask=masked,
+        on_flush=lambda entry: append_jsonl(progress, entry),
+    )
     writer.resume(read_jsonl(progress))
     if writer.index.num_sequences:
-        log.info("resuming after %d finished shards (%d sequences)", len(writer.index.shards),
-                 writer.index.num_sequences)
+        log.info(
+            "resuming after %d finished shards (%d sequences)", len(writer.index.shards), writer.index.num_sequences
+        )
     stream = TokenStream(tokens)
     step = config.shard_size
     ones = np.ones(config.seq_len, np.uint8)
@@ -251,13 +296,13 @@ def _plot_summary(stats: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.barh(list(removed), list(removed.values()), color="tab:red")
     ax1.set_xlabel("documents removed")
-    ax1.set_title(f"{sum(v['documents'] for v in stats['ingested'].values())} ingested, "
-                  f"{stats['documents']} used")
+    ax1.set_title(f"{sum(v['documents'] for v in stats['ingested'].values())} ingested, {stats['documents']} used")
     modes = stats["fim_modes"]
     ax2.bar(list(modes), list(modes.values()), color=["tab:gray", "tab:blue", "tab:green"])
     ax2.set_ylabel("documents")
-    ax2.set_title(f"FIM {stats['fim_fraction']:.1%} (SPM {stats['spm_fraction_of_fim']:.1%} of FIM), "
-                  f"{stats['tokens']:,} tokens")
+    ax2.set_title(
+        f"FIM {stats['fim_fraction']:.1%} (SPM {stats['spm_fraction_of_fim']:.1%} of FIM), {stats['tokens']:,} tokens"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)

@@ -43,7 +43,7 @@ class ShardIndex:
         return token_dtype(self.vocab_size)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "ShardIndex":
+    def load(cls, directory: str | os.PathLike) -> ShardIndex:
         path = Path(directory) / INDEX
         raw = read_json_file(path, missing=f"{directory} is not a finished shard directory (no {INDEX})")
         if raw.get("format") != FORMAT:
@@ -54,9 +54,16 @@ class ShardIndex:
 class ShardWriter:
     """Appends sequences; each shard file is written atomically when full, the index last."""
 
-    def __init__(self, directory: str | os.PathLike, seq_len: int, vocab_size: int, *,
-                 sequences_per_shard: int = 8192, with_loss_mask: bool = False,
-                 on_flush: Callable[[dict], None] | None = None):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        seq_len: int,
+        vocab_size: int,
+        *,
+        sequences_per_shard: int = 8192,
+        with_loss_mask: bool = False,
+        on_flush: Callable[[dict], None] | None = None,
+    ):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.index = ShardIndex(seq_len, vocab_size, sequences_per_shard, has_loss_mask=with_loss_mask)
@@ -71,8 +78,10 @@ class ShardWriter:
         for n, entry in enumerate(shards):
             if entry["tokens"] != f"shard-{n:05d}.tokens":
                 raise ValueError(f"shard list out of order at {entry['tokens']}")
-            expected = {"tokens": entry["num_sequences"] * self.index.seq_len * self.index.dtype.itemsize,
-                        "mask": entry["num_sequences"] * self.index.seq_len}
+            expected = {
+                "tokens": entry["num_sequences"] * self.index.seq_len * self.index.dtype.itemsize,
+                "mask": entry["num_sequences"] * self.index.seq_len,
+            }
             for kind, size in expected.items():
                 if entry.get(kind) is None:
                     continue

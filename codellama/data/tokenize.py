@@ -18,11 +18,13 @@ from codellama.tokenizer import CodeLlamaTokenizer
 from infilling.fim import MODES, FimOptions, document_rng, fim_tokens_batch, fim_transform
 
 SPAN_KINDS = ("none", "char", "syntax")
-TOKEN_FEATURES = datasets.Features({
-    "input_ids": datasets.List(datasets.Value("int32")),
-    "fim": datasets.Value("int8"),  # index into MODES
-    "span": datasets.Value("int8"),  # index into SPAN_KINDS
-})
+TOKEN_FEATURES = datasets.Features(
+    {
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "fim": datasets.Value("int8"),  # index into MODES
+        "span": datasets.Value("int8"),  # index into SPAN_KINDS
+    }
+)
 _TOKENIZERS: dict[str, CodeLlamaTokenizer] = {}
 
 
@@ -39,8 +41,13 @@ class FimEncoder:
         self.options, self.seed, self.num_threads = options, seed, num_threads
 
     def __getstate__(self):
-        return {"proto": self.proto, "key": self.key, "options": asdict(self.options), "seed": self.seed,
-                "num_threads": self.num_threads}
+        return {
+            "proto": self.proto,
+            "key": self.key,
+            "options": asdict(self.options),
+            "seed": self.seed,
+            "num_threads": self.num_threads,
+        }
 
     def __setstate__(self, state):
         self.proto, self.key, self.seed = state["proto"], state["key"], state["seed"]
@@ -53,17 +60,28 @@ class FimEncoder:
         return _TOKENIZERS[self.key]
 
     def __call__(self, batch: dict, indices: list[int]) -> dict:
-        samples = [fim_transform(text, document_rng(self.seed, i), self.options, language)
-                   for text, language, i in zip(batch["text"], batch["language"], indices)]
+        samples = [
+            fim_transform(text, document_rng(self.seed, i), self.options, language)
+            for text, language, i in zip(batch["text"], batch["language"], indices)
+        ]
         ids = fim_tokens_batch(samples, self.tokenizer, num_threads=self.num_threads)
-        return {"input_ids": [np.array(x, dtype=np.int32) for x in ids],
-                "fim": [MODES.index(s.mode) for s in samples],
-                "span": [SPAN_KINDS.index(s.span) for s in samples]}
+        return {
+            "input_ids": [np.array(x, dtype=np.int32) for x in ids],
+            "fim": [MODES.index(s.mode) for s in samples],
+            "span": [SPAN_KINDS.index(s.span) for s in samples],
+        }
 
 
-def tokenize_documents(docs: datasets.Dataset, tokenizer: CodeLlamaTokenizer, options: FimOptions, seed: int, *,
-                       num_proc: int = 1, cache_file: str | os.PathLike | None = None,
-                       batch_size: int = 64) -> datasets.Dataset:
+def tokenize_documents(
+    docs: datasets.Dataset,
+    tokenizer: CodeLlamaTokenizer,
+    options: FimOptions,
+    seed: int,
+    *,
+    num_proc: int = 1,
+    cache_file: str | os.PathLike | None = None,
+    batch_size: int = 64,
+) -> datasets.Dataset:
     """docs (text, language, ...) -> rows of input_ids / fim / span, in the same order.
 
     With num_proc > 1 the work is split over processes by datasets; with one process,
@@ -71,9 +89,17 @@ def tokenize_documents(docs: datasets.Dataset, tokenizer: CodeLlamaTokenizer, op
     """
     workers = procs(num_proc, len(docs), min_rows_per_proc=4)
     encoder = FimEncoder(tokenizer, options, seed, num_threads=1 if workers else max(1, num_proc))
-    return docs.map(encoder, batched=True, batch_size=batch_size, with_indices=True, num_proc=workers,
-                    remove_columns=docs.column_names, features=TOKEN_FEATURES,
-                    cache_file_name=str(cache_file) if cache_file else None, desc="fim+tokenize")
+    return docs.map(
+        encoder,
+        batched=True,
+        batch_size=batch_size,
+        with_indices=True,
+        num_proc=workers,
+        remove_columns=docs.column_names,
+        features=TOKEN_FEATURES,
+        cache_file_name=str(cache_file) if cache_file else None,
+        desc="fim+tokenize",
+    )
 
 
 def token_counts(tokens: datasets.Dataset) -> np.ndarray:
@@ -81,8 +107,9 @@ def token_counts(tokens: datasets.Dataset) -> np.ndarray:
     import pyarrow.compute as pc
 
     column = tokens.data.column("input_ids")
-    return np.concatenate([pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in column.chunks]
-                          or [np.zeros(0, np.int64)]).astype(np.int64)
+    return np.concatenate(
+        [pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in column.chunks] or [np.zeros(0, np.int64)]
+    ).astype(np.int64)
 
 
 class TokenStream:
@@ -103,6 +130,6 @@ class TokenStream:
         while pos < stop:
             base = int(self._starts[k])
             end = min(stop, int(self._starts[k + 1]))
-            parts.append(self._chunks[k][pos - base:end - base])
+            parts.append(self._chunks[k][pos - base : end - base])
             pos, k = end, k + 1
         return np.concatenate(parts) if len(parts) != 1 else parts[0]

@@ -32,10 +32,12 @@ def find_duplicates(texts: list[str], cfg: DedupConfig = DedupConfig()) -> dict[
     if not texts:
         return {}
     norm = [normalise(t) for t in texts]
-    docs = datasets.Dataset.from_dict({"text": norm, "hash": [content_hash(t) for t in norm],
-                                       "row": list(range(len(texts)))})
+    docs = datasets.Dataset.from_dict(
+        {"text": norm, "hash": [content_hash(t) for t in norm], "row": list(range(len(texts)))}
+    )
     exact, _ = dedup.exact_dedup(docs)
-    near, _ = dedup.near_dedup(exact, dedup.DedupConfig(threshold=cfg.threshold, num_perm=cfg.num_perm,
-                                                        shingle_size=cfg.shingle_size))
+    near, _ = dedup.near_dedup(
+        exact, dedup.DedupConfig(threshold=cfg.threshold, num_perm=cfg.num_perm, shingle_size=cfg.shingle_size)
+    )
     after_exact, kept = set(exact["row"]), set(near["row"])
     return {i: ("exact" if i not in after_exact else "near") for i in range(len(texts)) if i not in kept}

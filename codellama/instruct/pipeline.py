@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Union
+from typing import Protocol
 
 from tqdm.auto import tqdm
 
@@ -40,13 +40,14 @@ class Sampling:
     max_new_tokens: int = 512
 
     def params(self, *, stop: tuple[str, ...] = (), seed: int | None = None) -> SamplingParams:
-        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                              stop=stop, seed=seed)
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, stop=stop, seed=seed
+        )
 
 
 class ExecResult(Protocol):
-    passed: bool    # only with positive proof that every test ran to the end
-    kind: str       # passed, failed, timeout, killed:<limit>, error:<type>
+    passed: bool  # only with positive proof that every test ran to the end
+    kind: str  # passed, failed, timeout, killed:<limit>, error:<type>
     duration: float
 
 
@@ -56,25 +57,30 @@ class Executor(Protocol):
     (`codellama/` knows nothing of sandboxes; the caller hands one in.)
     """
 
-    def run(self, programs: Sequence[str], *, timeout: float | None = None,
-            on_result: Callable[[int, ExecResult], None] | None = None) -> list[ExecResult]: ...
+    def run(
+        self,
+        programs: Sequence[str],
+        *,
+        timeout: float | None = None,
+        on_result: Callable[[int, ExecResult], None] | None = None,
+    ) -> list[ExecResult]: ...
 
 
 @dataclass(frozen=True)
 class InstructDataConfig:
-    questions: int = 100                # questions to generate (before dedup)
-    solutions_per_question: int = 10    # Code Llama sampled 10 and kept the first that passed
+    questions: int = 100  # questions to generate (before dedup)
+    solutions_per_question: int = 10  # Code Llama sampled 10 and kept the first that passed
     prompts: prompts.PromptConfig = field(default_factory=prompts.PromptConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     question_sampling: Sampling = Sampling(temperature=0.8, top_p=0.95, max_new_tokens=2048)
     tests_sampling: Sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=512)
     solution_sampling: Sampling = Sampling(temperature=0.8, top_p=0.95, max_new_tokens=512)
-    timeout: float = 10.0               # seconds per program in the sandbox
-    system_prompt: str | None = None    # system message of every dataset example
+    timeout: float = 10.0  # seconds per program in the sandbox
+    system_prompt: str | None = None  # system message of every dataset example
     seed: int = 0
     max_question_rounds: int | None = None  # prompts to the question model at most (default: 4x the need)
 
-    def validate(self) -> "InstructDataConfig":
+    def validate(self) -> InstructDataConfig:
         if self.questions < 1:
             raise ValueError(f"questions must be >= 1, got {self.questions}")
         if self.solutions_per_question < 1:
@@ -94,7 +100,7 @@ class InstructDataConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-GeneratorSource = Union[Generator, Callable[[], Generator]]
+GeneratorSource = Generator | Callable[[], Generator]
 
 
 class _Lazy:
@@ -121,8 +127,7 @@ class RunDir:
             log.info("resuming %s (done: %s)", self.path, ", ".join(self.state["done"]) or "nothing")
         else:
             if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-                raise FileExistsError(f"output {self.path} already exists and is not an instruct-data run "
-                                      f"(no {STATE})")
+                raise FileExistsError(f"output {self.path} already exists and is not an instruct-data run (no {STATE})")
             self.path.mkdir(parents=True, exist_ok=True)
             self.state = {"config": config.fingerprint(), "done": []}
             atomic_write_json(state_file, self.state)
@@ -166,8 +171,9 @@ def _check_same_config(old: dict, new: dict, path: Path) -> None:
     diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diffs:
         shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:3])
-        raise ValueError(f"{path} was started with other settings ({shown}); resume with the same "
-                         f"settings or choose a new --out")
+        raise ValueError(
+            f"{path} was started with other settings ({shown}); resume with the same settings or choose a new --out"
+        )
 
 
 def request_seed(base: int, *parts) -> int:
@@ -177,7 +183,7 @@ def request_seed(base: int, *parts) -> int:
 
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 # -- stages ---------------------------------------------------------------------------------------------
@@ -193,8 +199,10 @@ def stage_questions(run: RunDir, cfg: InstructDataConfig, model: Callable[[], Ge
         while have < cfg.questions and len(rounds) < max_rounds:
             missing = math.ceil((cfg.questions - have) / cfg.prompts.questions_per_prompt)
             todo = range(len(rounds), min(max_rounds, len(rounds) + min(chunk, missing)))
-            requests = [GenerationRequest(prompt, params=cfg.question_sampling.params(
-                seed=request_seed(cfg.seed, "q", r))) for r in todo]
+            requests = [
+                GenerationRequest(prompt, params=cfg.question_sampling.params(seed=request_seed(cfg.seed, "q", r)))
+                for r in todo
+            ]
             for r, done in zip(todo, model().generate(requests)):
                 found = prompts.parse_questions(done.text, first)
                 record = {"round": r, "questions": found, "finish_reason": done.finish_reason}
@@ -203,9 +211,10 @@ def stage_questions(run: RunDir, cfg: InstructDataConfig, model: Callable[[], Ge
                 bar.update(min(len(found), cfg.questions - have))
                 have += len(found)
     if have < cfg.questions:
-        log.warning("the question model gave %d questions in %d prompts (asked for %d)", have, len(rounds),
-                    cfg.questions)
-    texts = [q for r in sorted(rounds, key=lambda r: r["round"]) for q in r["questions"]][:cfg.questions]
+        log.warning(
+            "the question model gave %d questions in %d prompts (asked for %d)", have, len(rounds), cfg.questions
+        )
+    texts = [q for r in sorted(rounds, key=lambda r: r["round"]) for q in r["questions"]][: cfg.questions]
     return [{"id": f"q{i:06d}", "question": q} for i, q in enumerate(texts)]
 
 
@@ -216,9 +225,15 @@ def stage_dedup(questions: list[dict], cfg: InstructDataConfig) -> tuple[list[di
     return kept, removed
 
 
-def _generate_items(run: RunDir, stage: str, items: list[dict], model: Callable[[], Generator], chunk: int,
-                    make: Callable[[dict], list[GenerationRequest]],
-                    record: Callable[[dict, list[Completion]], dict]) -> list[dict]:
+def _generate_items(
+    run: RunDir,
+    stage: str,
+    items: list[dict],
+    model: Callable[[], Generator],
+    chunk: int,
+    make: Callable[[dict], list[GenerationRequest]],
+    record: Callable[[dict, list[Completion]], dict],
+) -> list[dict]:
     """Generate for each item (several requests each), journaling every finished item."""
     finished = {r["id"]: r for r in run.resume(stage)}
     todo = [it for it in items if it["id"] not in finished]
@@ -238,9 +253,12 @@ def _generate_items(run: RunDir, stage: str, items: list[dict], model: Callable[
 
 def stage_tests(run: RunDir, cfg: InstructDataConfig, questions: list[dict], model, chunk: int) -> list[dict]:
     def make(q):
-        return [GenerationRequest(prompts.unit_tests_prompt(q["question"], cfg.prompts),
-                                  params=cfg.tests_sampling.params(stop=prompts.TESTS_STOP,
-                                                                   seed=request_seed(cfg.seed, "t", q["id"])))]
+        return [
+            GenerationRequest(
+                prompts.unit_tests_prompt(q["question"], cfg.prompts),
+                params=cfg.tests_sampling.params(stop=prompts.TESTS_STOP, seed=request_seed(cfg.seed, "t", q["id"])),
+            )
+        ]
 
     def record(q, done):
         return {"id": q["id"], "tests": prompts.parse_tests(done[0].text), "raw": done[0].text}
@@ -248,23 +266,39 @@ def stage_tests(run: RunDir, cfg: InstructDataConfig, questions: list[dict], mod
     return _generate_items(run, "tests", questions, model, chunk, make, record)
 
 
-def stage_solutions(run: RunDir, cfg: InstructDataConfig, questions: list[dict], tests: dict[str, list[str]],
-                    model, chunk: int) -> list[dict]:
+def stage_solutions(
+    run: RunDir, cfg: InstructDataConfig, questions: list[dict], tests: dict[str, list[str]], model, chunk: int
+) -> list[dict]:
     def make(q):
         prompt = prompts.solution_prompt(q["question"], tests[q["id"]][0])
-        return [GenerationRequest(prompt, params=cfg.solution_sampling.params(
-            stop=prompts.SOLUTION_STOP, seed=request_seed(cfg.seed, "s", q["id"], k)))
-            for k in range(cfg.solutions_per_question)]
+        return [
+            GenerationRequest(
+                prompt,
+                params=cfg.solution_sampling.params(
+                    stop=prompts.SOLUTION_STOP, seed=request_seed(cfg.seed, "s", q["id"], k)
+                ),
+            )
+            for k in range(cfg.solutions_per_question)
+        ]
 
     def record(q, done):
-        return {"id": q["id"], "solutions": [prompts.parse_solution(d.text) for d in done],
-                "raw": [d.text for d in done]}
+        return {
+            "id": q["id"],
+            "solutions": [prompts.parse_solution(d.text) for d in done],
+            "raw": [d.text for d in done],
+        }
 
     return _generate_items(run, "solutions", questions, model, chunk, make, record)
 
 
-def stage_execute(run: RunDir, cfg: InstructDataConfig, solutions: list[dict], tests: dict[str, list[str]],
-                  executor: Executor, batch: int = 2048) -> list[dict]:
+def stage_execute(
+    run: RunDir,
+    cfg: InstructDataConfig,
+    solutions: list[dict],
+    tests: dict[str, list[str]],
+    executor: Executor,
+    batch: int = 2048,
+) -> list[dict]:
     """Every parsed solution against its question's tests, in the sandbox.
 
     Programs go to the pool in large batches (a hung program only holds its own worker), and a
@@ -282,8 +316,12 @@ def stage_execute(run: RunDir, cfg: InstructDataConfig, solutions: list[dict], t
 
     with tqdm(total=total, initial=done_before, desc="sandbox", unit="prog") as bar:
         for part in _batches_of_programs(todo, batch):
-            jobs = [(s["id"], k, prompts.checked_program(c, tests[s["id"]]))
-                    for s in part for k, c in enumerate(s["solutions"]) if c]
+            jobs = [
+                (s["id"], k, prompts.checked_program(c, tests[s["id"]]))
+                for s in part
+                for k, c in enumerate(s["solutions"])
+                if c
+            ]
             results: dict[str, list] = {s["id"]: [None] * len(s["solutions"]) for s in part}
             pending = {s["id"]: sum(1 for c in s["solutions"] if c) for s in part}
             for qid, n in pending.items():
@@ -292,8 +330,11 @@ def stage_execute(run: RunDir, cfg: InstructDataConfig, solutions: list[dict], t
 
             def on_result(i: int, res: ExecResult) -> None:
                 qid, k, _ = jobs[i]
-                results[qid][k] = {"passed": bool(res.passed), "status": res.kind,
-                                   "duration": round(float(res.duration), 3)}
+                results[qid][k] = {
+                    "passed": bool(res.passed),
+                    "status": res.kind,
+                    "duration": round(float(res.duration), 3),
+                }
                 bar.update(1)
                 pending[qid] -= 1
                 if pending[qid] == 0:
@@ -320,8 +361,13 @@ def answer_text(solution: str) -> str:
     return f"```python\n{solution.rstrip()}\n```"
 
 
-def stage_dataset(cfg: InstructDataConfig, questions: list[dict], tests: dict[str, list[str]],
-                  solutions: dict[str, list], executions: dict[str, list]) -> list[dict]:
+def stage_dataset(
+    cfg: InstructDataConfig,
+    questions: list[dict],
+    tests: dict[str, list[str]],
+    solutions: dict[str, list],
+    executions: dict[str, list],
+) -> list[dict]:
     """One chat example per question with a passing solution: the first that passed, in sample order."""
     rows = []
     for q in questions:
@@ -331,17 +377,34 @@ def stage_dataset(cfg: InstructDataConfig, questions: list[dict], tests: dict[st
             continue
         solution = solutions[q["id"]][first]
         messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-        messages += [{"role": "user", "content": q["question"]},
-                     {"role": "assistant", "content": answer_text(solution)}]
-        rows.append({"id": q["id"], "messages": messages, "question": q["question"], "tests": tests[q["id"]],
-                     "solution": solution, "solution_index": first})
+        messages += [
+            {"role": "user", "content": q["question"]},
+            {"role": "assistant", "content": answer_text(solution)},
+        ]
+        rows.append(
+            {
+                "id": q["id"],
+                "messages": messages,
+                "question": q["question"],
+                "tests": tests[q["id"]],
+                "solution": solution,
+                "solution_index": first,
+            }
+        )
     return rows
 
 
 # -- the pipeline --------------------------------------------------------------------------------------
-def run_pipeline(out: str | os.PathLike, cfg: InstructDataConfig, *, question_model: GeneratorSource,
-                 solver_model: GeneratorSource, executor: Executor,
-                 chunk_size: int = 64, stop_after: str | None = None) -> Path:
+def run_pipeline(
+    out: str | os.PathLike,
+    cfg: InstructDataConfig,
+    *,
+    question_model: GeneratorSource,
+    solver_model: GeneratorSource,
+    executor: Executor,
+    chunk_size: int = 64,
+    stop_after: str | None = None,
+) -> Path:
     """Run (or resume) every stage into `out`; returns the dataset path (or `out` if stopped early)."""
     cfg.validate()
     if stop_after is not None and stop_after not in STAGES:
@@ -357,7 +420,7 @@ def run_pipeline(out: str | os.PathLike, cfg: InstructDataConfig, *, question_mo
         run.finish(stage, records)
         return records
 
-    stages = STAGES if stop_after is None else STAGES[:STAGES.index(stop_after) + 1]
+    stages = STAGES if stop_after is None else STAGES[: STAGES.index(stop_after) + 1]
     questions = step("questions", lambda: stage_questions(run, cfg, qmodel, chunk_size))
     if "dedup" not in stages:
         return run.path
@@ -381,8 +444,16 @@ def run_pipeline(out: str | os.PathLike, cfg: InstructDataConfig, *, question_mo
     exec_rows = step("execute", lambda: stage_execute(run, cfg, sol_rows, tests, executor))
     if "dataset" not in stages:
         return run.path
-    step("dataset", lambda: stage_dataset(cfg, with_tests, tests, {r["id"]: r["solutions"] for r in sol_rows},
-                                          {r["id"]: r["results"] for r in exec_rows}))
+    step(
+        "dataset",
+        lambda: stage_dataset(
+            cfg,
+            with_tests,
+            tests,
+            {r["id"]: r["solutions"] for r in sol_rows},
+            {r["id"]: r["results"] for r in exec_rows},
+        ),
+    )
     from codellama.instruct.summary import summarize, write_summary
 
     write_summary(run.path, summarize(run.path))

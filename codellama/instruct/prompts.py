@@ -28,7 +28,7 @@ DEFAULT_SEED_EXAMPLES = (
 TESTS_PROMPT = (
     "Write {count} unit tests that check the correctness of a Python function solving the problem below. "
     "Put the tests between [TESTS] and [/TESTS]. Each test is one assert statement, preceded on its own "
-    "line by the comment \"# Test case n:\" with n counting from 1.\n"
+    'line by the comment "# Test case n:" with n counting from 1.\n'
     "Problem: {question}"
 )
 

@@ -32,8 +32,9 @@ def summarize(run_dir: str | os.PathLike) -> dict:
     if solutions is not None:
         funnel.append(("with a parsed solution", sum(1 for r in solutions if any(r["solutions"]))))
     if executions is not None:
-        funnel.append(("with a passing solution",
-                       sum(1 for r in executions if any(x and x["passed"] for x in r["results"]))))
+        funnel.append(
+            ("with a passing solution", sum(1 for r in executions if any(x and x["passed"] for x in r["results"])))
+        )
     stages = []
     for i, (name, count) in enumerate(funnel):
         prev = funnel[i - 1][1] if i else None
@@ -45,9 +46,12 @@ def summarize(run_dir: str | os.PathLike) -> dict:
     if executions is not None:
         statuses = Counter(x["status"] for r in executions for x in r["results"] if x)
         executed = sum(statuses.values())
-        out["execution"] = {"programs": executed, "passed": statuses.get("passed", 0),
-                            "pass_rate": statuses.get("passed", 0) / executed if executed else None,
-                            "statuses": dict(statuses.most_common())}
+        out["execution"] = {
+            "programs": executed,
+            "passed": statuses.get("passed", 0),
+            "pass_rate": statuses.get("passed", 0) / executed if executed else None,
+            "statuses": dict(statuses.most_common()),
+        }
     if dataset is not None:
         out["dataset_examples"] = len(dataset)
     return out

@@ -12,4 +12,13 @@ metrics (JSONL, TensorBoard, PNG), loop (the loop itself).
 from codellama.train.config import BRANCHES, SCALES, TrainConfig, resolve_config
 from codellama.train.loop import TrainResult, resume_config, train, train_branch
 
-__all__ = ["BRANCHES", "SCALES", "TrainConfig", "TrainResult", "resolve_config", "resume_config", "train", "train_branch"]
+__all__ = [
+    "BRANCHES",
+    "SCALES",
+    "TrainConfig",
+    "TrainResult",
+    "resolve_config",
+    "resume_config",
+    "train",
+    "train_branch",
+]

@@ -54,26 +54,26 @@ class RopeConfig:
 class TrainConfig:
     branch: str
     scale: str = "tiny"
-    base: str = "tiny"                 # checkpoint directory, or a preset name for a fresh model
-    data: str | None = None            # shard directory (or a chat JSONL for the instruct branch)
+    base: str = "tiny"  # checkpoint directory, or a preset name for a fresh model
+    data: str | None = None  # shard directory (or a chat JSONL for the instruct branch)
     out: str | None = None
-    tokenizer: str | None = None       # exported with the final weights (default: the base checkpoint's)
+    tokenizer: str | None = None  # exported with the final weights (default: the base checkpoint's)
     rehearsal: list[dict] = field(default_factory=list)  # [{"path": shard dir, "weight": fraction}]
     seq_len: int = 4096
-    batch_tokens: int = 4 * 2**20      # global batch, in tokens
-    micro_batch_size: int = 1          # sequences per forward pass on one rank
-    total_tokens: float = 500e9        # the token budget; steps = ceil(total / batch)
-    max_steps: int | None = None       # overrides total_tokens
+    batch_tokens: int = 4 * 2**20  # global batch, in tokens
+    micro_batch_size: int = 1  # sequences per forward pass on one rank
+    total_tokens: float = 500e9  # the token budget; steps = ceil(total / batch)
+    max_steps: int | None = None  # overrides total_tokens
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     rope: RopeConfig = field(default_factory=RopeConfig)
-    precision: str = "auto"            # auto = bf16 autocast where the device supports it
+    precision: str = "auto"  # auto = bf16 autocast where the device supports it
     gradient_checkpointing: bool = False
-    activation_offload: bool = False   # with checkpointing: keep saved layer inputs in host memory (GPU only)
-    compile: bool = False              # decoder layers through torch.compile: +14% on `small`, ~+5% on tiny
-    fsdp_shard_size: int = 0           # ranks sharing one model copy; 0 = one node's (HSDP across nodes)
-    checkpoint_every: int = 1000       # steps; 0 = only at the end
-    keep_checkpoints: int = 2          # retention: newest N are kept
+    activation_offload: bool = False  # with checkpointing: keep saved layer inputs in host memory (GPU only)
+    compile: bool = False  # decoder layers through torch.compile: +14% on `small`, ~+5% on tiny
+    fsdp_shard_size: int = 0  # ranks sharing one model copy; 0 = one node's (HSDP across nodes)
+    checkpoint_every: int = 1000  # steps; 0 = only at the end
+    keep_checkpoints: int = 2  # retention: newest N are kept
     log_every: int = 1
     seed: int = 0
     device: str = "auto"
@@ -83,15 +83,16 @@ class TrainConfig:
     # -- derived ------------------------------------------------------------------------
     @property
     def base_kind(self) -> str:
-        """"checkpoint" (a directory) or "preset" (fresh weights); anything else is a one-line error."""
+        """ "checkpoint" (a directory) or "preset" (fresh weights); anything else is a one-line error."""
         from codellama.presets import PRESETS
 
         if Path(self.base).is_dir():
             return "checkpoint"
         if self.base in PRESETS:
             return "preset"
-        raise FileNotFoundError(f"base {self.base!r} is neither a checkpoint directory nor a preset "
-                                f"({', '.join(PRESETS)})")
+        raise FileNotFoundError(
+            f"base {self.base!r} is neither a checkpoint directory nor a preset ({', '.join(PRESETS)})"
+        )
 
     @property
     def batch_sequences(self) -> int:
@@ -114,10 +115,11 @@ class TrainConfig:
             raise ValueError(
                 f"global batch of {self.batch_sequences} sequences ({self.batch_tokens} tokens / seq_len "
                 f"{self.seq_len}) does not split into {world_size} rank(s) x micro-batches of "
-                f"{self.micro_batch_size}; change batch_tokens or micro_batch_size")
+                f"{self.micro_batch_size}; change batch_tokens or micro_batch_size"
+            )
         return per_rank // self.micro_batch_size
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if self.branch not in BRANCHES:
             raise ValueError(f"unknown branch {self.branch!r}; choose one of: {', '.join(BRANCHES)}")
         if self.precision not in PRECISIONS:
@@ -162,8 +164,9 @@ def load_recipe(branch: str, scale: str) -> dict:
     return merged
 
 
-def resolve_config(branch: str, scale: str = "tiny", overrides: list[str] | tuple[str, ...] = (),
-                   **fields) -> TrainConfig:
+def resolve_config(
+    branch: str, scale: str = "tiny", overrides: list[str] | tuple[str, ...] = (), **fields
+) -> TrainConfig:
     """Recipe -> keyword fields (CLI options such as data/out/base; None is ignored) -> `key=value` overrides."""
     raw = load_recipe(branch, scale)
     raw.update({k: v for k, v in fields.items() if v is not None})

@@ -38,12 +38,16 @@ class SequenceView:
         elif n % seq_len == 0:
             self.join, self.split = 1, n // seq_len
         else:
-            raise ValueError(f"{shards.directory}: shards hold {n}-token sequences; training seq_len {seq_len} "
-                             f"must divide it or be a multiple of it")
+            raise ValueError(
+                f"{shards.directory}: shards hold {n}-token sequences; training seq_len {seq_len} "
+                f"must divide it or be a multiple of it"
+            )
         self._len = len(shards) // self.join * self.split
         if self._len == 0:
-            raise ValueError(f"{shards.directory} has {len(shards)} sequences of {n} tokens: "
-                             f"not enough for one {seq_len}-token sample")
+            raise ValueError(
+                f"{shards.directory} has {len(shards)} sequences of {n} tokens: "
+                f"not enough for one {seq_len}-token sample"
+            )
 
     def __len__(self) -> int:
         return self._len
@@ -52,7 +56,7 @@ class SequenceView:
         if self.join > 1:
             return np.concatenate([fetch(i * self.join + j) for j in range(self.join)])
         row, part = divmod(i, self.split)
-        return np.asarray(fetch(row))[part * self.seq_len:(part + 1) * self.seq_len]
+        return np.asarray(fetch(row))[part * self.seq_len : (part + 1) * self.seq_len]
 
     def tokens(self, i: int) -> np.ndarray:
         return self._rows(i, self.shards.__getitem__)
@@ -113,8 +117,9 @@ class MixedStream:
         return view.tokens(i), view.loss_mask(i)
 
 
-def rank_batch(stream: MixedStream, step: int, *, batch_sequences: int, rank: int,
-               world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rank_batch(
+    stream: MixedStream, step: int, *, batch_sequences: int, rank: int, world_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's slice of step `step`'s global batch: (input ids, labels) as int64 [n, seq_len]."""
     per_rank = batch_sequences // world_size
     first = step * batch_sequences + rank * per_rank
@@ -147,8 +152,10 @@ def open_stream(data: str, rehearsal: list[dict], seq_len: int, seed: int) -> Mi
     sources = [Source(SequenceView(main, seq_len), 1.0 - sum(w for _, w in extra), str(data))]
     for shards, weight in extra:
         if shards.vocab_size > main.vocab_size:
-            raise ValueError(f"rehearsal set {shards.directory} has vocab {shards.vocab_size}, "
-                             f"larger than the main data's {main.vocab_size}")
+            raise ValueError(
+                f"rehearsal set {shards.directory} has vocab {shards.vocab_size}, "
+                f"larger than the main data's {main.vocab_size}"
+            )
         sources.append(Source(SequenceView(shards, seq_len), weight, str(shards.directory)))
     for s in sources:
         log.info("data %s: %d samples of %d tokens, weight %.3f", s.name, len(s.view), seq_len, s.weight)

@@ -54,7 +54,9 @@ def init(device: str = "auto") -> DistEnv:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None
+        )
     if dist.is_initialized():
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, local_world)
@@ -96,8 +98,9 @@ def shard_mesh_shape(env: DistEnv, shard_size: int = 0) -> tuple[int, int]:
     return env.world_size // shard, shard
 
 
-def shard_model(model: torch.nn.Module, env: DistEnv, *, param_dtype: torch.dtype | None = None,
-                shard_size: int = 0) -> torch.nn.Module:
+def shard_model(
+    model: torch.nn.Module, env: DistEnv, *, param_dtype: torch.dtype | None = None, shard_size: int = 0
+) -> torch.nn.Module:
     """FSDP2: each decoder layer is a unit (gathered just in time), then the root (embeddings, head).
 
     FSDP averages gradients over ranks (HSDP too: over the shard group, then the replicas); the
@@ -113,7 +116,11 @@ def shard_model(model: torch.nn.Module, env: DistEnv, *, param_dtype: torch.dtyp
         mesh = init_device_mesh(env.device.type, (replicas, shard), mesh_dim_names=("replicate", "shard"))
     else:
         mesh = init_device_mesh(env.device.type, (shard,))
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
+    mp = (
+        MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        if param_dtype
+        else MixedPrecisionPolicy()
+    )
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)

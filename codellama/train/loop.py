@@ -83,8 +83,11 @@ def load_base_model(config: TrainConfig, vocab_size: int, *, dtype: torch.dtype 
 
         set_rope(model, base=config.rope.base, max_context=config.rope.max_context, scaling=config.rope.scaling)
     if config.seq_len > model.config.max_position_embeddings:
-        log.warning("training on %d-token sequences, beyond the model's context of %d",
-                    config.seq_len, model.config.max_position_embeddings)
+        log.warning(
+            "training on %d-token sequences, beyond the model's context of %d",
+            config.seq_len,
+            model.config.max_position_embeddings,
+        )
     model.config.use_cache = False
     return model
 
@@ -118,8 +121,12 @@ def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, 
             layer.compile()
     if not env.distributed:
         return model.to(env.device)
-    dist_utils.shard_model(model, env, param_dtype=torch.bfloat16 if bf16 and env.device.type == "cuda" else None,
-                           shard_size=config.fsdp_shard_size)
+    dist_utils.shard_model(
+        model,
+        env,
+        param_dtype=torch.bfloat16 if bf16 and env.device.type == "cuda" else None,
+        shard_size=config.fsdp_shard_size,
+    )
     dist_utils.load_full_state_from_rank0(model, base.state_dict() if base is not None else {}, env)
     del base
     rebuild_rotary(model, env.device)
@@ -129,13 +136,16 @@ def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (norm gains stay undecayed, as in Llama)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.optim.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.optim.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     # The fused kernel (CPU and CUDA) does the update in one pass instead of ~10 per tensor; FSDP's
     # DTensor shards keep the default multi-tensor path.
     plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
-                             fused=plain or None)
+    return torch.optim.AdamW(
+        groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps, fused=plain or None
+    )
 
 
 def _tokenizer_for(config: TrainConfig):
@@ -163,8 +173,12 @@ def _prepare_chat_data(config: TrainConfig, out: Path, env: DistEnv) -> str:
 
         shutil.rmtree(target, ignore_errors=True)
         stats = pack_dialogs(read_chat_jsonl(config.data), tokenizer, target, config.seq_len)
-        log.info("packed %d dialogs into %d sequences (%d answer tokens)", stats.dialogs, stats.sequences,
-                 stats.answer_tokens)
+        log.info(
+            "packed %d dialogs into %d sequences (%d answer tokens)",
+            stats.dialogs,
+            stats.sequences,
+            stats.answer_tokens,
+        )
     dist_utils.barrier(env)
     return str(target)
 
@@ -175,8 +189,15 @@ def _check_data_expectations(config: TrainConfig, stream: MixedStream) -> None:
         meta = {**meta["config"], **meta}
     for key, expected in config.data_expect.items():
         if key in meta and meta[key] != expected:
-            log.warning("the %s recipe expects %s=%s but %s was prepared with %s=%s", config.branch, key, expected,
-                        config.data, key, meta[key])
+            log.warning(
+                "the %s recipe expects %s=%s but %s was prepared with %s=%s",
+                config.branch,
+                key,
+                expected,
+                config.data,
+                key,
+                meta[key],
+            )
     if config.branch == "instruct" and not stream.has_loss_mask:
         log.warning("instruct data without a loss mask: every token is trained on, not only answers")
 
@@ -189,7 +210,7 @@ def _check_inputs(config: TrainConfig) -> None:
         ShardIndex.load(data)  # a missing or unfinished shard directory is a one-line error
     for extra in config.rehearsal:
         ShardIndex.load(extra["path"])
-    config.base_kind  # a base that is neither a checkpoint nor a preset is a one-line error
+    _ = config.base_kind  # a base that is neither a checkpoint nor a preset is a one-line error
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -225,8 +246,12 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     model.train()
     optimizer = build_optimizer(model, config)
     total_steps = config.steps
-    scheduler = cosine_schedule(optimizer, warmup_steps=config.schedule.warmup_steps, total_steps=total_steps,
-                                min_ratio=config.schedule.min_lr_ratio)
+    scheduler = cosine_schedule(
+        optimizer,
+        warmup_steps=config.schedule.warmup_steps,
+        total_steps=total_steps,
+        min_ratio=config.schedule.min_lr_ratio,
+    )
 
     start = 0
     ckpt_root = out / CHECKPOINTS
@@ -241,9 +266,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     compute_dtype = torch.bfloat16 if bf16 else torch.float32
     params = [p for p in model.parameters() if p.requires_grad]
     hsdp = env.distributed and dist_utils.shard_mesh_shape(env, config.fsdp_shard_size)[0] > 1
-    log.info("training %s/%s: steps %d..%d, %d tokens/step, %d rank(s) x %d micro-batches of %d, %s",
-             config.branch, config.scale, start, total_steps, config.tokens_per_step, env.world_size, accum,
-             config.micro_batch_size, "bf16 autocast" if bf16 else "fp32")
+    log.info(
+        "training %s/%s: steps %d..%d, %d tokens/step, %d rank(s) x %d micro-batches of %d, %s",
+        config.branch,
+        config.scale,
+        start,
+        total_steps,
+        config.tokens_per_step,
+        env.world_size,
+        accum,
+        config.micro_batch_size,
+        "bf16 autocast" if bf16 else "fp32",
+    )
     bar = None
     if env.is_main and progress:
         from tqdm.auto import tqdm
@@ -257,8 +291,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            tokens, labels = rank_batch(stream, step, batch_sequences=config.batch_sequences, rank=env.rank,
-                                        world_size=env.world_size)
+            tokens, labels = rank_batch(
+                stream, step, batch_sequences=config.batch_sequences, rank=env.rank, world_size=env.world_size
+            )
             n_targets = max(1.0, dist_utils.all_sum(count_targets(labels), env))
             loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
             for micro in range(accum):
@@ -288,9 +323,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 raise FloatingPointError(f"loss is {step_loss} at step {step + 1}: lower optim.lr or check the data")
             done = step + 1
             if metrics is not None and (done % config.log_every == 0 or done == total_steps):
-                metrics.log({"step": done, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
-                             "tokens": done * config.tokens_per_step, "tokens_per_s": rate,
-                             "step_time_s": elapsed})
+                metrics.log(
+                    {
+                        "step": done,
+                        "loss": step_loss,
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "tokens": done * config.tokens_per_step,
+                        "tokens_per_s": rate,
+                        "step_time_s": elapsed,
+                    }
+                )
             if bar is not None:
                 bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
                 bar.update(1)
@@ -312,22 +355,52 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         plot = plot_loss(records, out / PLOT_FILE, title=f"{config.branch} ({config.scale})")
         first_loss = records[0]["loss"] if records else first_loss
         last_loss = records[-1]["loss"] if records else last_loss
-        atomic_write_json(out / "summary.json", {
-            "branch": config.branch, "scale": config.scale, "steps": total_steps, "resumed_from": start,
-            "first_loss": first_loss, "last_loss": last_loss, "tokens": total_steps * config.tokens_per_step,
-            "tokens_per_s": (total_steps - start) * config.tokens_per_step / train_time if train_time else None,
-            "world_size": env.world_size, "precision": "bf16" if bf16 else "fp32", "final": str(final_dir)})
+        atomic_write_json(
+            out / "summary.json",
+            {
+                "branch": config.branch,
+                "scale": config.scale,
+                "steps": total_steps,
+                "resumed_from": start,
+                "first_loss": first_loss,
+                "last_loss": last_loss,
+                "tokens": total_steps * config.tokens_per_step,
+                "tokens_per_s": (total_steps - start) * config.tokens_per_step / train_time if train_time else None,
+                "world_size": env.world_size,
+                "precision": "bf16" if bf16 else "fp32",
+                "final": str(final_dir),
+            },
+        )
     dist_utils.barrier(env)
-    return TrainResult(out, total_steps, start, first_loss, last_loss, total_steps * config.tokens_per_step,
-                       (total_steps - start) * config.tokens_per_step / train_time if train_time else 0.0,
-                       final_dir, plot)
+    return TrainResult(
+        out,
+        total_steps,
+        start,
+        first_loss,
+        last_loss,
+        total_steps * config.tokens_per_step,
+        (total_steps - start) * config.tokens_per_step / train_time if train_time else 0.0,
+        final_dir,
+        plot,
+    )
 
 
 def _save(out: Path, step: int, model, optimizer, scheduler, config: TrainConfig, env: DistEnv) -> None:
-    state.save(out / CHECKPOINTS, step, model=model, optimizer=optimizer, scheduler=scheduler, env=env,
-               keep=config.keep_checkpoints,
-               trainer={"samples_seen": step * config.batch_sequences, "tokens_seen": step * config.tokens_per_step,
-                        "branch": config.branch, "scale": config.scale})
+    state.save(
+        out / CHECKPOINTS,
+        step,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        env=env,
+        keep=config.keep_checkpoints,
+        trainer={
+            "samples_seen": step * config.batch_sequences,
+            "tokens_seen": step * config.tokens_per_step,
+            "branch": config.branch,
+            "scale": config.scale,
+        },
+    )
 
 
 def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, overwrite: bool) -> Path:
@@ -358,9 +431,18 @@ def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, over
     return target
 
 
-def train_branch(branch: str, *, data: str | None = None, out: str, base: str | None = None, scale: str = "tiny",
-                 overrides: list[str] | tuple[str, ...] = (), resume: bool = False, progress: bool = True,
-                 **fields) -> TrainResult:
+def train_branch(
+    branch: str,
+    *,
+    data: str | None = None,
+    out: str,
+    base: str | None = None,
+    scale: str = "tiny",
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: bool = False,
+    progress: bool = True,
+    **fields,
+) -> TrainResult:
     """What a pipeline calls: `train_branch("code", data="runs/shards", base="runs/tiny", out="runs/code")`.
 
     With resume=True the run's saved config is reused (given fields and overrides still apply).
@@ -384,7 +466,9 @@ def load_run_config(out: str | Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def resume_config(out: str | Path, fields: dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def resume_config(
+    out: str | Path, fields: dict | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
     """The run's saved config, with fields given again (None = keep) and `key=value` overrides on top."""
     from codellama.train.config import apply_overrides
 

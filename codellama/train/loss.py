@@ -35,7 +35,7 @@ def logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device: torch.devic
     if buf is None or buf.numel() < rows * vocab:
         _buffers.pop(key, None)  # drop the old one before allocating its successor
         buf = _buffers[key] = torch.empty(rows * vocab, dtype=dtype, device=device)
-    return buf[:rows * vocab].view(rows, vocab)
+    return buf[: rows * vocab].view(rows, vocab)
 
 
 def release_buffers() -> None:
@@ -62,7 +62,7 @@ def ce_chunk_(logits: torch.Tensor, targets: torch.Tensor, block: int) -> torch.
     valid = targets != IGNORE_INDEX
     tgt = targets.clamp(min=0)[:, None]
     picked = logits.gather(1, tgt)[:, 0].float()
-    lse = torch.cat([softmax_rows_(logits[b:b + block]) for b in range(0, logits.shape[0], block)])
+    lse = torch.cat([softmax_rows_(logits[b : b + block]) for b in range(0, logits.shape[0], block)])
     loss = ((lse - picked) * valid).sum()
     flat = logits.view(-1)  # minus the one-hot (bf16 scatter_add_ on CPU upcasts the whole chunk)
     at = torch.arange(logits.shape[0], device=logits.device) * logits.shape[1] + tgt[:, 0]
@@ -78,17 +78,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, compute_dtype, chunk, block):
         w = weight.to(compute_dtype)
-        w_t = w.T.contiguous()                     # oneDNN is faster on [dim, vocab] than on a transposed view
+        w_t = w.T.contiguous()  # oneDNN is faster on [dim, vocab] than on a transposed view
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty(hidden.shape, dtype=compute_dtype, device=hidden.device)
         grad_w_t = torch.zeros(w_t.shape, dtype=torch.float32, device=weight.device)
         buffer = logits_buffer(min(chunk, hidden.shape[0]), weight.shape[0], compute_dtype, hidden.device)
         for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start:start + chunk].to(compute_dtype)
-            logits = buffer[:h.shape[0]]
+            h = hidden[start : start + chunk].to(compute_dtype)
+            logits = buffer[: h.shape[0]]
             torch.matmul(h, w_t, out=logits)
-            loss += ce_chunk_(logits, targets[start:start + chunk], block)
-            torch.matmul(logits, w, out=grad_h[start:start + chunk])
+            loss += ce_chunk_(logits, targets[start : start + chunk], block)
+            torch.matmul(logits, w, out=grad_h[start : start + chunk])
             grad_w_t += h.T.contiguous() @ logits
         grad_w = torch.empty_like(weight, memory_format=torch.contiguous_format).copy_(grad_w_t.T)  # the param's layout
         ctx.save_for_backward(grad_h.to(hidden.dtype), grad_w)
@@ -100,9 +100,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_h * grad_loss, grad_w * grad_loss, None, None, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                         compute_dtype: torch.dtype | None = None, chunk: int = CHUNK_TOKENS,
-                         block: int | None = None) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    compute_dtype: torch.dtype | None = None,
+    chunk: int = CHUNK_TOKENS,
+    block: int | None = None,
+) -> torch.Tensor:
     """Sum over tokens of CE(hidden @ weight.T, target); targets equal to IGNORE_INDEX are skipped.
 
     hidden [tokens, dim], weight [vocab, dim], targets [tokens]; the matmuls run in `compute_dtype`
@@ -114,8 +120,15 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     return _LinearCrossEntropy.apply(hidden, weight, targets, compute_dtype or hidden.dtype, chunk, block)
 
 
-def causal_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, *, autocast, compute_dtype: torch.dtype,
-                   chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+def causal_lm_loss(
+    model,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    autocast,
+    compute_dtype: torch.dtype,
+    chunk: int = CHUNK_TOKENS,
+) -> torch.Tensor:
     """Summed next-token loss of a LlamaForCausalLM, labels as transformers takes them (unshifted, -100 = skip).
 
     The model runs its own forward (so FSDP hooks fire) but keeps no logits position; the final
@@ -130,5 +143,10 @@ def causal_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, *, auto
         hook.remove()
     hidden = caught[0]
     targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # position t predicts t+1
-    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, targets.reshape(-1),
-                                compute_dtype=compute_dtype, chunk=chunk)
+    return linear_cross_entropy(
+        hidden.reshape(-1, hidden.shape[-1]),
+        model.lm_head.weight,
+        targets.reshape(-1),
+        compute_dtype=compute_dtype,
+        chunk=chunk,
+    )

@@ -24,15 +24,15 @@ GIB = 2**30
 class MemoryEstimate:
     world_size: int
     parameters: int
-    params_gib: float           # fp32 master weights, sharded
-    grads_gib: float            # fp32 gradients, sharded
-    optimizer_gib: float        # AdamW exp_avg + exp_avg_sq, sharded
-    gathered_gib: float         # unsharded compute copies of in-flight layers (FSDP prefetch)
-    activations_gib: float      # without activation checkpointing
+    params_gib: float  # fp32 master weights, sharded
+    grads_gib: float  # fp32 gradients, sharded
+    optimizer_gib: float  # AdamW exp_avg + exp_avg_sq, sharded
+    gathered_gib: float  # unsharded compute copies of in-flight layers (FSDP prefetch)
+    activations_gib: float  # without activation checkpointing
     activations_ckpt_gib: float  # with activation checkpointing
     logits_gib: float
-    total_gib: float            # with the config's checkpointing choice
-    total_other_gib: float      # with the other choice
+    total_gib: float  # with the config's checkpointing choice
+    total_other_gib: float  # with the other choice
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,10 +50,10 @@ def activation_bytes_per_token_layer(preset: ModelPreset, compute_bytes: int) ->
     d, kv, f, h = preset.dim, preset.n_kv_heads * preset.head_dim, preset.ffn_dim, preset.n_heads
     b = compute_bytes
     autocast = b < 4
-    norms = 2 * (4 * d + 4 * d + 4)                      # input, normalised input, 1/rms; fp32
+    norms = 2 * (4 * d + 4 * d + 4)  # input, normalised input, 1/rms; fp32
     projection_inputs = ((3 + 2) if autocast else 2) * b * d
-    attention = b * (d + 2 * kv + d) + 4 * h             # q, k, v, output, log-sum-exp
-    mlp = 4 * b * f                                      # gate, up, silu(gate), silu(gate) * up
+    attention = b * (d + 2 * kv + d) + 4 * h  # q, k, v, output, log-sum-exp
+    mlp = 4 * b * f  # gate, up, silu(gate), silu(gate) * up
     return norms + projection_inputs + attention + mlp
 
 
@@ -68,8 +68,15 @@ def output_layer_bytes(preset: ModelPreset, tokens: int, compute_bytes: int, chu
     return min(chunk, tokens) * v * compute_bytes + 4 * v * d + tokens * d * compute_bytes
 
 
-def estimate(preset: ModelPreset, *, seq_len: int, micro_batch_size: int, world_size: int,
-             gradient_checkpointing: bool, bf16: bool = True) -> MemoryEstimate:
+def estimate(
+    preset: ModelPreset,
+    *,
+    seq_len: int,
+    micro_batch_size: int,
+    world_size: int,
+    gradient_checkpointing: bool,
+    bf16: bool = True,
+) -> MemoryEstimate:
     n = count_parameters(preset)
     w = max(1, world_size)
     compute_bytes = 2 if bf16 else 4
@@ -86,8 +93,15 @@ def estimate(preset: ModelPreset, *, seq_len: int, micro_batch_size: int, world_
     with_ckpt = states + gathered + act_ckpt + logits
     without = states + gathered + act_full + logits
     return MemoryEstimate(
-        world_size=w, parameters=n, params_gib=4 * n / w / GIB, grads_gib=4 * n / w / GIB,
-        optimizer_gib=8 * n / w / GIB, gathered_gib=gathered / GIB, activations_gib=act_full / GIB,
-        activations_ckpt_gib=act_ckpt / GIB, logits_gib=logits / GIB,
+        world_size=w,
+        parameters=n,
+        params_gib=4 * n / w / GIB,
+        grads_gib=4 * n / w / GIB,
+        optimizer_gib=8 * n / w / GIB,
+        gathered_gib=gathered / GIB,
+        activations_gib=act_full / GIB,
+        activations_ckpt_gib=act_ckpt / GIB,
+        logits_gib=logits / GIB,
         total_gib=(with_ckpt if gradient_checkpointing else without) / GIB,
-        total_other_gib=(without if gradient_checkpointing else with_ckpt) / GIB)
+        total_other_gib=(without if gradient_checkpointing else with_ckpt) / GIB,
+    )

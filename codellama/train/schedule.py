@@ -16,11 +16,11 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int,
-                    min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR (so its state checkpoints like any torch scheduler) following `lr_factor`."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _Factor(warmup_steps, total_steps, min_ratio))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _Factor(warmup_steps, total_steps, min_ratio))
 
 
 class _Factor:
@@ -30,5 +30,4 @@ class _Factor:
         self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
 
     def __call__(self, step: int) -> float:
-        return lr_factor(step, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-                         min_ratio=self.min_ratio)
+        return lr_factor(step, warmup_steps=self.warmup_steps, total_steps=self.total_steps, min_ratio=self.min_ratio)

@@ -70,8 +70,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(root: str | os.PathLike, step: int, *, model, optimizer, scheduler, trainer: dict, env: DistEnv,
-         keep: int) -> Path:
+def save(
+    root: str | os.PathLike, step: int, *, model, optimizer, scheduler, trainer: dict, env: DistEnv, keep: int
+) -> Path:
     """Write the checkpoint of `step` (collective: every rank calls it) and prune old ones."""
     root = Path(root)
     final = checkpoint_dir(root, step)
@@ -112,8 +113,11 @@ def load(path: str | os.PathLike, *, model, optimizer, scheduler, env: DistEnv) 
     if record.get("world_size") == env.world_size and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     else:
-        log.warning("checkpoint was written by %s ranks, now %d: RNG states not restored",
-                    record.get("world_size"), env.world_size)
+        log.warning(
+            "checkpoint was written by %s ranks, now %d: RNG states not restored",
+            record.get("world_size"),
+            env.world_size,
+        )
     log.info("resumed from %s (step %d)", path, record["step"])
     return record
 

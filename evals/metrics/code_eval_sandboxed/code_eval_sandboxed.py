@@ -27,9 +27,12 @@ Returns (pass_at_k, results): {"pass@k": float}, and per problem a list of (cand
 class CodeEvalSandboxed(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
-            description=_DESCRIPTION, citation="", inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("string")),
-                                        "references": datasets.Value("string")}),
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS,
+            features=datasets.Features(
+                {"predictions": datasets.Sequence(datasets.Value("string")), "references": datasets.Value("string")}
+            ),
         )
 
     def _compute(self, predictions, references, k=(1, 10, 100), timeout=3.0, workers=None, require_isolation=False):
@@ -47,8 +50,20 @@ class CodeEvalSandboxed(evaluate.Metric):
         results = [[] for _ in predictions]
         for (task, j), r in zip(owners, outcomes):
             verdict = "passed" if r.passed else ("timed out" if r.status == "timeout" else f"failed: {r.kind}")
-            results[task].append((j, {"task_id": task, "completion_id": j, "passed": r.passed, "result": verdict,
-                                      "status": r.status, "kind": r.kind, "isolation": r.isolation}))
+            results[task].append(
+                (
+                    j,
+                    {
+                        "task_id": task,
+                        "completion_id": j,
+                        "passed": r.passed,
+                        "result": verdict,
+                        "status": r.status,
+                        "kind": r.kind,
+                        "isolation": r.isolation,
+                    },
+                )
+            )
         counts = [(len(c), sum(x[1]["passed"] for x in res)) for c, res in zip(predictions, results)]
         n_min = min(n for n, _ in counts)
         ks = [k] if isinstance(k, int) else list(k)
