@@ -51,9 +51,9 @@ def main() -> int:
 
     import datasets
 
+    from codellama.data.fim import FimOptions
     from codellama.data.ingest import load_documents
     from codellama.data.prepare import PrepareConfig, documents_to_shards
-    from infilling.fim import FimOptions
 
     datasets.disable_progress_bars()
     docs = load_documents([])

@@ -40,7 +40,7 @@ def make_model(preset: str, out: Path, tokenizer_path: Path) -> Path:
 
 
 def prompts(n: int, max_chars: int) -> list[tuple[str, str]]:
-    from infilling.benchmark import data_path, load_problems
+    from evals.infilling import data_path, load_problems
 
     problems = load_problems(data_path("single-line"))[:: max(1, 1033 // n)][:n]
     return [(p.prompt[-max_chars:], p.suffix[: max_chars // 2]) for p in problems]

@@ -100,10 +100,10 @@ def build_tokenizer(texts: list[str], vocab_size: int, out: Path):
 
 def build_shards(docs_jsonl: Path, tokenizer, out: Path, seq_len: int, packing: str) -> dict:
     """`codellama data prepare --fim-rate 0` as a library call: plain text, for perplexity."""
+    from codellama.data.fim import FimOptions
     from codellama.data.ingest import SourceSpec
     from codellama.data.prepare import PrepareConfig, prepare
     from codellama.data.shards import INDEX, ShardIndex
-    from infilling.fim import FimOptions
 
     if not (out / INDEX).is_file():
         config = PrepareConfig(

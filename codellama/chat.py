@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from codellama.data.shards import ShardWriter
 from codellama.tokenizer import CodeLlamaTokenizer
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,6 @@ def pack_dialogs(
     A dialog longer than `seq_len` is cut (dropped if no answer token is left); the unused
     tail of a sequence is EOS padding with mask 0. The directory is complete when index.json exists.
     """
-    from codellama.data.shards import ShardWriter
 
     writer = ShardWriter(out_dir, seq_len, tokenizer.vocab_size, with_loss_mask=True)
     pad = tokenizer.eos_id

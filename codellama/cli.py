@@ -1,27 +1,35 @@
 """The `codellama` command: a thin argparse layer over library functions.
 
-Subcommands come from the `codellama.commands` entry points declared in pyproject.toml,
-so `evals/`, `infilling/` and `long_context/` plug their commands in without the core
-importing them. Each entry point is a `register(cli: CommandTree)` function; it only
-declares arguments (no heavy imports), so `--help` stays fast.
+`COMMANDS` below is the one table of every subcommand, in `codellama --help` order. Each entry
+names a `register(cli: CommandTree)` function that only declares arguments (no heavy imports, so
+`--help` stays fast); the handlers it sets import the library code they call. This file is the
+composition root: the table names modules of every layer by string, so the core still imports
+nothing above it (see ARCHITECTURE.md). A registration that fails is an error, never a silently
+missing command.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from importlib.metadata import entry_points
 
 log = logging.getLogger("codellama")
 
-ENTRY_POINT_GROUP = "codellama.commands"
-# Registration order = order in `codellama --help`.
-BUILTIN_COMMANDS = (
-    "codellama.commands.tokenizer:register",
-    "codellama.commands.model:register",
-    "codellama.commands.convert:register",
+# Every subcommand, in help order: (module:function) of its registration.
+COMMANDS = (
+    "codellama.commands.tokenizer:register",  # codellama tokenizer train | extend
+    "codellama.commands.model:register",  # codellama model init | info | presets
+    "codellama.commands.convert:register",  # codellama convert meta-to-hf
+    "codellama.commands.data:register",  # codellama data prepare | inspect
+    "codellama.commands.train:register",  # codellama train BRANCH
+    "long_context.cli:register",  # codellama rope set | plot
+    "infilling.cli:register",  # codellama serve, codellama infill
+    "evals.cli:register",  # codellama eval humaneval | score | infilling | key-retrieval | long-ppl
+    "family.instruct_data_cli:register",  # codellama instruct-data generate
+    "family.cli:register",  # codellama pipeline
 )
 
 
@@ -95,8 +103,7 @@ def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
 
 def _load(spec: str):
     module, _, attr = spec.partition(":")
-    mod = __import__(module, fromlist=[attr])
-    return getattr(mod, attr)
+    return getattr(importlib.import_module(module), attr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,21 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     tree = CommandTree(parser)
-    seen = set()
-    for spec in BUILTIN_COMMANDS:
+    for spec in COMMANDS:
         _load(spec)(tree)
-        seen.add(spec)
-    plugins = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
-    for ep in plugins:
-        if ep.value in seen:
-            continue
-        seen.add(ep.value)
-        try:
-            register = ep.load()
-        except Exception as exc:  # a broken plugin must not take the other commands down
-            log.warning("skipping the %r commands: %s: %s", ep.name, type(exc).__name__, exc)
-            continue
-        register(tree)
     return parser
 
 

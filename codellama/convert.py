@@ -25,6 +25,7 @@ from tqdm import tqdm
 from codellama.io import atomic_directory, atomic_write_json, read_json_file
 from codellama.model import hf_config, match_known_preset
 from codellama.presets import ModelPreset
+from codellama.tokenizer import CodeLlamaTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,6 @@ def convert_meta_to_hf(
 
     tokenizer = None
     if tokenizer_path is not None:
-        from codellama.tokenizer import CodeLlamaTokenizer
-
         tokenizer = CodeLlamaTokenizer.load(tokenizer_path)
         if tokenizer.vocab_size + 16 == preset.vocab_size:
             tokenizer = CodeLlamaTokenizer.extend_llama(Path(tokenizer_path))

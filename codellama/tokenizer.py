@@ -18,6 +18,7 @@ from pathlib import Path
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from codellama.hf_tokenizer import write_hf_tokenizer_files
 from codellama.io import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,6 @@ class CodeLlamaTokenizer:
         """Write tokenizer.model plus the Hugging Face files `AutoTokenizer` loads."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        from codellama.hf_tokenizer import write_hf_tokenizer_files
 
         (out_dir / TOKENIZER_FILE).write_bytes(self.proto_bytes)
         write_hf_tokenizer_files(self, out_dir)

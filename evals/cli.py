@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+
+from codellama.config import DTYPES, torch_dtype
+
+log = logging.getLogger(__name__)
 
 HUMANEVAL_EXAMPLES = """examples:
   # greedy pass@1 of a local checkpoint (Code Llama's protocol for pass@1)
@@ -69,6 +74,16 @@ def _sandbox_config(args: argparse.Namespace):
     )
 
 
+INFILLING_EXAMPLES = """examples:
+  codellama eval infilling --benchmark single-line --model runs/7b --out runs/eval-sl
+  codellama eval infilling --benchmark random-span-light --endpoint http://127.0.0.1:8012/v1 --mode spm --out runs/eval-rs
+  codellama eval infilling --benchmark multi-line --canonical --limit 200 --out runs/check-ml   # data + sandbox check
+
+The run directory is resumable: rerun the same command after an interruption and finished
+samples are skipped. It holds samples.jsonl, results.jsonl, report.json and report.png.
+"""
+
+
 def register(cli) -> None:
     cli.group("eval", help="score models")
 
@@ -111,6 +126,101 @@ def register(cli) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing _results/_report files")
     _sandbox_args(p)
     p.set_defaults(func=cmd_score)
+
+    p = cli.command(
+        "infilling",
+        parent="eval",
+        help="HumanEval infilling pass@k (PSM and SPM), run in the sandbox",
+        epilog=INFILLING_EXAMPLES,
+    )
+    p.add_argument(
+        "--benchmark", default="single-line", choices=("single-line", "multi-line", "random-span", "random-span-light")
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help="checkpoint directory")
+    src.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8012/v1)")
+    src.add_argument("--canonical", action="store_true", help="score the reference solutions (should be 100%%)")
+    p.add_argument("--endpoint-model", help="model name at the endpoint (default: its first)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (resumed if it holds the same run)")
+    p.add_argument("--mode", choices=("psm", "spm", "both"), default="both", help="infilling prompt order")
+    p.add_argument("--samples", type=int, default=1, help="samples per problem and mode (pass@k needs k of them)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--syntax-truncate", action="store_true", help="tree-sitter truncation of each middle")
+    p.add_argument("--limit", type=int, help="first N problems only")
+    p.add_argument("--k", default="1,10,100", help="comma-separated k values for pass@k")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds per program in the sandbox")
+    p.add_argument("--workers", type=int, help="parallel sandboxes (default: all cores)")
+    p.add_argument("--data", type=Path, help="a HumanEval-infilling .jsonl(.gz) instead of the packaged file")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (local model)")
+    _add_device_args(p)
+    p.set_defaults(func=cmd_eval_infilling)
+
+    p = cli.command(
+        "key-retrieval",
+        parent="eval",
+        help="Code Llama's key retrieval: find a function's return value in a long Python file",
+        epilog="examples:\n"
+        "  codellama eval key-retrieval --model runs/tiny-1m --lengths 1k,2k,4k --out runs/kr\n"
+        "  codellama eval key-retrieval --model codellama-7b --lengths 8k,16k,24k,32k \\\n"
+        "      --positions 0,0.25,0.5,0.75,1 --seeds 3 --device cuda --dtype bfloat16 --out runs/kr7b\n"
+        "  codellama eval key-retrieval --endpoint http://localhost:8000/v1 --tokenizer runs/tok \\\n"
+        "      --lengths 16k --out runs/kr-remote\n"
+        "writes OUT/key_retrieval.json (every item) and OUT/key_retrieval.png (accuracy heatmap)",
+    )
+    _model_source_args(p)
+    p.add_argument("--tokenizer", type=Path, help="tokenizer (dir or .model) to measure lengths; default: the model's")
+    p.add_argument(
+        "--lengths",
+        type=_lengths,
+        default=_lengths("8k,16k,24k,32k"),
+        help="prompt lengths in tokens, comma-separated; k = 1024 (default 8k,16k,24k,32k)",
+    )
+    p.add_argument(
+        "--positions",
+        type=_positions,
+        default=_positions("0,0.25,0.5,0.75,1"),
+        help="relative key positions in [0, 1] (default 0,0.25,0.5,0.75,1)",
+    )
+    p.add_argument("--seeds", type=_positive_int, default=1, help="prompts per (length, position) cell (default 1)")
+    p.add_argument("--digits", type=_positive_int, default=5, help="digits of the key value (default 5)")
+    p.add_argument("--source", type=Path, action="append", help="filler source files/dirs (default: the stdlib)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
+    p.set_defaults(func=cmd_key_retrieval)
+
+    p = cli.command(
+        "long-ppl",
+        parent="eval",
+        help="perplexity versus context length, comparing models",
+        epilog="examples:\n"
+        "  codellama eval long-ppl --model base=runs/tiny --model 1m=runs/tiny-1m \\\n"
+        "      --lengths 256,512,1k,2k,4k --samples 4 --out runs/ppl\n"
+        "  # the same tokens, but no token sees more than 512 tokens of context\n"
+        "  codellama eval long-ppl --model runs/tiny --lengths 1k,2k,4k --window 512 --out runs/ppl-win\n"
+        "writes OUT/long_ppl.json and OUT/long_ppl.png (one curve per model)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[LABEL=]DIR",
+        help="checkpoint to score; repeat to compare (all must share one tokenizer)",
+    )
+    p.add_argument(
+        "--lengths",
+        type=_lengths,
+        default=_lengths("512,1k,2k,4k,8k,16k"),
+        help="context lengths, comma-separated; k = 1024 (default 512,1k,2k,4k,8k,16k)",
+    )
+    p.add_argument("--samples", type=_positive_int, default=4, help="token windows per length (default 4)")
+    p.add_argument("--window", type=_positive_int, help="sliding window: at most this much context per token")
+    p.add_argument("--stride", type=_positive_int, help="sliding window stride (default window/2)")
+    p.add_argument("--source", type=Path, action="append", help="source files/dirs to score (default: the stdlib)")
+    _add_device_args(p)
+    p.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
+    p.set_defaults(func=cmd_long_ppl)
 
 
 def _print_report(report: dict, where: Path) -> None:
@@ -175,3 +285,219 @@ def cmd_score(args: argparse.Namespace) -> int:
     _print_report(report, Path(f"{args.samples_file}_report.json"))
     print(f"results: {results}")
     return 0
+
+
+# -- infilling -----------------------------------------------------------------------------
+def cmd_eval_infilling(args: argparse.Namespace) -> int:
+    from evals.infilling import CANONICAL, BenchmarkConfig, run_benchmark
+
+    try:
+        ks = tuple(sorted({int(k) for k in args.k.split(",") if k.strip()}))
+    except ValueError:
+        raise ValueError(f"--k must be comma-separated integers, not {args.k!r}") from None
+    if not ks or min(ks) < 1:
+        raise ValueError("--k values must be >= 1")
+    _positive(args.limit, "--limit")
+    _positive(args.batch_size, "--batch-size")
+    if args.endpoint and args.mode == "both":
+        raise ValueError(
+            "an endpoint picks the prompt order itself (the completions API has no PSM/SPM switch): "
+            "pass --mode psm or --mode spm to match how it was started (`codellama serve --spm`)"
+        )
+    modes = (CANONICAL,) if args.canonical else (("psm", "spm") if args.mode == "both" else (args.mode,))
+    model = "canonical" if args.canonical else str(args.model.resolve() if args.model else args.endpoint)
+    config = BenchmarkConfig(
+        benchmark=args.benchmark,
+        modes=modes,
+        samples=args.samples,
+        max_new_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        syntax_truncate=args.syntax_truncate,
+        limit=args.limit,
+        ks=ks,
+        model=model,
+        timeout=args.timeout,
+    )
+    if args.data is not None and not args.data.is_file():
+        raise FileNotFoundError(f"benchmark file not found: {args.data}")
+    generator = None
+    if not args.canonical:
+        from codellama.generation import load_generator
+
+        if args.model is not None and not args.model.is_dir():
+            raise FileNotFoundError(f"model directory not found: {args.model}")
+        generator = load_generator(
+            args.model,
+            args.endpoint,
+            endpoint_model=args.endpoint_model,
+            device=args.device,
+            dtype=torch_dtype(args.dtype, args.device),
+            batch_size=args.batch_size,
+            overflow="skip",
+        )
+    report = run_benchmark(config, args.out, generator, data=args.data, workers=args.workers)
+    print(f"HumanEval {report['benchmark']} infilling, {report['problems']} problems, model {report['model']}")
+    for mode, summary in report["modes"].items():
+        scores = "  ".join(f"{k} {100 * v:.1f}%" for k, v in summary["pass@k"].items())
+        print(f"  {mode.upper():<9} {scores}   ({summary['samples']} samples; {summary['failure_kinds']})")
+        for warning in summary.get("warnings", []):
+            print(f"  WARNING: {warning}")
+    run = report["this_run"]
+    if run["executed"]:
+        print(
+            f"executed {run['executed']} programs in {run['execution_seconds']} s "
+            f"({run['executed_per_second']} per second)"
+        )
+    print(f"report: {args.out / 'report.json'} and {args.out / 'report.png'}")
+    return 0
+
+
+# -- long context ---------------------------------------------------------------------------
+def cmd_key_retrieval(args: argparse.Namespace) -> int:
+    from codellama.io import atomic_directory, atomic_write_json, ensure_new_output_dir
+    from codellama.tokenizer import CodeLlamaTokenizer
+    from long_context.key_retrieval import FillerPool, build_prompts, plot_key_retrieval, run_key_retrieval
+
+    if (args.model is None) == (args.endpoint is None):
+        raise ValueError("give exactly one of --model DIR or --endpoint URL")
+    ensure_new_output_dir(args.out)
+    tok_path = args.tokenizer or args.model
+    if tok_path is None:
+        raise ValueError("--endpoint needs --tokenizer (the served model's tokenizer, to measure prompt lengths)")
+    tokenizer = CodeLlamaTokenizer.load(tok_path)
+    texts = None
+    if args.source:
+        from codellama.data.stdlib import iter_source_texts
+
+        texts = list(iter_source_texts(args.source))
+    pool = FillerPool(tokenizer, texts)
+    prompts = build_prompts(tokenizer, args.lengths, args.positions, range(args.seeds), pool=pool, digits=args.digits)
+    generator = _generator(args, longest=max(p.prompt_tokens for p in prompts) + args.digits + 6)
+    report = run_key_retrieval(generator, prompts, digits=args.digits)
+    report["model"] = str(args.model or args.endpoint)
+    with atomic_directory(args.out) as tmp:
+        atomic_write_json(tmp / "key_retrieval.json", report)
+        plot_key_retrieval(report, tmp / "key_retrieval.png", title=Path(report["model"]).name)
+    print(f"{'length':>8} " + " ".join(f"{p:>6g}" for p in args.positions))
+    for n, row in sorted(report["accuracy"].items(), key=lambda kv: int(kv[0])):
+        print(f"{int(n):>8} " + " ".join(f"{row[f'{p:g}']:>6.2f}" for p in args.positions))
+    print(f"exact match {report['overall']:.1%} of {report['n']}; wrote {args.out}")
+    return 0
+
+
+def _generator(args: argparse.Namespace, longest: int):
+
+    from codellama.generation import HFGenerator, load_generator
+
+    if args.endpoint:
+        return load_generator(endpoint=args.endpoint, endpoint_model=args.endpoint_model)
+    from codellama.checkpoint import load_model, load_tokenizer
+
+    model = load_model(args.model, dtype=torch_dtype(args.dtype, args.device), device=args.device)
+    trained = model.config.max_position_embeddings
+    if longest > trained:
+        log.warning(
+            "prompts reach %d tokens, beyond the model's max_position_embeddings %d: this measures extrapolation",
+            longest,
+            trained,
+        )
+    # The benchmark is about going past the trained context, so the generator must not refuse it.
+    return HFGenerator(model, load_tokenizer(args.model), batch_size=1, max_context=longest)
+
+
+def cmd_long_ppl(args: argparse.Namespace) -> int:
+
+    from codellama.io import atomic_directory, atomic_write_json, ensure_new_output_dir
+    from long_context.perplexity import evaluate_models, plot_long_ppl
+
+    ensure_new_output_dir(args.out)
+    models: dict[str, str] = {}
+    for spec in args.model:
+        label, sep, path = spec.partition("=")
+        if not sep:
+            label, path = Path(spec).name or spec, spec
+        if label in models:
+            raise ValueError(f"model label {label!r} given twice; name them LABEL=DIR")
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"no checkpoint directory at {path}")
+        models[label] = path
+    if args.stride and not args.window:
+        raise ValueError("--stride needs --window")
+    texts = None
+    if args.source:
+        from codellama.data.stdlib import iter_source_texts
+
+        texts = iter_source_texts(args.source)
+    report = evaluate_models(
+        models,
+        lengths=args.lengths,
+        samples=args.samples,
+        window=args.window,
+        stride=args.stride,
+        texts=texts,
+        device=args.device,
+        dtype=torch_dtype(args.dtype, args.device),
+    )
+    with atomic_directory(args.out) as tmp:
+        atomic_write_json(tmp / "long_ppl.json", report)
+        plot_long_ppl(report, tmp / "long_ppl.png")
+    print(f"{'length':>8} " + " ".join(f"{label:>14}" for label in report["models"]))
+    for i, n in enumerate(report["lengths"]):
+        print(f"{n:>8} " + " ".join(f"{entry['points'][i]['ppl']:>14.3f}" for entry in report["models"].values()))
+    print(f"wrote {args.out}")
+    return 0
+
+
+# -- shared argument helpers ------------------------------------------------------------------
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
+
+
+def _positive(value: int | None, name: str) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be >= 1")
+
+
+def _model_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="local checkpoint directory")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of --model")
+    p.add_argument("--endpoint-model", help="model name at the endpoint (default: its first)")
+    _add_device_args(p)
+
+
+# -- argument types ----------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    value = _tokens(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _tokens(text: str) -> int:
+    text = text.strip().lower().replace("_", "")
+    try:
+        if text.endswith("k"):
+            return int(float(text[:-1]) * 1024)
+        return int(float(text)) if "e" in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a token count like 4096 or 4k, got {text!r}") from None
+
+
+def _lengths(text: str) -> list[int]:
+    values = [_positive_int(t) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one length")
+    return sorted(set(values))
+
+
+def _positions(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0,0.5,1, got {text!r}") from None
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"positions must be within [0, 1], got {text!r}")
+    return sorted(set(values))

@@ -22,6 +22,14 @@ def register(cli) -> None:
         "pipeline", help="foundation -> Python / long-context / instruct -> scored, with a report", epilog=EXAMPLES
     )
     p.add_argument("--config", default="default", help="YAML config (default: the built-in tiny-scale config)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one setting (dotted key, YAML value), e.g. data.fim_rate=0.5 (repeatable)",
+    )
     p.add_argument("--run", type=Path, default=Path("runs/family"), help="run directory (resumable)")
     p.add_argument("--stages", help="comma-separated subset of stages to (re)run")
     p.add_argument("--dry-run", action="store_true", help="print the plan and budgets; run nothing")
@@ -38,7 +46,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from family.runner import RunContext, RunState, run_stages
     from family.stages import build_stages
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     stages = build_stages(cfg)
     only = {s.strip() for s in args.stages.split(",") if s.strip()} if args.stages else None
     ctx = RunContext(args.run, cfg)
@@ -75,7 +83,7 @@ def _check_same_config(run: Path, cfg) -> None:
 
 def _print_plan(stages, ctx, only, state) -> int:
     total_tokens = total_flops = 0
-    print(f"run directory: {ctx.run_dir}   scale: {ctx.config.scale}   base: {ctx.config.base['model']}")
+    print(f"run directory: {ctx.run_dir}   scale: {ctx.config.scale}   base: {ctx.config.base.model}")
     for stage in stages:
         if only and stage.name not in only:
             continue

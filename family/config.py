@@ -1,8 +1,12 @@
-"""The family run's configuration: one YAML file, typed here, with the defaults in configs/default.yaml."""
+"""The family run's configuration: typed dataclasses, with the defaults in configs/default.yaml.
+
+A user's YAML file and `--set key=value` overrides go on top of the defaults through the toolkit's
+one configuration mechanism (`codellama.config`): unknown keys and wrongly typed values are one-line
+errors naming the key.
+"""
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -10,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-BRANCHES = ("code", "python", "long-context", "instruct")
+from codellama.config import BRANCHES, SCALES, apply_overrides, build, deep_merge, load_yaml, to_raw
+from codellama.data.fim import SPAN_MODES
 
 
 def default_config_path() -> Path:
@@ -18,58 +23,117 @@ def default_config_path() -> Path:
 
 
 @dataclass
+class TokenizerSettings:
+    base: str | None = None  # a Llama 2 tokenizer.model to extend; None = train one on the corpus
+    vocab_size: int = 4016  # when training: total pieces, incl. Code Llama's 16
+
+
+@dataclass
+class BaseSettings:
+    model: str = "tiny"  # a preset, a Hugging Face checkpoint directory, or a Meta directory
+
+
+@dataclass
+class DataSettings:
+    sources: list[str] = field(default_factory=list)  # empty = the Python standard library
+    fim_rate: float = 0.9
+    spm_rate: float = 0.5
+    span_mode: str = "char"
+    max_documents: int | None = None
+
+
+@dataclass
+class InstructDataSettings:
+    from_: str = "code"  # YAML `from`: the model that writes questions, tests and solutions
+    questions: int = 16
+    solutions_per_question: int = 4
+    max_new_tokens: int = 256
+    stdlib_pairs: int = 1500
+
+
+@dataclass
+class SampledSettings:
+    samples: int = 20
+    temperature: float = 0.8
+    top_p: float = 0.95
+
+
+@dataclass
+class HumanEvalSettings:
+    models: list[str] = field(default_factory=list)
+    limit: int | None = None
+    max_new_tokens: int = 128
+    sampled: SampledSettings | None = None  # sampled runs for pass@10/100 besides greedy
+
+
+@dataclass
+class InfillingSettings:
+    models: list[str] = field(default_factory=list)
+    benchmarks: list[str] = field(default_factory=list)
+    limit: int | None = 150
+    max_new_tokens: int = 64
+
+
+@dataclass
+class LongContextSettings:
+    models: list[str] = field(default_factory=list)
+    ppl_lengths: list[int] = field(default_factory=list)
+    ppl_samples: int = 4
+    key_retrieval_lengths: list[int] = field(default_factory=list)
+    key_retrieval_positions: list[float] = field(default_factory=list)
+
+
+@dataclass
+class EvalSettings:
+    humaneval: HumanEvalSettings = field(default_factory=HumanEvalSettings)
+    infilling: InfillingSettings = field(default_factory=InfillingSettings)
+    long_context: LongContextSettings = field(default_factory=LongContextSettings)
+
+
+@dataclass
 class PipelineConfig:
     seed: int = 0
     scale: str = "tiny"
-    tokenizer: dict = field(default_factory=dict)
-    base: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-    branches: dict = field(default_factory=dict)
-    instruct_data: dict = field(default_factory=dict)
-    eval: dict = field(default_factory=dict)
-    source: str = "default"  # where the config came from (for the report)
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    base: BaseSettings = field(default_factory=BaseSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    branches: dict[str, list[str]] = field(default_factory=dict)  # extra `key=value` overrides per branch recipe
+    instruct_data: InstructDataSettings = field(default_factory=InstructDataSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    source: str = "default"  # where the config came from (for the report; not a setting)
 
     def to_dict(self) -> dict:
-        return {
-            k: copy.deepcopy(getattr(self, k))
-            for k in ("seed", "scale", "tokenizer", "base", "data", "branches", "instruct_data", "eval")
-        }
+        raw = to_raw(self)
+        raw.pop("source")
+        return raw
+
+    def validate(self) -> PipelineConfig:
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        unknown = set(self.branches) - set(BRANCHES)
+        if unknown:
+            raise ValueError(
+                f"unknown branch(es) in config: {', '.join(sorted(unknown))}; branches are {', '.join(BRANCHES)}"
+            )
+        for section in ("humaneval", "infilling", "long_context"):
+            bad = set(getattr(self.eval, section).models) - set(BRANCHES)
+            if bad:
+                raise ValueError(f"eval.{section}.models names unknown model(s) {', '.join(sorted(bad))}")
+        if self.data.span_mode not in SPAN_MODES:
+            raise ValueError(f"data.span_mode must be one of {', '.join(SPAN_MODES)}, got {self.data.span_mode!r}")
+        if self.instruct_data.from_ not in BRANCHES:
+            raise ValueError(
+                f"instruct_data.from must be a branch ({', '.join(BRANCHES)}), got {self.instruct_data.from_!r}"
+            )
+        return self
 
 
-def _merge(base: dict, top: dict, where: str) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (top or {}).items():
-        if key not in base:
-            raise ValueError(f"unknown config key {where}{key!r}; known: {', '.join(base)}")
-        if isinstance(base[key], dict) and isinstance(value, dict) and base[key]:
-            out[key] = _merge(base[key], value, f"{where}{key}.")
-        else:
-            out[key] = value
-    return out
-
-
-def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
-    """The default config, with a user file's keys on top (unknown keys are an error, not ignored)."""
-    defaults = yaml.safe_load(default_config_path().read_text())
-    user: dict = {}
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """The default config, a user file's keys on top, then `key=value` overrides."""
+    raw = yaml.safe_load(default_config_path().read_text())
     if path is not None and str(path) != "default":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(user, dict):
-            raise ValueError(f"{path} must hold a mapping of settings")
-    merged = _merge(defaults, user, "")
-    unknown = set(merged["branches"]) - set(BRANCHES)
-    if unknown:
-        raise ValueError(
-            f"unknown branch(es) in config: {', '.join(sorted(unknown))}; branches are {', '.join(BRANCHES)}"
-        )
-    for section in ("humaneval", "infilling", "long_context"):
-        bad = set(merged["eval"][section]["models"]) - set(BRANCHES)
-        if bad:
-            raise ValueError(f"eval.{section}.models names unknown model(s) {', '.join(sorted(bad))}")
-    return PipelineConfig(**merged, source=str(path or "default"))
+        raw = deep_merge(raw, load_yaml(path))
+    apply_overrides(raw, overrides)
+    config = build(PipelineConfig, raw).validate()
+    config.source = str(path or "default") + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return config

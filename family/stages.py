@@ -11,8 +11,30 @@ import logging
 import shutil
 from pathlib import Path
 
+from codellama.chat import read_chat_jsonl
+from codellama.checkpoint import load_config, load_model, load_tokenizer, save_checkpoint
+from codellama.convert import convert_meta_to_hf
+from codellama.data.fim import FimOptions
+from codellama.data.ingest import SourceSpec, load_documents
+from codellama.data.prepare import PrepareConfig, prepare
+from codellama.data.shards import INDEX, ShardIndex
+from codellama.generation import HFGenerator
+from codellama.instruct.pipeline import InstructDataConfig, run_pipeline
+from codellama.io import atomic_write_json, atomic_write_text, read_jsonl
+from codellama.model import build_model, count_parameters, preset_from_config, resize_vocab_mean_init
+from codellama.presets import PRESETS
+from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, save_tokenizer_dir
+from codellama.train.config import resolve_config
+from codellama.train.loop import CONFIG_FILE, train_branch
+from evals.infilling import BenchmarkConfig, run_benchmark
+from evals.run import RunConfig, run_humaneval
+from evals.sandbox import LazySandboxPool
 from family.config import PipelineConfig
-from family.runner import RunContext, Stage
+from family.instruct_seed import docstring_pairs
+from family.report import write_report
+from family.runner import RunContext, RunState, Stage
+from long_context.key_retrieval import build_prompts, plot_key_retrieval, run_key_retrieval
+from long_context.perplexity import evaluate_models, plot_long_ppl
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +55,8 @@ def _cfg(ctx: RunContext) -> PipelineConfig:
 # -- tokenizer ---------------------------------------------------------------------------------
 def _texts(cfg: PipelineConfig) -> list[str]:
     """The documents the data stage reads too (every language, .gitignore honoured), before filtering."""
-    from codellama.data.ingest import SourceSpec, load_documents
 
-    return list(load_documents(SourceSpec(location=str(s)) for s in cfg.data.get("sources") or [])["text"])
+    return list(load_documents(SourceSpec(location=str(s)) for s in cfg.data.sources)["text"])
 
 
 def _edge_means(losses: list[float]) -> tuple[float, float]:
@@ -45,14 +66,13 @@ def _edge_means(losses: list[float]) -> tuple[float, float]:
 
 
 def run_tokenizer(ctx: RunContext) -> dict:
-    from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, save_tokenizer_dir
 
     cfg, out = _cfg(ctx), ctx.run_dir / "tokenizer"
     if not (out / "tokenizer.model").is_file():
-        if cfg.tokenizer.get("base"):
-            tok = CodeLlamaTokenizer.extend_llama(cfg.tokenizer["base"])
+        if cfg.tokenizer.base:
+            tok = CodeLlamaTokenizer.extend_llama(cfg.tokenizer.base)
         else:
-            tok = CodeLlamaTokenizer.train(_texts(cfg), TrainOptions(vocab_size=int(cfg.tokenizer["vocab_size"])))
+            tok = CodeLlamaTokenizer.train(_texts(cfg), TrainOptions(vocab_size=cfg.tokenizer.vocab_size))
         shutil.rmtree(out, ignore_errors=True)
         save_tokenizer_dir(tok, out)
     tok = CodeLlamaTokenizer.load(out)
@@ -66,30 +86,24 @@ def run_tokenizer(ctx: RunContext) -> dict:
 def plan_tokenizer(ctx: RunContext) -> dict:
     cfg = _cfg(ctx)
     what = (
-        f"extend {cfg.tokenizer['base']}"
-        if cfg.tokenizer.get("base")
-        else f"train a {cfg.tokenizer['vocab_size']}-piece BPE on {'the stdlib' if not cfg.data.get('sources') else 'the sources'}"
+        f"extend {cfg.tokenizer.base}"
+        if cfg.tokenizer.base
+        else f"train a {cfg.tokenizer.vocab_size}-piece BPE on {'the stdlib' if not cfg.data.sources else 'the sources'}"
     )
     return {"what": what}
 
 
 # -- base model --------------------------------------------------------------------------------
 def run_base(ctx: RunContext) -> dict:
-    from codellama.checkpoint import load_model, save_checkpoint
-    from codellama.model import build_model, resize_vocab_mean_init
-    from codellama.presets import PRESETS
-    from codellama.tokenizer import CodeLlamaTokenizer
 
     cfg, out = _cfg(ctx), ctx.run_dir / "base"
     tokenizer = CodeLlamaTokenizer.load(ctx.outputs["tokenizer"]["path"])
-    spec = str(cfg.base["model"])
+    spec = cfg.base.model
     if not (out / "config.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
         if spec in PRESETS:
             model = build_model(PRESETS[spec].replace(vocab_size=tokenizer.vocab_size), seed=cfg.seed)
         elif (Path(spec) / "params.json").is_file():
-            from codellama.convert import convert_meta_to_hf
-
             converted = ctx.run_dir / "base-converted"
             if not (converted / "config.json").is_file():
                 shutil.rmtree(converted, ignore_errors=True)
@@ -110,35 +124,27 @@ def run_base(ctx: RunContext) -> dict:
 
 
 def _parameters(model_dir: Path) -> int:
-    from codellama.checkpoint import load_config
-    from codellama.model import count_parameters, preset_from_config
 
     return count_parameters(preset_from_config(load_config(model_dir)))
 
 
 def plan_base(ctx: RunContext) -> dict:
-    return {"what": f"base model from {_cfg(ctx).base['model']}"}
+    return {"what": f"base model from {_cfg(ctx).base.model}"}
 
 
 # -- data --------------------------------------------------------------------------------------
 def _recipe(cfg: PipelineConfig, branch: str):
-    from codellama.train.config import resolve_config
 
-    return resolve_config(branch, cfg.scale, list(cfg.branches.get(branch) or []))
+    return resolve_config(branch, cfg.scale, list(cfg.branches.get(branch, [])))
 
 
 def _data_configs(cfg: PipelineConfig) -> dict:
     """code: FIM data; python: Python files without FIM; long: whole-file packing at the LCFT length."""
-    from codellama.data.ingest import SourceSpec
-    from codellama.data.prepare import PrepareConfig
-    from infilling.fim import FimOptions
 
-    sources = tuple(SourceSpec(location=str(s)) for s in cfg.data.get("sources") or [])
+    sources = tuple(SourceSpec(location=str(s)) for s in cfg.data.sources)
     python_sources = tuple(SourceSpec(location=s.location, languages=("python",)) for s in sources)
-    fim = FimOptions(
-        fim_rate=float(cfg.data["fim_rate"]), spm_rate=float(cfg.data["spm_rate"]), span_mode=cfg.data["span_mode"]
-    )
-    common = dict(seed=cfg.seed, max_documents=cfg.data.get("max_documents"))
+    fim = FimOptions(fim_rate=cfg.data.fim_rate, spm_rate=cfg.data.spm_rate, span_mode=cfg.data.span_mode)
+    common = dict(seed=cfg.seed, max_documents=cfg.data.max_documents)
     return {
         "code": PrepareConfig(sources=sources, seq_len=_recipe(cfg, "code").seq_len, fim=fim, **common),
         "python": PrepareConfig(
@@ -151,9 +157,6 @@ def _data_configs(cfg: PipelineConfig) -> dict:
 
 
 def run_data(ctx: RunContext) -> dict:
-    from codellama.data.prepare import prepare
-    from codellama.data.shards import INDEX, ShardIndex
-    from codellama.tokenizer import CodeLlamaTokenizer
 
     tokenizer = CodeLlamaTokenizer.load(ctx.outputs["tokenizer"]["path"])
     outputs = {}
@@ -189,13 +192,12 @@ def make_train_stage(branch: str) -> Stage:
         return _model_path(ctx, BRANCH_FROM[branch]) if branch in BRANCH_FROM else ctx.outputs["base"]["path"]
 
     def run(ctx: RunContext) -> dict:
-        from codellama.train.loop import CONFIG_FILE, train_branch
 
         cfg, out = _cfg(ctx), ctx.run_dir / stage_name
         data = (
             ctx.outputs["instruct-data"]["dataset"] if branch == "instruct" else ctx.outputs["data"][data_key]["path"]
         )
-        overrides = list(cfg.branches.get(branch) or [])
+        overrides = list(cfg.branches.get(branch, []))
         extra = {}
         if branch == "instruct":
             extra["rehearsal"] = [{"path": ctx.outputs["data"]["code"]["path"], "weight": 0.06}]
@@ -211,7 +213,6 @@ def make_train_stage(branch: str) -> Stage:
             seed=cfg.seed,
             **extra,
         )
-        from codellama.io import read_jsonl
 
         curve = [[r["step"], r["loss"]] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
         first, final = _edge_means([loss for _, loss in curve]) if curve else (result.first_loss, result.last_loss)
@@ -227,13 +228,11 @@ def make_train_stage(branch: str) -> Stage:
         }
 
     def plan(ctx: RunContext) -> dict:
-        from codellama.model import count_parameters
-        from codellama.presets import PRESETS
 
         cfg = _cfg(ctx)
         recipe = _recipe(cfg, branch)
-        preset = PRESETS.get(str(cfg.base["model"]))
-        n = count_parameters(preset.replace(vocab_size=int(cfg.tokenizer["vocab_size"]))) if preset else None
+        preset = PRESETS.get(cfg.base.model)
+        n = count_parameters(preset.replace(vocab_size=cfg.tokenizer.vocab_size)) if preset else None
         tokens = recipe.steps * recipe.tokens_per_step
         return {
             "steps": recipe.steps,
@@ -258,28 +257,21 @@ def run_instruct_data(ctx: RunContext) -> dict:
     import json
     from dataclasses import replace
 
-    from codellama.chat import read_chat_jsonl
-    from codellama.generation import HFGenerator
-    from codellama.instruct.pipeline import InstructDataConfig, run_pipeline
-    from codellama.io import atomic_write_text
-    from evals.sandbox import LazySandboxPool
-    from family.instruct_seed import docstring_pairs
-
     cfg = _cfg(ctx)
     settings = cfg.instruct_data
     out = ctx.run_dir / "instruct-data"
-    model_dir = _model_path(ctx, settings["from"])
+    model_dir = _model_path(ctx, settings.from_)
     dataset = out / "dataset.jsonl"
     if not dataset.is_file():
         sandbox = LazySandboxPool()
         try:
             base = InstructDataConfig()
-            tokens = int(settings["max_new_tokens"])
+            tokens = settings.max_new_tokens
             self_instruct = run_pipeline(
                 out / "self-instruct",
                 InstructDataConfig(
-                    questions=int(settings["questions"]),
-                    solutions_per_question=int(settings["solutions_per_question"]),
+                    questions=settings.questions,
+                    solutions_per_question=settings.solutions_per_question,
                     seed=cfg.seed,
                     question_sampling=replace(base.question_sampling, max_new_tokens=tokens),
                     tests_sampling=replace(base.tests_sampling, max_new_tokens=tokens),
@@ -292,7 +284,7 @@ def run_instruct_data(ctx: RunContext) -> dict:
         finally:
             sandbox.close()
         passed = list(read_chat_jsonl(self_instruct)) if Path(self_instruct).is_file() else []
-        mined = docstring_pairs(_texts(cfg), limit=int(settings["stdlib_pairs"]), seed=cfg.seed)
+        mined = docstring_pairs(_texts(cfg), limit=settings.stdlib_pairs, seed=cfg.seed)
         rows = [json.dumps({"messages": m}) for m in passed] + [json.dumps(r) for r in mined]
         if not rows:
             raise ValueError("no instruction data: self-instruct kept nothing and no docstring pairs were found")
@@ -308,8 +300,8 @@ def run_instruct_data(ctx: RunContext) -> dict:
 def plan_instruct_data(ctx: RunContext) -> dict:
     s = _cfg(ctx).instruct_data
     return {
-        "what": f"self-instruct {s['questions']} questions x {s['solutions_per_question']} solutions with the "
-        f"{s['from']} model, checked in the sandbox, + up to {s['stdlib_pairs']} docstring pairs"
+        "what": f"self-instruct {s.questions} questions x {s.solutions_per_question} solutions with the "
+        f"{s.from_} model, checked in the sandbox, + up to {s.stdlib_pairs} docstring pairs"
     }
 
 
@@ -325,45 +317,42 @@ def make_eval_stage(branch: str) -> Stage:
 
         def generator():
             if "g" not in generator_cache:
-                from codellama.generation import HFGenerator
-
                 generator_cache["g"] = HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip")
             return generator_cache["g"]
 
-        he = cfg.eval["humaneval"]
-        if branch in he["models"]:
+        he = cfg.eval.humaneval
+        if branch in he.models:
             results["humaneval"] = _humaneval(out / "humaneval", model_dir, he, generator, cfg.seed)
-        inf = cfg.eval["infilling"]
-        if branch in inf["models"]:
+        inf = cfg.eval.infilling
+        if branch in inf.models:
             results["infilling"] = _infilling(out / "infilling", model_dir, inf, generator, cfg.seed)
-        lc = cfg.eval["long_context"]
-        if branch in lc["models"]:
+        lc = cfg.eval.long_context
+        if branch in lc.models:
             results.update(_long_context(out, model_dir, lc, cfg.seed))
         return results
 
     def plan(ctx: RunContext) -> dict:
         cfg = _cfg(ctx)
         parts = []
-        he = cfg.eval["humaneval"]
-        if branch in he["models"]:
-            n = he.get("limit") or 164
+        he = cfg.eval.humaneval
+        if branch in he.models:
+            n = he.limit or 164
             parts.append(
-                f"HumanEval {n} problems greedy x {he['max_new_tokens']} tokens"
-                + (f" + {he['sampled']['samples']} samples each" if he.get("sampled") else "")
+                f"HumanEval {n} problems greedy x {he.max_new_tokens} tokens"
+                + (f" + {he.sampled.samples} samples each" if he.sampled else "")
             )
-        inf = cfg.eval["infilling"]
-        if branch in inf["models"]:
-            parts.append(f"infilling {', '.join(inf['benchmarks'])} (<= {inf.get('limit') or 'all'} problems, PSM+SPM)")
-        lc = cfg.eval["long_context"]
-        if branch in lc["models"]:
-            parts.append(f"long-ppl at {lc['ppl_lengths']}, key retrieval at {lc['key_retrieval_lengths']}")
+        inf = cfg.eval.infilling
+        if branch in inf.models:
+            parts.append(f"infilling {', '.join(inf.benchmarks)} (<= {inf.limit or 'all'} problems, PSM+SPM)")
+        lc = cfg.eval.long_context
+        if branch in lc.models:
+            parts.append(f"long-ppl at {lc.ppl_lengths}, key retrieval at {lc.key_retrieval_lengths}")
         return {"what": "; ".join(parts) or "nothing configured"}
 
     return Stage(name, run, plan, description=f"score the {branch} model", depends=(TRAIN_STAGES[branch],))
 
 
 def _humaneval(out: Path, model_dir: str, he: dict, generator, seed: int) -> dict:
-    from evals.run import RunConfig, run_humaneval
 
     runs = [
         (
@@ -372,26 +361,26 @@ def _humaneval(out: Path, model_dir: str, he: dict, generator, seed: int) -> dic
                 source=model_dir,
                 samples=1,
                 temperature=0.0,
-                max_new_tokens=int(he["max_new_tokens"]),
-                limit=he.get("limit"),
+                max_new_tokens=he.max_new_tokens,
+                limit=he.limit,
                 seed=seed,
                 ks=(1,),
             ),
         )
     ]
-    if he.get("sampled"):
-        s = he["sampled"]
-        n = int(s["samples"])
+    if he.sampled:
+        s = he.sampled
+        n = s.samples
         runs.append(
             (
                 "sampled",
                 RunConfig(
                     source=model_dir,
                     samples=n,
-                    temperature=float(s.get("temperature", 0.8)),
-                    top_p=float(s.get("top_p", 0.95)),
-                    max_new_tokens=int(he["max_new_tokens"]),
-                    limit=he.get("limit"),
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    max_new_tokens=he.max_new_tokens,
+                    limit=he.limit,
                     seed=seed,
                     ks=tuple(k for k in (1, 10, 100) if k <= n),
                 ),
@@ -413,14 +402,13 @@ def _humaneval(out: Path, model_dir: str, he: dict, generator, seed: int) -> dic
 
 
 def _infilling(out: Path, model_dir: str, inf: dict, generator, seed: int) -> dict:
-    from infilling.benchmark import BenchmarkConfig, run_benchmark
 
     results = {}
-    for bench in inf["benchmarks"]:
+    for bench in inf.benchmarks:
         config = BenchmarkConfig(
             benchmark=bench,
-            limit=inf.get("limit"),
-            max_new_tokens=int(inf["max_new_tokens"]),
+            limit=inf.limit,
+            max_new_tokens=inf.max_new_tokens,
             seed=seed,
             ks=(1,),
             model=model_dir,
@@ -432,20 +420,15 @@ def _infilling(out: Path, model_dir: str, inf: dict, generator, seed: int) -> di
 
 
 def _long_context(out: Path, model_dir: str, lc: dict, seed: int) -> dict:
-    from codellama.checkpoint import load_model, load_tokenizer
-    from codellama.generation import HFGenerator
-    from codellama.io import atomic_write_json
-    from long_context.key_retrieval import build_prompts, plot_key_retrieval, run_key_retrieval
-    from long_context.perplexity import evaluate_models, plot_long_ppl
 
     out.mkdir(parents=True, exist_ok=True)
-    ppl = evaluate_models({"model": model_dir}, lengths=list(lc["ppl_lengths"]), samples=int(lc["ppl_samples"]))
+    ppl = evaluate_models({"model": model_dir}, lengths=lc.ppl_lengths, samples=lc.ppl_samples)
     atomic_write_json(out / "long_ppl.json", ppl)
     plot_long_ppl(ppl, out / "long_ppl.png")
     points = ppl["models"]["model"]["points"]
 
     tokenizer = load_tokenizer(model_dir)
-    prompts = build_prompts(tokenizer, list(lc["key_retrieval_lengths"]), list(lc["key_retrieval_positions"]), [seed])
+    prompts = build_prompts(tokenizer, lc.key_retrieval_lengths, lc.key_retrieval_positions, [seed])
     longest = max(p.prompt_tokens for p in prompts) + 16
     generator = HFGenerator(load_model(model_dir), tokenizer, batch_size=4, max_context=longest)
     kr = run_key_retrieval(generator, prompts)
@@ -460,8 +443,6 @@ def _long_context(out: Path, model_dir: str, lc: dict, seed: int) -> dict:
 
 # -- report ------------------------------------------------------------------------------------
 def run_report(ctx: RunContext) -> dict:
-    from family.report import write_report
-    from family.runner import RunState
 
     cfg = _cfg(ctx)
     models = {}
@@ -471,7 +452,7 @@ def run_report(ctx: RunContext) -> dict:
         t = ctx.outputs[stage]
         models[branch] = {
             "branch": branch,
-            "base": BRANCH_FROM.get(branch, str(cfg.base["model"])),
+            "base": BRANCH_FROM.get(branch, cfg.base.model),
             "path": t["path"],
             "parameters": t["parameters"],
             "train": {
@@ -486,7 +467,7 @@ def run_report(ctx: RunContext) -> dict:
         "config": cfg.to_dict(),
         "models": models,
         "stages": {s: {"seconds": r["seconds"]} for s, r in state.items()},
-        "summary": f"Scale `{cfg.scale}`, base `{cfg.base['model']}`, tokenizer "
+        "summary": f"Scale `{cfg.scale}`, base `{cfg.base.model}`, tokenizer "
         f"{ctx.outputs['tokenizer']['vocab_size']} pieces; config: {cfg.source}.",
     }
     paths = write_report(results, ctx.run_dir / "report")

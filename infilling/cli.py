@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from codellama.config import DTYPES, torch_dtype
 
 SERVE_EXAMPLES = """examples:
   codellama serve --model runs/tiny
@@ -21,15 +21,6 @@ INFILL_EXAMPLES = """examples:
   codellama infill --model runs/tiny --file app.py --line 12 --col 5
   codellama infill --server http://127.0.0.1:8012 --file app.py --line 12 --col 5 --show-file
   codellama infill --model runs/7b --file app.py --line 3 --col 1 --spm --syntax-truncate
-"""
-
-EVAL_EXAMPLES = """examples:
-  codellama eval infilling --benchmark single-line --model runs/7b --out runs/eval-sl
-  codellama eval infilling --benchmark random-span-light --endpoint http://127.0.0.1:8012/v1 --mode spm --out runs/eval-rs
-  codellama eval infilling --benchmark multi-line --canonical --limit 200 --out runs/check-ml   # data + sandbox check
-
-The run directory is resumable: rerun the same command after an interruption and finished
-samples are skipped. It holds samples.jsonl, results.jsonl, report.json and report.png.
 """
 
 
@@ -81,48 +72,10 @@ def register(cli) -> None:
     _add_device_args(p)
     p.set_defaults(func=cmd_infill)
 
-    cli.group("eval", help="score models")
-    p = cli.command(
-        "infilling",
-        parent="eval",
-        help="HumanEval infilling pass@k (PSM and SPM), run in the sandbox",
-        epilog=EVAL_EXAMPLES,
-    )
-    p.add_argument(
-        "--benchmark", default="single-line", choices=("single-line", "multi-line", "random-span", "random-span-light")
-    )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="checkpoint directory")
-    src.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8012/v1)")
-    src.add_argument("--canonical", action="store_true", help="score the reference solutions (should be 100%%)")
-    p.add_argument("--endpoint-model", help="model name at the endpoint (default: its first)")
-    p.add_argument("--out", type=Path, required=True, help="run directory (resumed if it holds the same run)")
-    p.add_argument("--mode", choices=("psm", "spm", "both"), default="both", help="infilling prompt order")
-    p.add_argument("--samples", type=int, default=1, help="samples per problem and mode (pass@k needs k of them)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--syntax-truncate", action="store_true", help="tree-sitter truncation of each middle")
-    p.add_argument("--limit", type=int, help="first N problems only")
-    p.add_argument("--k", default="1,10,100", help="comma-separated k values for pass@k")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds per program in the sandbox")
-    p.add_argument("--workers", type=int, help="parallel sandboxes (default: all cores)")
-    p.add_argument("--data", type=Path, help="a HumanEval-infilling .jsonl(.gz) instead of the packaged file")
-    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (local model)")
-    _add_device_args(p)
-    p.set_defaults(func=cmd_eval_infilling)
-
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
-
-
-def _dtype(name: str):
-    import torch
-
-    return None if name == "auto" else getattr(torch, name)
 
 
 def _positive(value: int | None, name: str) -> None:
@@ -146,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         suffix_first=args.spm,
         continuous=not args.static_batching,
     )
-    app = build_app(args.model, config, device=args.device, dtype=_dtype(args.dtype))
+    app = build_app(args.model, config, device=args.device, dtype=torch_dtype(args.dtype, args.device))
     print(
         f"serving {config.model_name} on http://{args.host}:{args.port} (/infill, /v1/completions); Ctrl-C stops",
         file=sys.stderr,
@@ -178,7 +131,9 @@ def _infill_local(args: argparse.Namespace, task, stream: bool) -> str:
     from codellama.generation import HFGenerator, SamplingParams
     from infilling.inference import infill
 
-    gen = HFGenerator.from_pretrained(args.model, device=args.device, dtype=_dtype(args.dtype), batch_size=1)
+    gen = HFGenerator.from_pretrained(
+        args.model, device=args.device, dtype=torch_dtype(args.dtype, args.device), batch_size=1
+    )
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
     on_text = (lambda i, d: (sys.stdout.write(d), sys.stdout.flush())) if stream else None
     [result] = infill(gen, [task], params, suffix_first=args.spm, syntax_truncate=args.syntax_truncate, on_text=on_text)
@@ -210,69 +165,3 @@ def _infill_remote(args: argparse.Namespace, task, stream: bool) -> str:
 
         middle = truncate_middle(task.prefix, middle, task.suffix).middle
     return middle
-
-
-def cmd_eval_infilling(args: argparse.Namespace) -> int:
-    from infilling.benchmark import CANONICAL, BenchmarkConfig, run_benchmark
-
-    try:
-        ks = tuple(sorted({int(k) for k in args.k.split(",") if k.strip()}))
-    except ValueError:
-        raise ValueError(f"--k must be comma-separated integers, not {args.k!r}") from None
-    if not ks or min(ks) < 1:
-        raise ValueError("--k values must be >= 1")
-    _positive(args.limit, "--limit")
-    _positive(args.batch_size, "--batch-size")
-    if args.endpoint and args.mode == "both":
-        raise ValueError(
-            "an endpoint picks the prompt order itself (the completions API has no PSM/SPM switch): "
-            "pass --mode psm or --mode spm to match how it was started (`codellama serve --spm`)"
-        )
-    modes = (CANONICAL,) if args.canonical else (("psm", "spm") if args.mode == "both" else (args.mode,))
-    model = "canonical" if args.canonical else str(args.model.resolve() if args.model else args.endpoint)
-    config = BenchmarkConfig(
-        benchmark=args.benchmark,
-        modes=modes,
-        samples=args.samples,
-        max_new_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        syntax_truncate=args.syntax_truncate,
-        limit=args.limit,
-        ks=ks,
-        model=model,
-        timeout=args.timeout,
-    )
-    if args.data is not None and not args.data.is_file():
-        raise FileNotFoundError(f"benchmark file not found: {args.data}")
-    generator = None
-    if not args.canonical:
-        from codellama.generation import load_generator
-
-        if args.model is not None and not args.model.is_dir():
-            raise FileNotFoundError(f"model directory not found: {args.model}")
-        generator = load_generator(
-            args.model,
-            args.endpoint,
-            endpoint_model=args.endpoint_model,
-            device=args.device,
-            dtype=_dtype(args.dtype),
-            batch_size=args.batch_size,
-            overflow="skip",
-        )
-    report = run_benchmark(config, args.out, generator, data=args.data, workers=args.workers)
-    print(f"HumanEval {report['benchmark']} infilling, {report['problems']} problems, model {report['model']}")
-    for mode, summary in report["modes"].items():
-        scores = "  ".join(f"{k} {100 * v:.1f}%" for k, v in summary["pass@k"].items())
-        print(f"  {mode.upper():<9} {scores}   ({summary['samples']} samples; {summary['failure_kinds']})")
-        for warning in summary.get("warnings", []):
-            print(f"  WARNING: {warning}")
-    run = report["this_run"]
-    if run["executed"]:
-        print(
-            f"executed {run['executed']} programs in {run['execution_seconds']} s "
-            f"({run['executed_per_second']} per second)"
-        )
-    print(f"report: {args.out / 'report.json'} and {args.out / 'report.png'}")
-    return 0

@@ -9,26 +9,21 @@ it can is left alone.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import tree_sitter
 
+from codellama.grammars import new_parser
+
 LANGUAGES = ("python",)
-
-
-@functools.cache
-def _language(name: str) -> tree_sitter.Language:
-    if name == "python":
-        import tree_sitter_python
-
-        return tree_sitter.Language(tree_sitter_python.language())
-    raise ValueError(f"no tree-sitter grammar for {name!r} (have: {', '.join(LANGUAGES)})")
 
 
 def _parser(language: str) -> tree_sitter.Parser:
     # Parsers are cheap but not thread-safe: one per call keeps the server's threads apart.
-    return tree_sitter.Parser(_language(language))
+    parser = new_parser(language) if language in LANGUAGES else None
+    if parser is None:
+        raise ValueError(f"no tree-sitter grammar for {language!r} (have: {', '.join(LANGUAGES)})")
+    return parser
 
 
 def error_count(code: str, language: str = "python") -> int:

@@ -16,6 +16,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from codellama.data.stdlib import iter_source_texts
+from codellama.generation import GenerationRequest, SamplingParams
+
 log = logging.getLogger(__name__)
 
 KEY_NAME = "my_function"
@@ -81,8 +84,6 @@ class FillerPool:
 
     def __init__(self, tokenizer, texts: Sequence[str] | None = None):
         if texts is None:
-            from codellama.data.stdlib import iter_source_texts
-
             texts = list(iter_source_texts())
         if not texts:
             raise ValueError("no filler source texts")
@@ -198,8 +199,6 @@ def run_key_retrieval(
 ) -> dict:
     """Greedy-complete every prompt through the shared generation path and score it; the JSON report."""
     from tqdm.auto import tqdm
-
-    from codellama.generation import GenerationRequest, SamplingParams
 
     params = SamplingParams(max_new_tokens=digits + 6, temperature=0.0, stop=("\n",))
     records = []

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from codellama.checkpoint import load_model, load_tokenizer
+from codellama.data.stdlib import iter_source_texts
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
@@ -33,8 +36,6 @@ class PPLPoint:
 def corpus_tokens(tokenizer, n_tokens: int, texts: Iterable[str] | None = None) -> torch.Tensor:
     """The first `n_tokens` of the concatenated files (each as BOS text EOS); default: the stdlib."""
     if texts is None:
-        from codellama.data.stdlib import iter_source_texts
-
         texts = iter_source_texts()
     out: list[int] = []
     for text in texts:
@@ -149,7 +150,6 @@ def evaluate_models(
 
     Tokens come from the first model's tokenizer; all models must share it.
     """
-    from codellama.checkpoint import load_model, load_tokenizer
 
     labels = list(models)
     tokenizer = load_tokenizer(models[labels[0]])

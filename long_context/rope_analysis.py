@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from codellama.io import atomic_write_bytes
+from codellama.rope import set_rope
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,6 @@ def inv_freq(head_dim: int, variant: RopeVariant) -> tuple[torch.Tensor, float]:
     """Inverse frequencies and attention scaling, computed by transformers' own rotary module."""
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-    from long_context.rope import set_rope
 
     if head_dim < 2 or head_dim % 2:
         raise ValueError(f"head_dim must be even and >= 2, got {head_dim}")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from infilling.fim import (
+from codellama.data.fim import (
     FimOptions,
     FimSample,
     document_rng,
@@ -17,7 +17,7 @@ from infilling.fim import (
     fim_transform,
     parse_fim_tokens,
 )
-from infilling.spans import char_span, syntax_nodes, syntax_span
+from codellama.data.spans import char_span, syntax_nodes, syntax_span
 
 # SentencePiece reads U+2581 ("▁") in input as its own space marker, so it decodes as " " in
 # plain text too; that is a property of the tokenizer, not of FIM, and is left out here.

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from codellama.cli import main
+from codellama.data.fim import parse_fim_tokens
 from codellama.data.shards import TokenShards
 from codellama.data.stdlib import stdlib_python_files
-from infilling.fim import parse_fim_tokens
 
 
 def _cli(*args: str) -> list[str]:

@@ -8,7 +8,7 @@ from _infill_helpers import taught_model_dir
 
 from codellama.cli import main
 from codellama.io import read_jsonl
-from infilling.benchmark import BENCHMARKS, BenchmarkConfig, build_program, data_path, load_problems, run_benchmark
+from evals.infilling import BENCHMARKS, BenchmarkConfig, build_program, data_path, load_problems, run_benchmark
 
 STRIDE = {"single-line": 100, "multi-line": 500, "random-span": 150, "random-span-light": 16}
 

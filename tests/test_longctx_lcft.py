@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _whole_file_shards(tokenizer, texts: list[str], out: Path, seq_len: int) -> Path:
+    from codellama.data.fim import FimOptions
     from codellama.data.ingest import SourceSpec
     from codellama.data.prepare import PrepareConfig, prepare
-    from infilling.fim import FimOptions
 
     docs = out.parent / f"{out.name}.jsonl"
     docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))

@@ -10,8 +10,8 @@ import torch
 
 from codellama.checkpoint import load_model
 from codellama.cli import main
+from codellama.rope import rope_set
 from long_context.perplexity import corpus_tokens, long_ppl, sample_windows, token_nll
-from long_context.rope import rope_set
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from codellama.checkpoint import load_model
 from codellama.cli import main
-from long_context.rope import parse_scaling, rope_set, set_rope, trained_context
+from codellama.rope import parse_scaling, rope_set, set_rope, trained_context
 
 TINY_CONTEXT = 512  # the tiny preset's max_position_embeddings
 LONG = 700  # past the trained context, where dynamic NTK starts to act

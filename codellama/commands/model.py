@@ -6,9 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from codellama.config import DTYPES, torch_dtype
 from codellama.io import ensure_new_output_dir
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def register(cli) -> None:
@@ -51,7 +50,6 @@ def register(cli) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    import torch
 
     from codellama.checkpoint import save_checkpoint
     from codellama.model import build_model
@@ -66,7 +64,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         model_file = tok_path / "tokenizer.model" if tok_path.is_dir() else tok_path
         tokenizer = CodeLlamaTokenizer.extend_llama(model_file)
     preset = preset.replace(vocab_size=tokenizer.vocab_size)
-    model = build_model(preset, dtype=getattr(torch, args.dtype), seed=args.seed)
+    model = build_model(preset, dtype=torch_dtype(args.dtype), seed=args.seed)
     save_checkpoint(model, args.out, tokenizer)
     _print_info(describe_checkpoint(args.out), as_json=False)
     return 0

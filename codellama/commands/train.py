@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-BRANCHES = ("code", "python", "long-context", "instruct")  # = codellama.train.config.BRANCHES (kept light)
-SCALES = ("tiny", "7b", "13b", "34b", "70b")
+from codellama.config import BRANCHES, SCALES
 
 EXAMPLES = """examples:
   # the tiny foundation branch on shards from `codellama data prepare` (CPU, a few minutes)

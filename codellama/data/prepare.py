@@ -23,6 +23,7 @@ import numpy as np
 
 from codellama.data.dedup import DedupConfig, exact_dedup, near_dedup
 from codellama.data.filters import FilterConfig, apply_filters
+from codellama.data.fim import MODES, FimOptions
 from codellama.data.ingest import SourceSpec, load_documents
 from codellama.data.mix import MixSpec, apply_mixture
 from codellama.data.pack import PACKING_MODES, PackingMode, pack_layout, sequence_block
@@ -38,7 +39,6 @@ from codellama.io import (
     read_jsonl,
 )
 from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
-from infilling.fim import MODES, FimOptions
 
 log = logging.getLogger(__name__)
 

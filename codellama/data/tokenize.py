@@ -13,9 +13,9 @@ from dataclasses import asdict
 import datasets
 import numpy as np
 
+from codellama.data.fim import MODES, FimOptions, document_rng, fim_tokens_batch, fim_transform
 from codellama.data.workers import procs
 from codellama.tokenizer import CodeLlamaTokenizer
-from infilling.fim import MODES, FimOptions, document_rng, fim_tokens_batch, fim_transform
 
 SPAN_KINDS = ("none", "char", "syntax")
 TOKEN_FEATURES = datasets.Features(

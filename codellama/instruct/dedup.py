@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from codellama.data import dedup
+from codellama.data.ingest import content_hash
+
 
 @dataclass(frozen=True)
 class DedupConfig:
@@ -25,9 +28,6 @@ def normalise(text: str) -> str:
 def find_duplicates(texts: list[str], cfg: DedupConfig = DedupConfig()) -> dict[int, str]:
     """Index of each duplicate -> "exact" | "near"; the first of each group is kept."""
     import datasets
-
-    from codellama.data import dedup
-    from codellama.data.ingest import content_hash
 
     if not texts:
         return {}

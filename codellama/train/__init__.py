@@ -9,7 +9,8 @@ distributed (process group, FSDP2), state (resumable checkpoints), memory (per-G
 metrics (JSONL, TensorBoard, PNG), loop (the loop itself).
 """
 
-from codellama.train.config import BRANCHES, SCALES, TrainConfig, resolve_config
+from codellama.config import BRANCHES, SCALES
+from codellama.train.config import TrainConfig, resolve_config
 from codellama.train.loop import TrainResult, resume_config, train, train_branch
 
 __all__ = [

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-BRANCHES = ("code", "python", "long-context", "instruct")
-SCALES = ("tiny", "7b", "13b", "34b", "70b")
+from codellama.config import BRANCHES, apply_overrides, build, deep_merge
+from codellama.presets import PRESETS
+
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -84,7 +83,6 @@ class TrainConfig:
     @property
     def base_kind(self) -> str:
         """ "checkpoint" (a directory) or "preset" (fresh weights); anything else is a one-line error."""
-        from codellama.presets import PRESETS
 
         if Path(self.base).is_dir():
             return "checkpoint"
@@ -159,7 +157,7 @@ def load_recipe(branch: str, scale: str) -> dict:
     scales = raw.get("scales", {})
     if scale not in scales:
         raise ValueError(f"branch {branch!r} has no scale {scale!r}; choose one of: {', '.join(scales)}")
-    merged = _deep_merge(raw.get("defaults", {}), scales[scale] or {})
+    merged = deep_merge(raw.get("defaults", {}), scales[scale] or {})
     merged.update(branch=branch, scale=scale, description=raw.get("description", ""))
     return merged
 
@@ -173,95 +171,5 @@ def resolve_config(
     return from_dict(apply_overrides(raw, overrides))
 
 
-def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Apply `key=value` strings (dotted keys, YAML values) to a raw config dict."""
-    for item in overrides:
-        key, value = parse_override(item)
-        _set_dotted(raw, key, value)
-    return raw
-
-
 def from_dict(raw: dict) -> TrainConfig:
-    return _build(TrainConfig, raw, "").validate()
-
-
-def parse_override(item: str) -> tuple[str, object]:
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"bad --set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
-
-
-def _set_dotted(raw: dict, key: str, value) -> None:
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"bad --set key {key!r}: {part} is not a section")
-    node[parts[-1]] = value
-
-
-def _deep_merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _build(cls, raw: dict, prefix: str):
-    if not isinstance(raw, dict):
-        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known: {', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in raw.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = value if isinstance(value, hint) else _build(hint, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def _coerce(value, hint, key: str):
-    """YAML gives '500e9' as a string and ints for floats: convert to the field's declared type."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if hint is int:
-            number = float(value)
-            if number != int(number):
-                raise ValueError
-            return int(number)
-        if hint is float:
-            return float(value)
-        if hint is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return str(value)
-        if origin is tuple:
-            return tuple(float(v) if a is float else v for v, a in zip(value, args, strict=True))
-        if origin is list:
-            if not isinstance(value, list):
-                raise ValueError
-            return value
-        if origin is dict or hint is dict:
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
-    except (TypeError, ValueError):
-        raise ValueError(f"config key {key}: {value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
-    return value
+    return build(TrainConfig, raw).validate()

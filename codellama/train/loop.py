@@ -19,10 +19,17 @@ from pathlib import Path
 import torch
 import yaml
 
+from codellama.chat import pack_dialogs, read_chat_jsonl
+from codellama.checkpoint import load_model, load_tokenizer, save_checkpoint
+from codellama.data.shards import INDEX, ShardIndex
 from codellama.io import atomic_write_json, atomic_write_text, ensure_new_output_dir, read_jsonl
+from codellama.model import build_model, empty_model, rebuild_rotary, resize_vocab_mean_init, set_gradient_checkpointing
+from codellama.presets import PRESETS
+from codellama.rope import set_rope
+from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
 from codellama.train import distributed as dist_utils
 from codellama.train import state
-from codellama.train.config import TrainConfig, from_dict
+from codellama.train.config import TrainConfig, apply_overrides, from_dict, resolve_config
 from codellama.train.data import MixedStream, count_targets, open_stream, rank_batch
 from codellama.train.distributed import DistEnv
 from codellama.train.loss import causal_lm_loss, release_buffers
@@ -66,9 +73,6 @@ def load_base_model(config: TrainConfig, vocab_size: int, *, dtype: torch.dtype 
 
     `dtype="auto"` keeps a checkpoint in its stored precision (a fresh model is fp32).
     """
-    from codellama.checkpoint import load_model
-    from codellama.model import build_model, resize_vocab_mean_init
-    from codellama.presets import PRESETS
 
     if config.base_kind == "checkpoint":
         model = load_model(config.base, dtype=dtype)
@@ -79,8 +83,6 @@ def load_base_model(config: TrainConfig, vocab_size: int, *, dtype: torch.dtype 
         model = build_model(preset, seed=config.seed)
         log.info("fresh %s model (%s parameters)", config.base, f"{sum(p.numel() for p in model.parameters()):,}")
     if config.rope.base is not None or config.rope.max_context is not None or config.rope.scaling is not None:
-        from long_context.rope import set_rope
-
         set_rope(model, base=config.rope.base, max_context=config.rope.max_context, scaling=config.rope.scaling)
     if config.seq_len > model.config.max_position_embeddings:
         log.warning(
@@ -100,8 +102,6 @@ def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, 
     rank 0 instead of one per rank (8 x 280 GB for a 70B fp32 model on one node otherwise).
     """
     from transformers import LlamaConfig
-
-    from codellama.model import empty_model, rebuild_rotary, set_gradient_checkpointing
 
     if env.distributed:
         # Rank 0 keeps the checkpoint's own precision (bf16 for Meta's: half the host memory); every
@@ -149,8 +149,6 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 
 
 def _tokenizer_for(config: TrainConfig):
-    from codellama.checkpoint import load_tokenizer
-    from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
 
     if config.tokenizer:
         return CodeLlamaTokenizer.load(config.tokenizer)
@@ -161,8 +159,6 @@ def _tokenizer_for(config: TrainConfig):
 
 def _prepare_chat_data(config: TrainConfig, out: Path, env: DistEnv) -> str:
     """Instruct branch given a chat JSONL: pack it once into loss-masked shards inside the run."""
-    from codellama.chat import pack_dialogs, read_chat_jsonl
-    from codellama.data.shards import INDEX
 
     target = out / "instruct-shards"
     if env.is_main and not (target / INDEX).is_file():
@@ -203,7 +199,6 @@ def _check_data_expectations(config: TrainConfig, stream: MixedStream) -> None:
 
 
 def _check_inputs(config: TrainConfig) -> None:
-    from codellama.data.shards import ShardIndex
 
     data = Path(config.data)
     if not (config.branch == "instruct" and data.is_file()):
@@ -405,12 +400,9 @@ def _save(out: Path, step: int, model, optimizer, scheduler, config: TrainConfig
 
 def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, overwrite: bool) -> Path:
     """Hugging Face checkpoint of the trained weights (+ tokenizer); gathered to rank 0 under FSDP."""
-    from codellama.checkpoint import save_checkpoint
 
     if env.distributed:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        from codellama.model import empty_model, rebuild_rotary
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         plain = None
@@ -422,8 +414,6 @@ def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, over
         plain = model
     if env.is_main:
         if config.gradient_checkpointing:
-            from codellama.model import set_gradient_checkpointing
-
             set_gradient_checkpointing(plain, False)
         plain.config.use_cache = True
         save_checkpoint(plain, target, _tokenizer_for(config), overwrite=overwrite)
@@ -447,7 +437,6 @@ def train_branch(
 
     With resume=True the run's saved config is reused (given fields and overrides still apply).
     """
-    from codellama.train.config import resolve_config
 
     fields = {"data": data, "out": out, "base": base, **fields}
     if resume and (Path(out) / CONFIG_FILE).is_file():
@@ -470,7 +459,6 @@ def resume_config(
     out: str | Path, fields: dict | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
     """The run's saved config, with fields given again (None = keep) and `key=value` overrides on top."""
-    from codellama.train.config import apply_overrides
 
     raw = load_run_config(out)
     raw.update({k: v for k, v in (fields or {}).items() if v is not None})

@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from codellama.io import append_jsonl, atomic_write_text, read_jsonl
+from codellama.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ def plot_loss(records: list[dict], out_png: str | os.PathLike, title: str = "") 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from codellama.io import atomic_write_bytes
 
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(7, 4))

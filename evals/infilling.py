@@ -20,6 +20,9 @@ from pathlib import Path
 
 from codellama.generation import SamplingParams
 from codellama.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
+from evals.execution import build_infilling_program, result_record
+from evals.report import figure_png, summarize
+from evals.sandbox import SandboxConfig, SandboxPool
 from infilling.inference import InfillTask, infill
 
 log = logging.getLogger(__name__)
@@ -106,7 +109,6 @@ def load_problems(path: str | os.PathLike, limit: int | None = None) -> list[Inf
 
 
 def build_program(problem: InfillingProblem, completion: str) -> str:
-    from evals.execution import build_infilling_program
 
     return build_infilling_program(problem.prompt, completion, problem.suffix, problem.test, problem.entry_point)
 
@@ -192,8 +194,6 @@ def execute_samples(
     problems: Sequence[InfillingProblem], out_dir: Path, *, timeout: float = 3.0, workers: int | None = None
 ) -> tuple[int, float]:
     """Run every generated but not yet executed sample in the sandbox; returns (count, seconds)."""
-    from evals.execution import result_record
-    from evals.sandbox import SandboxConfig, SandboxPool
 
     by_id = {p.task_id: p for p in problems}
     executed = {_key(r) for r in read_jsonl(out_dir / "results.jsonl")}
@@ -213,7 +213,6 @@ def execute_samples(
 
 
 def summarize_run(problems: Sequence[InfillingProblem], config: BenchmarkConfig, out_dir: Path) -> dict:
-    from evals.report import summarize
 
     wanted = {p.task_id for p in problems}
     records = [r for r in read_jsonl(out_dir / "results.jsonl") if r["task_id"] in wanted]
@@ -284,7 +283,6 @@ def render_png(report: dict) -> bytes:
     ax.set_ylabel("%")
     ax.set_title(f"HumanEval {report['benchmark']} infilling: {report['problems']} problems")
     ax.legend()
-    from evals.report import figure_png
 
     return figure_png(fig, unsandboxed=any(m.get("warnings") for m in modes.values()))
 

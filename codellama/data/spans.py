@@ -10,24 +10,10 @@ character offsets `(start, end)` with `0 <= start <= end <= len(text)`; the midd
 
 from __future__ import annotations
 
-import functools
-import importlib
-import logging
 import random
 
-log = logging.getLogger(__name__)
+from codellama.grammars import new_parser
 
-# tree-sitter grammar module per language; a grammar that is not installed means char spans.
-GRAMMARS = {
-    "python": "tree_sitter_python",
-    "c": "tree_sitter_c",
-    "cpp": "tree_sitter_cpp",
-    "java": "tree_sitter_java",
-    "javascript": "tree_sitter_javascript",
-    "go": "tree_sitter_go",
-    "rust": "tree_sitter_rust",
-    "shell": "tree_sitter_bash",
-}
 STOP_PROBABILITY = 0.5  # random descent: chance to take the current node instead of going deeper
 EXTEND_PROBABILITY = 0.5  # chance to add one more following sibling statement to the middle
 
@@ -38,25 +24,9 @@ def char_span(length: int, rng: random.Random) -> tuple[int, int]:
     return (a, b) if a <= b else (b, a)
 
 
-@functools.cache
-def get_parser(language: str | None):
-    """A tree-sitter parser for `language`, or None when no grammar is installed."""
-    module = GRAMMARS.get(language or "")
-    if module is None:
-        return None
-    try:
-        import tree_sitter
-
-        grammar = importlib.import_module(module)
-        return tree_sitter.Parser(tree_sitter.Language(grammar.language()))
-    except (ImportError, AttributeError, ValueError) as exc:
-        log.debug("no tree-sitter grammar for %s (%s)", language, exc)
-        return None
-
-
 def syntax_nodes(text: str, language: str | None):
     """The parse tree's root node, or None when there is no grammar or the file does not parse."""
-    parser = get_parser(language)
+    parser = new_parser(language)
     if parser is None:
         return None
     root = parser.parse(text.encode("utf-8")).root_node

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from infilling.spans import char_span, syntax_span
+from codellama.data.spans import char_span, syntax_span
 
 Mode = Literal["plain", "psm", "spm"]
 SpanMode = Literal["char", "syntax"]

@@ -16,6 +16,10 @@ from pathlib import Path
 
 from transformers import PretrainedConfig, PreTrainedModel
 
+from codellama.checkpoint import load_config
+from codellama.io import atomic_directory, ensure_new_output_dir
+from codellama.model import rebuild_rotary
+
 log = logging.getLogger(__name__)
 
 SCALING_TYPES = ("linear", "dynamic", "yarn", "llama3")
@@ -75,7 +79,7 @@ def set_rope(
     config.standardize_rope_params()
     config.validate_rope()
     if model is not None:
-        _rebuild_rotary(model)
+        rebuild_rotary(model, model.model.rotary_emb.inv_freq.device)
     log.debug("RoPE set to %s, context %d", config.rope_parameters, config.max_position_embeddings)
     return config
 
@@ -119,15 +123,6 @@ def _apply_scaling(params: dict, scaling: dict, original: int, max_context: int 
     return new, max_context
 
 
-def _rebuild_rotary(model: PreTrainedModel) -> None:
-    """Swap every rotary-embedding module for a fresh one built from the (changed) config."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if hasattr(child, "inv_freq") and hasattr(child, "rope_type"):
-                fresh = type(child)(config=model.config).to(child.inv_freq.device)
-                setattr(parent, name, fresh)
-
-
 def rope_set(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -141,9 +136,6 @@ def rope_set(
     RoPE has no weights (inv_freq is a non-persistent buffer), so only config.json changes;
     every other file (weights, tokenizer) is copied as is. Returns the new rope_parameters.
     """
-    from codellama.checkpoint import load_config
-    from codellama.io import atomic_directory, ensure_new_output_dir
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     ensure_new_output_dir(out_dir)
     config = load_config(model_dir)
