@@ -4,24 +4,13 @@ One dialog is `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answ
 by `<s>[INST] {user} [/INST] {answer} </s>` for each later turn (the system prompt folds into the
 first user message, as in Meta's reference code). For training, every token gets a loss-mask
 bit: 1 on answers (and the `</s>` that ends them), 0 on everything the user or system wrote,
-so the model learns to answer, not to imitate questions.
+so the model learns to answer, not to imitate questions. Packing dialogs into training shards
+is the data layer's job (`codellama/data/chat.py`).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-
-from codellama.data.shards import ShardWriter
 from codellama.tokenizer import CodeLlamaTokenizer
-
-log = logging.getLogger(__name__)
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
@@ -113,93 +102,3 @@ def prompt_tokens(tokenizer: CodeLlamaTokenizer, messages: list[dict]) -> list[i
     for question, answer in pairs:
         tokens += tokenizer.encode(f"{B_INST} {question} {E_INST}", bos=True) + tokenizer.encode(f"{answer} ", eos=True)
     return tokens + tokenizer.encode(f"{B_INST} {pending} {E_INST}", bos=True)
-
-
-def read_chat_jsonl(path: str | os.PathLike) -> Iterator[list[dict]]:
-    """Training dialogs of a JSONL file; a bad line is reported with its number."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"chat data not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                messages = normalize(json.loads(line))
-                if turns(messages)[1] is not None:
-                    raise ValueError("a training dialog must end with an assistant message")
-                yield messages
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            except ValueError as exc:
-                raise ValueError(f"{path}:{n}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class PackStats:
-    dialogs: int
-    sequences: int
-    truncated: int
-    dropped: int
-    answer_tokens: int
-
-
-def pack_dialogs(
-    dialogs: Iterable[list[dict]], tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike, seq_len: int
-) -> PackStats:
-    """Pack encoded dialogs into loss-masked shards; a dialog never straddles two sequences.
-
-    A dialog longer than `seq_len` is cut (dropped if no answer token is left); the unused
-    tail of a sequence is EOS padding with mask 0. The directory is complete when index.json exists.
-    """
-
-    writer = ShardWriter(out_dir, seq_len, tokenizer.vocab_size, with_loss_mask=True)
-    pad = tokenizer.eos_id
-    row_tokens: list[int] = []
-    row_mask: list[int] = []
-    n_dialogs = truncated = dropped = answer_tokens = sequences = 0
-
-    def flush() -> None:
-        nonlocal row_tokens, row_mask, sequences
-        if row_tokens:
-            fill = seq_len - len(row_tokens)
-            writer.add(np.array(row_tokens + [pad] * fill), np.array(row_mask + [0] * fill))
-            sequences += 1
-            row_tokens, row_mask = [], []
-
-    for messages in dialogs:
-        n_dialogs += 1
-        tokens, mask = encode_dialog(tokenizer, messages)
-        if len(tokens) > seq_len:
-            tokens, mask = tokens[:seq_len], mask[:seq_len]
-            truncated += 1
-            if not any(mask[1:]):
-                dropped += 1
-                continue
-        if len(row_tokens) + len(tokens) > seq_len:
-            flush()
-        row_tokens += tokens
-        row_mask += mask
-        answer_tokens += sum(mask)
-    flush()
-    if sequences == 0:
-        raise ValueError("no dialog left to train on (all empty or too long)")
-    writer.finish(
-        meta={
-            "kind": "chat",
-            "dialogs": n_dialogs,
-            "truncated": truncated,
-            "dropped": dropped,
-            "answer_tokens": answer_tokens,
-            "template": "llama2-chat",
-        }
-    )
-    if truncated:
-        log.warning(
-            "%d of %d dialogs were longer than %d tokens and were cut (%d dropped)",
-            truncated,
-            n_dialogs,
-            seq_len,
-            dropped,
-        )
-    return PackStats(n_dialogs, sequences, truncated, dropped, answer_tokens)

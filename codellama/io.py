@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def ensure_new_output_dir(path: str | os.PathLike) -> None:
-    """Refuse to write into an existing, non-empty output (nothing of the user's is overwritten)."""
+def ensure_new_output_dir(path: str | os.PathLike, *, allow: tuple[str, ...] = ()) -> None:
+    """Refuse to write into an existing, non-empty output (nothing of the user's is overwritten).
+
+    `allow`: entries a preparatory step of the same command may already have written there.
+    """
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and (not path.is_dir() or any(p.name not in allow for p in path.iterdir())):
         raise FileExistsError(f"output {path} already exists and is not empty")
     parent = path.resolve().parent
     while not parent.exists():

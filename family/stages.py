@@ -11,14 +11,15 @@ import logging
 import shutil
 from pathlib import Path
 
-from codellama.chat import read_chat_jsonl
 from codellama.checkpoint import load_config, load_model, load_tokenizer, save_checkpoint
 from codellama.convert import convert_meta_to_hf
+from codellama.data.chat import read_chat_jsonl
 from codellama.data.fim import FimOptions
 from codellama.data.ingest import SourceSpec, load_documents
 from codellama.data.prepare import PrepareConfig, prepare
 from codellama.data.shards import INDEX, ShardIndex
 from codellama.generation import HFGenerator
+from codellama.instruct.docstring_pairs import docstring_pairs
 from codellama.instruct.pipeline import InstructDataConfig, run_pipeline
 from codellama.io import atomic_write_json, atomic_write_text, read_jsonl
 from codellama.model import build_model, count_parameters, preset_from_config, resize_vocab_mean_init
@@ -30,7 +31,6 @@ from evals.infilling import BenchmarkConfig, run_benchmark
 from evals.run import RunConfig, run_humaneval
 from evals.sandbox import LazySandboxPool
 from family.config import PipelineConfig
-from family.instruct_seed import docstring_pairs
 from family.report import write_report
 from family.runner import RunContext, RunState, Stage
 from long_context.key_retrieval import build_prompts, plot_key_retrieval, run_key_retrieval

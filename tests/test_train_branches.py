@@ -11,6 +11,7 @@ from _train_helpers import metric_losses, write_code_shards
 
 from codellama.checkpoint import load_model
 from codellama.train import resolve_config, train
+from codellama.train.loop import pack_chat_data
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,9 @@ def test_instruct_branch_trains_on_answers_only(
         tokenizer=str(tiny_tokenizer_dir),
         rehearsal=[{"path": str(code_shards), "weight": 0.25}],
     )
-    result = train(config, progress=False)
+    with pytest.raises(ValueError, match="training reads token shards"):
+        train(config, progress=False)  # the loop reads shards only; the data layer packs chat JSONL
+    result = train(pack_chat_data(config), progress=False)
     packed = result.out_dir / "instruct-shards"
     assert json.loads((packed / "index.json").read_text())["has_loss_mask"]
 

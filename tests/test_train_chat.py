@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from codellama.chat import encode_dialog, pack_dialogs, prompt_tokens, read_chat_jsonl, render
+from codellama.chat import encode_dialog, prompt_tokens, render
+from codellama.data.chat import pack_dialogs, read_chat_jsonl
 from codellama.data.shards import TokenShards
 from codellama.train.data import IGNORE_INDEX, count_targets, make_labels
 

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from codellama.cli import main
-from codellama.presets import get_preset
 from codellama.config import BRANCHES, SCALES
+from codellama.presets import get_preset
 from codellama.train.config import resolve_config
 from codellama.train.memory import count_parameters, estimate
 from codellama.train.schedule import lr_factor

@@ -19,6 +19,13 @@ A killed run resumes when rerun with the same arguments and gives byte-identical
 save_to_disk, or hf:NAME[:CONFIG][@SPLIT] for a Hugging Face dataset already in the local cache.
 A mixture file is YAML: {total_bytes: N (optional), sources: [{name, source, weight, text_column?, language?}]}."""
 
+CHAT_EXAMPLES = """examples:
+  codellama data prepare-chat --input instruct.jsonl --tokenizer runs/tok --seq-len 4096 --out runs/chat-shards
+  codellama train instruct --data runs/chat-shards --base runs/code/final --out runs/instruct
+
+Each dialog is encoded in the chat format (Llama 2's [INST] ... [/INST]); the loss mask is 1 exactly
+on answer tokens. A dialog never straddles two sequences."""
+
 INSPECT_EXAMPLES = """examples:
   codellama data inspect runs/data                 # summary and 3 random sequences
   codellama data inspect runs/data --index 0 17 --max-chars 4000"""
@@ -90,6 +97,18 @@ def register(cli) -> None:
     g.add_argument("--no-near-dedup", action="store_true")
     g.add_argument("--near-dup-threshold", type=float, help="MinHash Jaccard threshold (default 0.85)")
     p.set_defaults(func=cmd_prepare)
+
+    p = cli.command(
+        "prepare-chat",
+        parent="data",
+        help="pack a chat JSONL into loss-masked shards for the instruct branch",
+        epilog=CHAT_EXAMPLES,
+    )
+    p.add_argument("--input", type=Path, required=True, help="JSONL of dialogs ({messages} or {instruction, response})")
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory or tokenizer.model")
+    p.add_argument("--seq-len", type=int, default=4096, help="tokens per training sequence (default 4096)")
+    p.add_argument("--out", type=Path, required=True, help="output shard directory (must not exist)")
+    p.set_defaults(func=cmd_prepare_chat)
 
     p = cli.command(
         "inspect", parent="data", help="show a shard directory's summary and decoded sequences", epilog=INSPECT_EXAMPLES
@@ -166,6 +185,25 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     index = prepare(config, tokenizer, args.out, num_proc=max(1, args.num_proc))
     _print_summary(index.meta["stats"], index, args.out, time.perf_counter() - start)
+    return 0
+
+
+def cmd_prepare_chat(args: argparse.Namespace) -> int:
+    from codellama.data.chat import prepare_chat_shards
+    from codellama.data.shards import ShardIndex
+    from codellama.io import ensure_new_output_dir
+
+    if args.seq_len < 2:
+        raise ValueError(f"--seq-len must be at least 2, got {args.seq_len}")
+    if not args.input.is_file():
+        raise FileNotFoundError(f"chat data not found: {args.input}")
+    ensure_new_output_dir(args.out)
+    out = prepare_chat_shards(args.input, _load_tokenizer(args.tokenizer), args.out, args.seq_len)
+    meta = ShardIndex.load(out).meta
+    print(
+        f"{meta['dialogs']:,} dialogs -> {ShardIndex.load(out).num_sequences:,} sequences of {args.seq_len} tokens, "
+        f"{meta['answer_tokens']:,} answer tokens ({meta['truncated']} cut, {meta['dropped']} dropped) -> {out}"
+    )
     return 0
 
 

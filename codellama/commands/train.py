@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run_report(config, world_size=args.world_size, nodes=args.nodes))
         return 0
-    result = loop.train(config, resume=args.resume, progress=not args.no_progress)
+    result = loop.train(loop.pack_chat_data(config), resume=args.resume, progress=not args.no_progress)
     if _is_main():
         print(
             f"trained {config.branch} ({config.scale}): steps {result.start_step}->{result.steps}, "

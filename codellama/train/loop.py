@@ -9,9 +9,11 @@ data parallelism change nothing in the maths: 1 process or W ranks take the same
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from codellama.chat import pack_dialogs, read_chat_jsonl
 from codellama.checkpoint import load_model, load_tokenizer, save_checkpoint
-from codellama.data.shards import INDEX, ShardIndex
+from codellama.data.chat import prepare_chat_shards
+from codellama.data.shards import ShardIndex
 from codellama.io import atomic_write_json, atomic_write_text, ensure_new_output_dir, read_jsonl
 from codellama.model import build_model, empty_model, rebuild_rotary, resize_vocab_mean_init, set_gradient_checkpointing
 from codellama.presets import PRESETS
@@ -39,6 +41,7 @@ from codellama.train.schedule import cosine_schedule
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+CHAT_SHARDS = "instruct-shards"  # where an instruct run keeps the shards packed from its chat JSONL
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 
@@ -157,28 +160,6 @@ def _tokenizer_for(config: TrainConfig):
     return None
 
 
-def _prepare_chat_data(config: TrainConfig, out: Path, env: DistEnv) -> str:
-    """Instruct branch given a chat JSONL: pack it once into loss-masked shards inside the run."""
-
-    target = out / "instruct-shards"
-    if env.is_main and not (target / INDEX).is_file():
-        tokenizer = _tokenizer_for(config)
-        if tokenizer is None:
-            raise ValueError("packing chat data needs a tokenizer: pass --tokenizer or a --base checkpoint with one")
-        import shutil
-
-        shutil.rmtree(target, ignore_errors=True)
-        stats = pack_dialogs(read_chat_jsonl(config.data), tokenizer, target, config.seq_len)
-        log.info(
-            "packed %d dialogs into %d sequences (%d answer tokens)",
-            stats.dialogs,
-            stats.sequences,
-            stats.answer_tokens,
-        )
-    dist_utils.barrier(env)
-    return str(target)
-
-
 def _check_data_expectations(config: TrainConfig, stream: MixedStream) -> None:
     meta = stream.sources[0].view.shards.index.meta
     if isinstance(meta.get("config"), dict):  # `codellama data prepare` records its settings there
@@ -201,8 +182,12 @@ def _check_data_expectations(config: TrainConfig, stream: MixedStream) -> None:
 def _check_inputs(config: TrainConfig) -> None:
 
     data = Path(config.data)
-    if not (config.branch == "instruct" and data.is_file()):
-        ShardIndex.load(data)  # a missing or unfinished shard directory is a one-line error
+    if data.is_file():
+        raise ValueError(
+            f"{data} is a file; training reads token shards: pack chat data with `codellama data prepare-chat` "
+            "(`codellama train instruct --data CHAT.jsonl` does it for you)"
+        )
+    ShardIndex.load(data)  # a missing or unfinished shard directory is a one-line error
     for extra in config.rehearsal:
         ShardIndex.load(extra["path"])
     _ = config.base_kind  # a base that is neither a checkpoint nor a preset is a one-line error
@@ -220,7 +205,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if not env.is_main:  # one voice: other ranks only warn
         logging.getLogger("codellama").setLevel(logging.WARNING)
     if not resume:
-        ensure_new_output_dir(out)
+        ensure_new_output_dir(out, allow=(CHAT_SHARDS,))
     _check_inputs(config)  # before anything is written: a bad --data or --base leaves no run directory behind
     dist_utils.barrier(env)
     if env.is_main:
@@ -228,10 +213,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False))
     torch.manual_seed(config.seed)
 
-    data_dir = config.data
-    if config.branch == "instruct" and Path(config.data).is_file():
-        data_dir = _prepare_chat_data(config, out, env)
-    stream = open_stream(data_dir, config.rehearsal, config.seq_len, config.seed)
+    stream = open_stream(config.data, config.rehearsal, config.seq_len, config.seed)
     _check_data_expectations(config, stream)
     accum = config.accumulation_steps(env.world_size)
     vocab = stream.sources[0].view.shards.vocab_size
@@ -443,7 +425,23 @@ def train_branch(
         config = resume_config(out, fields, overrides)
     else:
         config = resolve_config(branch, scale, overrides, **fields)
-    return train(config, resume=resume, progress=progress)
+    return train(pack_chat_data(config), resume=resume, progress=progress)
+
+
+def pack_chat_data(config: TrainConfig) -> TrainConfig:
+    """An instruct run given a chat JSONL: the data layer packs it once into OUT/instruct-shards.
+
+    Training itself reads shards only; this is the convenience step the `train` command and the
+    pipeline take first. Under torchrun rank 0 packs and the other ranks wait for it.
+    """
+    if config.branch != "instruct" or not config.data or not Path(config.data).is_file():
+        return config
+    tokenizer = _tokenizer_for(config)
+    if tokenizer is None:
+        raise ValueError("packing chat data needs a tokenizer: pass --tokenizer or a --base checkpoint with one")
+    main = int(os.environ.get("RANK", "0")) == 0
+    shards = prepare_chat_shards(config.data, tokenizer, Path(config.out) / CHAT_SHARDS, config.seq_len, main=main)
+    return dataclasses.replace(config, data=str(shards))
 
 
 # -- resume --------------------------------------------------------------------------------------

@@ -1,0 +1,151 @@
+"""Chat data for the instruct branch: a JSONL of dialogs -> loss-masked token shards.
+
+Training reads shards only; this module turns dialogs (OpenAI-style `messages` or
+instruction/response records) into packed sequences whose loss mask is 1 exactly on answer
+tokens, using the chat format of `codellama.chat`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from codellama.chat import encode_dialog, normalize, turns
+from codellama.data.shards import INDEX, ShardIndex, ShardWriter
+from codellama.io import atomic_directory
+from codellama.tokenizer import CodeLlamaTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def read_chat_jsonl(path: str | os.PathLike) -> Iterator[list[dict]]:
+    """Training dialogs of a JSONL file; a bad line is reported with its number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"chat data not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                messages = normalize(json.loads(line))
+                if turns(messages)[1] is not None:
+                    raise ValueError("a training dialog must end with an assistant message")
+                yield messages
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            except ValueError as exc:
+                raise ValueError(f"{path}:{n}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class PackStats:
+    dialogs: int
+    sequences: int
+    truncated: int
+    dropped: int
+    answer_tokens: int
+
+
+def pack_dialogs(
+    dialogs: Iterable[list[dict]], tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike, seq_len: int
+) -> PackStats:
+    """Pack encoded dialogs into loss-masked shards; a dialog never straddles two sequences.
+
+    A dialog longer than `seq_len` is cut (dropped if no answer token is left); the unused
+    tail of a sequence is EOS padding with mask 0. The directory is complete when index.json exists.
+    """
+
+    writer = ShardWriter(out_dir, seq_len, tokenizer.vocab_size, with_loss_mask=True)
+    pad = tokenizer.eos_id
+    row_tokens: list[int] = []
+    row_mask: list[int] = []
+    n_dialogs = truncated = dropped = answer_tokens = sequences = 0
+
+    def flush() -> None:
+        nonlocal row_tokens, row_mask, sequences
+        if row_tokens:
+            fill = seq_len - len(row_tokens)
+            writer.add(np.array(row_tokens + [pad] * fill), np.array(row_mask + [0] * fill))
+            sequences += 1
+            row_tokens, row_mask = [], []
+
+    for messages in dialogs:
+        n_dialogs += 1
+        tokens, mask = encode_dialog(tokenizer, messages)
+        if len(tokens) > seq_len:
+            tokens, mask = tokens[:seq_len], mask[:seq_len]
+            truncated += 1
+            if not any(mask[1:]):
+                dropped += 1
+                continue
+        if len(row_tokens) + len(tokens) > seq_len:
+            flush()
+        row_tokens += tokens
+        row_mask += mask
+        answer_tokens += sum(mask)
+    flush()
+    if sequences == 0:
+        raise ValueError("no dialog left to train on (all empty or too long)")
+    writer.finish(
+        meta={
+            "kind": "chat",
+            "dialogs": n_dialogs,
+            "truncated": truncated,
+            "dropped": dropped,
+            "answer_tokens": answer_tokens,
+            "template": "llama2-chat",
+        }
+    )
+    if truncated:
+        log.warning(
+            "%d of %d dialogs were longer than %d tokens and were cut (%d dropped)",
+            truncated,
+            n_dialogs,
+            seq_len,
+            dropped,
+        )
+    return PackStats(n_dialogs, sequences, truncated, dropped, answer_tokens)
+
+
+def prepare_chat_shards(
+    chat_jsonl: str | os.PathLike,
+    tokenizer: CodeLlamaTokenizer,
+    out_dir: str | os.PathLike,
+    seq_len: int,
+    *,
+    main: bool = True,
+    wait_seconds: float = 3600.0,
+) -> Path:
+    """Pack `chat_jsonl` into `out_dir` once (atomically); later calls reuse the finished shards.
+
+    Under torchrun only the main rank packs (`main=True`); the others wait for its index.
+    """
+    out = Path(out_dir)
+    if (out / INDEX).is_file():
+        ShardIndex.load(out)
+        return out
+    if not main:
+        deadline = time.monotonic() + wait_seconds
+        while not (out / INDEX).is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the main rank did not finish packing {chat_jsonl} into {out}")
+            time.sleep(1.0)
+        return out
+    with atomic_directory(out, overwrite=True) as tmp:  # no index: nothing finished to keep
+        stats = pack_dialogs(read_chat_jsonl(chat_jsonl), tokenizer, tmp, seq_len)
+    log.info(
+        "packed %d dialogs into %d sequences (%d answer tokens) -> %s",
+        stats.dialogs,
+        stats.sequences,
+        stats.answer_tokens,
+        out,
+    )
+    return out
