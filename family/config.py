@@ -100,7 +100,7 @@ class PipelineConfig:
     branches: dict[str, list[str]] = field(default_factory=dict)  # extra `key=value` overrides per branch recipe
     instruct_data: InstructDataSettings = field(default_factory=InstructDataSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
-    source: str = "default"  # where the config came from (for the report; not a setting)
+    source: str = field(default="default", init=False)  # where the config came from (for the report)
 
     def to_dict(self) -> dict:
         raw = to_raw(self)
