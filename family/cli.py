@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from codellama.commands.args import add_set_option
+
 EXAMPLES = """examples:
   codellama pipeline --run runs/family                      # the default: tiny scale on the Python stdlib
   codellama pipeline --run runs/family --dry-run            # the plan, with token and compute budget per stage
@@ -22,14 +24,7 @@ def register(cli) -> None:
         "pipeline", help="foundation -> Python / long-context / instruct -> scored, with a report", epilog=EXAMPLES
     )
     p.add_argument("--config", default="default", help="YAML config (default: the built-in tiny-scale config)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change one setting (dotted key, YAML value), e.g. data.fim_rate=0.5 (repeatable)",
-    )
+    add_set_option(p, "data.fim_rate=0.5")
     p.add_argument("--run", type=Path, default=Path("runs/family"), help="run directory (resumable)")
     p.add_argument("--stages", help="comma-separated subset of stages to (re)run")
     p.add_argument("--dry-run", action="store_true", help="print the plan and budgets; run nothing")

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from codellama.config import DTYPES, torch_dtype
+from codellama.commands.args import add_device_options, check_positive
+from codellama.config import torch_dtype
 
 SERVE_EXAMPLES = """examples:
   codellama serve --model runs/tiny
@@ -47,7 +48,7 @@ def register(cli) -> None:
         action="store_true",
         help="a batch runs to its end before waiting requests start (default: they join it)",
     )
-    _add_device_args(p)
+    add_device_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = cli.command("infill", help="fill in code at a cursor position of a file", epilog=INFILL_EXAMPLES)
@@ -69,25 +70,15 @@ def register(cli) -> None:
         help="cut the middle at the last line where the file parses best (tree-sitter, Python)",
     )
     p.add_argument("--show-file", action="store_true", help="print the whole file with the middle filled in")
-    _add_device_args(p)
+    add_device_options(p)
     p.set_defaults(func=cmd_infill)
-
-
-def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
-
-
-def _positive(value: int | None, name: str) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{name} must be >= 1")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from infilling.server import ServerConfig, build_app, run_server
 
     for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_tokens"):
-        _positive(getattr(args, name), "--" + name.replace("_", "-"))
+        check_positive(getattr(args, name), "--" + name.replace("_", "-"))
     if not args.model.is_dir():
         raise FileNotFoundError(f"model directory not found: {args.model}")
     config = ServerConfig(

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from codellama.commands.args import positive_int
+
 log = logging.getLogger(__name__)
 
 SCALING_HELP = "linear, dynamic, yarn or llama3 (optionally TYPE:FACTOR); 'default' removes scaling"
@@ -30,7 +32,7 @@ def register(cli) -> None:
     p.add_argument("model", type=Path, help="checkpoint directory")
     p.add_argument("out", type=Path, help="new checkpoint directory (must not exist)")
     p.add_argument("--base", type=float, help="RoPE base period (rope_theta), e.g. 1e6")
-    p.add_argument("--max-context", type=_positive_int, help="max_position_embeddings, e.g. 16384")
+    p.add_argument("--max-context", type=positive_int, help="max_position_embeddings, e.g. 16384")
     p.add_argument("--scaling", help=SCALING_HELP)
     p.add_argument("--factor", type=float, help="scaling factor (default: max context / trained context)")
     p.set_defaults(func=cmd_rope_set)
@@ -45,7 +47,7 @@ def register(cli) -> None:
         "  codellama rope plot --base 1e4 --scaling linear:4 --scaling yarn:4 --context 4096 --out scaled.png\n"
         "writes the PNG and a JSON with the same numbers next to it",
     )
-    p.add_argument("--head-dim", type=_positive_int, default=128, help="rotary head dimension (default 128)")
+    p.add_argument("--head-dim", type=positive_int, default=128, help="rotary head dimension (default 128)")
     p.add_argument(
         "--base", type=float, action="append", help="base period; repeat to compare (default: 10000 and 1000000)"
     )
@@ -55,45 +57,10 @@ def register(cli) -> None:
         default=[],
         help="TYPE:FACTOR variant of the first base, e.g. linear:4 (repeatable)",
     )
-    p.add_argument("--context", type=_positive_int, default=4096, help="trained context (default 4096)")
-    p.add_argument("--max-distance", type=_positive_int, default=100_000, help="largest distance plotted")
+    p.add_argument("--context", type=positive_int, default=4096, help="trained context (default 4096)")
+    p.add_argument("--max-distance", type=positive_int, default=100_000, help="largest distance plotted")
     p.add_argument("--out", type=Path, required=True, help="PNG path")
     p.set_defaults(func=cmd_rope_plot)
-
-
-# -- argument types ----------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    value = _tokens(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _tokens(text: str) -> int:
-    text = text.strip().lower().replace("_", "")
-    try:
-        if text.endswith("k"):
-            return int(float(text[:-1]) * 1024)
-        return int(float(text)) if "e" in text else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a token count like 4096 or 4k, got {text!r}") from None
-
-
-def _lengths(text: str) -> list[int]:
-    values = [_positive_int(t) for t in text.split(",") if t.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one length")
-    return sorted(set(values))
-
-
-def _positions(text: str) -> list[float]:
-    try:
-        values = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0,0.5,1, got {text!r}") from None
-    if not values or any(not 0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"positions must be within [0, 1], got {text!r}")
-    return sorted(set(values))
 
 
 def _check_new_file(path: Path) -> None:

@@ -107,12 +107,14 @@ def test_cli(tmp_path, capsys):
     assert "multi-line" in out and "pass@1 100.0%" in out
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert report["modes"]["canonical"]["samples"] == 4
-    assert main(["eval", "infilling", "--canonical", "--out", str(tmp_path / "x"), "--k", "1,x"]) == 2
+    with pytest.raises(SystemExit) as bad_k:  # argparse's usage error, as for every command's bad option
+        main(["eval", "infilling", "--canonical", "--out", str(tmp_path / "x"), "--k", "1,x"])
+    assert bad_k.value.code == 2
     assert main(["eval", "infilling", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2
     assert (
         main(["eval", "infilling", "--canonical", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "z")])
         == 2
     )
     err = capsys.readouterr().err
-    assert "--k must be comma-separated integers" in err and "model directory not found" in err
+    assert "--k takes comma-separated integers" in err and "model directory not found" in err
     assert "benchmark file not found" in err

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from codellama.commands.args import add_set_option
+
 PREPARE_EXAMPLES = """examples:
   codellama data prepare --tokenizer runs/tok --out runs/data            # the Python stdlib, seq 4096, FIM 0.9
   codellama data prepare --source ~/src/myrepo --source notes.jsonl --tokenizer runs/tok --out runs/data2
@@ -48,14 +50,7 @@ def register(cli) -> None:
     )
     p.add_argument("--mix", type=Path, help="mixture YAML (sources with weights); replaces --source")
     p.add_argument("--config", type=Path, help="YAML of PrepareConfig settings; flags and --set go on top")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change one setting (dotted key, YAML value), e.g. fim.span_mode=syntax or filters.min_bytes=64",
-    )
+    add_set_option(p, "fim.span_mode=syntax or filters.min_bytes=64")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
     p.add_argument(
         "--tokenizer",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from codellama.commands.args import add_set_option
 from codellama.config import BRANCHES, SCALES
 
 EXAMPLES = """examples:
@@ -44,14 +45,7 @@ def register(cli) -> None:
         metavar="DIR:WEIGHT",
         help="extra shard set mixed in at this fraction of samples (repeatable)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe field, e.g. optim.lr=1e-4, max_steps=200, precision=fp32 (repeatable)",
-    )
+    add_set_option(p, "optim.lr=1e-4, max_steps=200, precision=fp32")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument(
         "--dry-run", action="store_true", help="print the resolved config, steps, tokens and memory; train nothing"
