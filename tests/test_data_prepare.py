@@ -234,7 +234,7 @@ def test_user_errors_are_one_line(tiny_tokenizer_dir, tmp_path, capsys):
     (tmp_path / "full" / "x").write_text("mine")
     (tmp_path / "one.py").write_text("print('hello world')\n")
     cases = [
-        (["--out", str(tmp_path / "full")], "not an unfinished"),
+        (["--out", str(tmp_path / "full")], "is not a data prepare run directory"),
         (["--out", str(tmp_path / "o"), "--source", str(tmp_path / "nope")], "source not found"),
         (["--out", str(tmp_path / "o"), "--fim-rate", "2"], "fim_rate must be between 0 and 1"),
         (["--out", str(tmp_path / "o"), "--mix", str(tmp_path / "m.yaml")], "mixture file not found"),

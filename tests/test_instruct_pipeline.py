@@ -170,7 +170,7 @@ def test_rerun_with_other_settings_is_refused(sandbox, tmp_path):
     )
     from dataclasses import replace
 
-    with pytest.raises(ValueError, match="solutions_per_question: 3 -> 5"):
+    with pytest.raises(FileExistsError, match="solutions_per_question: 3 -> 5"):
         run_pipeline(
             tmp_path / "run",
             replace(CFG, solutions_per_question=5),
