@@ -144,7 +144,12 @@ class PackStats:
 
 
 def pack_dialogs(
-    dialogs: Iterable[list[dict]], tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike, seq_len: int
+    dialogs: Iterable[list[dict]],
+    tokenizer: CodeLlamaTokenizer,
+    out_dir: str | os.PathLike,
+    seq_len: int,
+    *,
+    meta: dict | None = None,
 ) -> PackStats:
     """Pack encoded dialogs into loss-masked shards; a dialog never straddles two sequences.
 
@@ -192,6 +197,7 @@ def pack_dialogs(
             "dropped": dropped,
             "answer_tokens": answer_tokens,
             "template": "llama2-chat",
+            **(meta or {}),
         }
     )
     if truncated:

@@ -161,6 +161,7 @@ def _swap_contents(tmp: Path, target: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -203,19 +204,14 @@ def read_json_file(path: str | os.PathLike, *, missing: str | None = None):
 
 
 # -- JSON lines: one fsynced record per line, recovering from a torn tail ---------------------------
-def _torn_tail(f) -> int | None:
-    """Where the last complete line of an open binary file ends, if a partial line follows it."""
-    size = f.seek(0, os.SEEK_END)
-    if size == 0:
-        return None
-    f.seek(size - 1)
-    if f.read(1) == b"\n":
+def _torn_tail(fd: int, size: int) -> int | None:
+    """Where the last complete line of a file ends, if a partial line follows it."""
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return None
     pos, block = size, 1 << 16
     while pos > 0:
         start = max(0, pos - block)
-        f.seek(start)
-        cut = f.read(pos - start).rfind(b"\n")
+        cut = os.pread(fd, pos - start, start).rfind(b"\n")
         if cut >= 0:
             return start + cut + 1
         pos = start
@@ -230,32 +226,40 @@ def _parses(data: bytes) -> bool:
     return True
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line and fsync it: finished work survives a crash.
 
     A torn last line (a killed or failed earlier append) is cut off first, so the new record
     never glues onto it; an append that fails (disk full) cuts its own partial line back off.
+    Unbuffered on purpose: a buffered file would retry the failed write when asked to truncate.
     """
     line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    with open(path, "ab+") as f:
-        end = _torn_tail(f)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        end = _torn_tail(fd, size)
         if end is not None:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(end)
-            if _parses(f.read()):  # only the newline was lost: keep the record
-                f.write(b"\n")
+            if _parses(os.pread(fd, size - end, end)):  # only the newline was lost: keep the record
+                _write_all(fd, b"\n")
             else:
                 log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write", path, size - end)
-                f.truncate(end)
-        size = f.seek(0, os.SEEK_END)
+                os.ftruncate(fd, end)
+            size = os.fstat(fd).st_size
         try:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+            _write_all(fd, line)
+            os.fsync(fd)
         except BaseException:
             with contextlib.suppress(OSError):
-                f.truncate(size)
+                os.ftruncate(fd, size)
             raise
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -9,17 +9,19 @@ data parallelism change nothing in the maths: 1 process or W ranks take the same
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
-from codellama.io import atomic_write_json, atomic_write_text, ensure_new_output_dir, read_jsonl
+from codellama import rundir
+from codellama.io import atomic_write_json, atomic_write_text, read_jsonl
 from codellama.train import distributed as dist_utils
 from codellama.train import state
 from codellama.train.config import TrainConfig, from_dict
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
+CHAT_SHARDS = "instruct-shards"
+# Written at the start of a run but not work: a start that fails removes them, a rerun replaces them.
+SCRATCH = (CONFIG_FILE, CHAT_SHARDS, "tb")
 
 
 @dataclass
@@ -159,20 +164,27 @@ def _tokenizer_for(config: TrainConfig):
     return None
 
 
-def _prepare_chat_data(config: TrainConfig, out: Path, env: DistEnv) -> str:
-    """Instruct branch given a chat JSONL: pack it once into loss-masked shards inside the run."""
-    from codellama.chat import pack_dialogs, read_chat_jsonl
-    from codellama.data.shards import INDEX
+def _prepare_chat_data(config: TrainConfig, out: Path, env: DistEnv, tokenizer) -> str:
+    """Instruct branch given a chat JSONL: pack it once into loss-masked shards inside the run.
 
-    target = out / "instruct-shards"
-    if env.is_main and not (target / INDEX).is_file():
-        tokenizer = _tokenizer_for(config)
-        if tokenizer is None:
-            raise ValueError("packing chat data needs a tokenizer: pass --tokenizer or a --base checkpoint with one")
+    The packed shards record the chat file's sha256: a resumed run given other chat data repacks.
+    """
+    from codellama.chat import pack_dialogs, read_chat_jsonl
+    from codellama.data.shards import INDEX, ShardIndex
+
+    target = out / CHAT_SHARDS
+    source = rundir.file_sha256(config.data)
+    if env.is_main and not ((target / INDEX).is_file() and ShardIndex.load(target).meta.get("source_sha256") == source):
         import shutil
 
         shutil.rmtree(target, ignore_errors=True)
-        stats = pack_dialogs(read_chat_jsonl(config.data), tokenizer, target, config.seq_len)
+        stats = pack_dialogs(
+            read_chat_jsonl(config.data),
+            tokenizer,
+            target,
+            config.seq_len,
+            meta={"source_sha256": source, "tokenizer": {"sha256": _sha256(tokenizer)}},
+        )
         log.info(
             "packed %d dialogs into %d sequences (%d answer tokens)",
             stats.dialogs,
@@ -202,20 +214,102 @@ def _check_data_expectations(config: TrainConfig, stream: MixedStream) -> None:
         log.warning("instruct data without a loss mask: every token is trained on, not only answers")
 
 
-def _check_inputs(config: TrainConfig) -> None:
+@dataclass
+class RunInputs:
+    """What a run was checked to start from: the tokenizer it exports and the run's fingerprint."""
+
+    tokenizer: object | None  # CodeLlamaTokenizer exported with the final weights (None: none known)
+    fingerprint: dict = field(default_factory=dict)
+
+
+def _sha256(tokenizer) -> str:
+    return hashlib.sha256(tokenizer.proto_bytes).hexdigest()
+
+
+def _data_tokenizer_sha(index) -> str | None:
+    """The sha256 of the tokenizer a shard set was made with (`data prepare` records it)."""
+    meta = index.meta or {}
+    recorded = meta.get("tokenizer")
+    sha = recorded.get("sha256") if isinstance(recorded, dict) else None
+    return sha or meta.get("tokenizer_sha256")
+
+
+def check_inputs(config: TrainConfig, *, allow_tokenizer_mismatch: bool = False) -> RunInputs:
+    """Every input of a run, checked before anything is written or trained.
+
+    Shards, rehearsal shards, the base (config.json and weights) and the tokenizer to export are
+    opened; the tokenizer the data's ids were made with (index.json records its sha256) must be the
+    one exported with the model (--tokenizer, else the base's), and the base's vocabulary must hold
+    the data's ids (growing it is only for Code Llama's 16 extra pieces on a Llama 2 base).
+    """
     from codellama.data.shards import ShardIndex
+    from codellama.tokenizer import N_EXTRA_PIECES
 
     data = Path(config.data)
-    if not (config.branch == "instruct" and data.is_file()):
-        ShardIndex.load(data)  # a missing or unfinished shard directory is a one-line error
-    for extra in config.rehearsal:
-        ShardIndex.load(extra["path"])
-    _ = config.base_kind  # a base that is neither a checkpoint nor a preset is a one-line error
+    chat = config.branch == "instruct" and data.is_file()
+    tokenizer = _tokenizer_for(config)  # a garbage tokenizer.model is an error now, not after training
+    shard_sets = [] if chat else [(str(data), ShardIndex.load(data))]  # missing or unfinished: one-line error
+    shard_sets += [(extra["path"], ShardIndex.load(extra["path"])) for extra in config.rehearsal]
+    base_vocab = None
+    if config.base_kind == "checkpoint":
+        from codellama.checkpoint import check_checkpoint
+
+        base_vocab = check_checkpoint(config.base).vocab_size
+    if chat and tokenizer is None:
+        raise ValueError("packing chat data needs a tokenizer: pass --tokenizer or a --base checkpoint with one")
+
+    reference = _sha256(tokenizer) if tokenizer is not None else None
+    exported = f"the tokenizer {config.tokenizer}" if config.tokenizer else f"the base's tokenizer ({config.base})"
+    data_sha = reference if chat else None
+    for path, index in shard_sets:
+        sha = _data_tokenizer_sha(index)
+        problem = None
+        if sha is not None and reference is not None and sha != reference:
+            problem = (
+                f"{path} was tokenized with another tokenizer (sha256 {sha[:12]}) than {exported} ({reference[:12]})"
+            )
+        elif tokenizer is not None and index.vocab_size != tokenizer.vocab_size:
+            problem = f"{path} has {index.vocab_size} token ids but {exported} has {tokenizer.vocab_size}"
+        elif sha is not None and data_sha is not None and sha != data_sha:
+            problem = f"{path} and {config.data} were tokenized with different tokenizers ({sha[:12]}, {data_sha[:12]})"
+        if problem and not allow_tokenizer_mismatch:
+            raise ValueError(
+                f"{problem}: the model would ship with a tokenizer its ids were not trained with "
+                "(use data made with the model's tokenizer, or pass --allow-tokenizer-mismatch)"
+            )
+        if problem:
+            log.warning("%s (allowed by --allow-tokenizer-mismatch)", problem)
+        if sha is None:
+            log.warning("%s does not record its tokenizer (no sha256 in index.json): not checked", path)
+        data_sha = data_sha or sha
+    vocab = tokenizer.vocab_size if chat else shard_sets[0][1].vocab_size
+    if base_vocab is not None and base_vocab < vocab and vocab != base_vocab + N_EXTRA_PIECES:
+        raise ValueError(
+            f"the base {config.base} has a vocabulary of {base_vocab} but the data uses {vocab} token ids: "
+            f"only Code Llama's {N_EXTRA_PIECES} extra pieces can be added to a base; use the base's tokenizer"
+        )
+    fingerprint = {
+        "branch": config.branch,
+        "tokenizer_sha256": data_sha or reference,
+        "data": rundir.file_sha256(data) if chat else rundir.file_sha256(data / "index.json"),
+        "rehearsal": {
+            extra["path"]: rundir.file_sha256(Path(extra["path"]) / "index.json") for extra in config.rehearsal
+        },
+        "base": rundir.source_fingerprint(config.base) if config.base_kind == "checkpoint" else {"preset": config.base},
+    }
+    return RunInputs(tokenizer, fingerprint)
 
 
 # -- the loop ------------------------------------------------------------------------------------
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Run (or resume) one branch's training; under torchrun every rank calls this."""
+def train(
+    config: TrainConfig, *, resume: bool = False, progress: bool = True, allow_tokenizer_mismatch: bool = False
+) -> TrainResult:
+    """Run (or resume) one branch's training; under torchrun every rank calls this.
+
+    Every input is checked before the run directory is claimed (`codellama.rundir`): a new run
+    refuses a directory holding another run's work, `resume` continues the run there (refusing
+    data made with another tokenizer), and a start that fails leaves nothing that blocks a rerun.
+    """
     if not config.data:
         raise ValueError("no training data: pass --data (a shard directory)")
     if not config.out:
@@ -224,18 +318,42 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     env = dist_utils.init(config.device)
     if not env.is_main:  # one voice: other ranks only warn
         logging.getLogger("codellama").setLevel(logging.WARNING)
-    if not resume:
-        ensure_new_output_dir(out)
-    _check_inputs(config)  # before anything is written: a bad --data or --base leaves no run directory behind
-    dist_utils.barrier(env)
+    inputs = check_inputs(config, allow_tokenizer_mismatch=allow_tokenizer_mismatch)
+    config.accumulation_steps(env.world_size)  # a batch that does not split is an error before any write
+    claim, refused = contextlib.nullcontext(), None
     if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False))
+        allow = ("data", "rehearsal", "base") + (("tokenizer_sha256",) if allow_tokenizer_mismatch else ())
+        try:
+            claim = rundir.claim(
+                out,
+                "train",
+                inputs.fingerprint,
+                existing="resume" if resume else "refuse",
+                allow=allow,
+                scratch=SCRATCH,
+                hint="resume with data made with the same tokenizer (or --allow-tokenizer-mismatch)",
+            )
+        except (OSError, ValueError) as exc:
+            refused = exc
+    message = dist_utils.broadcast_object(str(refused) if refused else None, env)  # every rank stops, not only 0
+    if refused is not None:
+        raise refused
+    if message is not None:
+        raise FileExistsError(message)
+    with claim:
+        if env.is_main:
+            atomic_write_text(
+                out / CONFIG_FILE, yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False)
+            )
+        return _train(config, out, env, inputs, resume=resume, progress=progress)
+
+
+def _train(config: TrainConfig, out: Path, env: DistEnv, inputs: RunInputs, *, resume: bool, progress: bool):
     torch.manual_seed(config.seed)
 
     data_dir = config.data
     if config.branch == "instruct" and Path(config.data).is_file():
-        data_dir = _prepare_chat_data(config, out, env)
+        data_dir = _prepare_chat_data(config, out, env, inputs.tokenizer)
     stream = open_stream(data_dir, config.rehearsal, config.seq_len, config.seed)
     _check_data_expectations(config, stream)
     accum = config.accumulation_steps(env.world_size)
@@ -348,7 +466,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         if metrics is not None:
             metrics.close()
 
-    final_dir = export_final(model, config, out / FINAL, env, overwrite=resume)
+    final_dir = export_final(model, config, out / FINAL, env, overwrite=resume, tokenizer=inputs.tokenizer)
     plot = None
     if env.is_main:
         records = [r for r in read_jsonl(out / METRICS_FILE) if r["step"] <= total_steps]
@@ -403,7 +521,7 @@ def _save(out: Path, step: int, model, optimizer, scheduler, config: TrainConfig
     )
 
 
-def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, overwrite: bool) -> Path:
+def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, overwrite: bool, tokenizer=None) -> Path:
     """Hugging Face checkpoint of the trained weights (+ tokenizer); gathered to rank 0 under FSDP."""
     from codellama.checkpoint import save_checkpoint
 
@@ -426,7 +544,7 @@ def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, over
 
             set_gradient_checkpointing(plain, False)
         plain.config.use_cache = True
-        save_checkpoint(plain, target, _tokenizer_for(config), overwrite=overwrite)
+        save_checkpoint(plain, target, tokenizer or _tokenizer_for(config), overwrite=overwrite)
     dist_utils.barrier(env)
     return target
 
@@ -441,6 +559,7 @@ def train_branch(
     overrides: list[str] | tuple[str, ...] = (),
     resume: bool = False,
     progress: bool = True,
+    allow_tokenizer_mismatch: bool = False,
     **fields,
 ) -> TrainResult:
     """What a pipeline calls: `train_branch("code", data="runs/shards", base="runs/tiny", out="runs/code")`.
@@ -454,7 +573,7 @@ def train_branch(
         config = resume_config(out, fields, overrides)
     else:
         config = resolve_config(branch, scale, overrides, **fields)
-    return train(config, resume=resume, progress=progress)
+    return train(config, resume=resume, progress=progress, allow_tokenizer_mismatch=allow_tokenizer_mismatch)
 
 
 # -- resume --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from codellama.io import atomic_write_json
@@ -79,20 +80,26 @@ def save(
     tmp = root / f".{final.name}.tmp"
     if env.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(".step-*.tmp"):  # a save that was killed: possibly a whole model's worth of disk
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     barrier(env)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _single_process_ok(env):
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(rng_state(), tmp / f"rng-{env.rank:05d}.pt")
-    barrier(env)
+    try:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        with _single_process_ok(env), _checkpoint_errors(f"cannot write checkpoint {final}"):
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        torch.save(rng_state(), tmp / f"rng-{env.rank:05d}.pt")
+        barrier(env)
+        if env.is_main:
+            record = {**trainer, "step": step, "world_size": env.world_size, "scheduler": scheduler.state_dict()}
+            atomic_write_json(tmp / TRAINER_FILE, record)  # the completeness mark, written last
+            if final.exists():
+                _remove(final)
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint must not keep filling the disk
+        raise
     if env.is_main:
-        record = {**trainer, "step": step, "world_size": env.world_size, "scheduler": scheduler.state_dict()}
-        atomic_write_json(tmp / TRAINER_FILE, record)  # the completeness mark, written last
-        if final.exists():
-            _remove(final)
-        os.replace(tmp, final)
         prune(root, keep)
         log.info("checkpoint %s", final)
     barrier(env)
@@ -105,7 +112,7 @@ def load(path: str | os.PathLike, *, model, optimizer, scheduler, env: DistEnv) 
     record = json.loads((path / TRAINER_FILE).read_text())
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    with _single_process_ok(env):
+    with _single_process_ok(env), _checkpoint_errors(f"cannot resume from {path}"):
         dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     scheduler.load_state_dict(record["scheduler"])
@@ -129,6 +136,23 @@ def _single_process_ok(env: DistEnv):
         if not env.distributed:
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         yield
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(what: str):
+    """torch.distributed.checkpoint's CheckpointException is a BaseException carrying each rank's
+    traceback: turn it into the first rank's error, one line (an OSError keeps its errno: disk full)."""
+    try:
+        yield
+    except CheckpointException as exc:
+        first = next(iter(exc.failures.values()), None)
+        cause = first[0] if isinstance(first, tuple) else first
+        if isinstance(cause, OSError):
+            raise type(cause)(cause.errno, f"{what}: {cause.strerror or cause}") from None
+        text = " ".join(str(cause).split()) if cause is not None else "unknown failure"
+        if "size mismatch" in text or "shape" in text:
+            text = f"the checkpoint's tensors have other shapes than this model (another vocabulary?): {text[:300]}"
+        raise ValueError(f"{what}: {text[:400]}") from None
 
 
 def prune(root: Path, keep: int) -> None:
