@@ -10,6 +10,7 @@ the previous checkpoint or the new one, never half of one. Old ones are pruned b
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -86,16 +87,16 @@ def save(
     barrier(env)
     try:
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        with _single_process_ok(env), _checkpoint_errors(f"cannot write checkpoint {final}"):
+        with _single_process_ok(env), _checkpoint_errors(f"cannot write checkpoint {final}", disk=root):
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-        torch.save(rng_state(), tmp / f"rng-{env.rank:05d}.pt")
-        barrier(env)
-        if env.is_main:
-            record = {**trainer, "step": step, "world_size": env.world_size, "scheduler": scheduler.state_dict()}
-            atomic_write_json(tmp / TRAINER_FILE, record)  # the completeness mark, written last
-            if final.exists():
-                _remove(final)
-            os.replace(tmp, final)
+            torch.save(rng_state(), tmp / f"rng-{env.rank:05d}.pt")
+            barrier(env)
+            if env.is_main:
+                record = {**trainer, "step": step, "world_size": env.world_size, "scheduler": scheduler.state_dict()}
+                atomic_write_json(tmp / TRAINER_FILE, record)  # the completeness mark, written last
+                if final.exists():
+                    _remove(final)
+                os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint must not keep filling the disk
         raise
@@ -139,20 +140,38 @@ def _single_process_ok(env: DistEnv):
 
 
 @contextlib.contextmanager
-def _checkpoint_errors(what: str):
-    """torch.distributed.checkpoint's CheckpointException is a BaseException carrying each rank's
-    traceback: turn it into the first rank's error, one line (an OSError keeps its errno: disk full)."""
+def _checkpoint_errors(what: str, disk: Path | None = None):
+    """One line for a checkpoint that cannot be written or read, instead of a traceback per rank.
+
+    torch.distributed.checkpoint raises CheckpointException, a BaseException holding each rank's
+    traceback; torch's writer reports a full disk as "unexpected pos" (a short write), not ENOSPC.
+    """
     try:
         yield
-    except CheckpointException as exc:
-        first = next(iter(exc.failures.values()), None)
-        cause = first[0] if isinstance(first, tuple) else first
+    except (CheckpointException, RuntimeError, OSError) as exc:
+        cause = exc
+        if isinstance(exc, CheckpointException):
+            first = next(iter(exc.failures.values()), None)
+            cause = first[0] if isinstance(first, tuple) else first
+        if disk is not None and _disk_full(disk):
+            raise OSError(errno.ENOSPC, f"{what}: No space left on device") from None
         if isinstance(cause, OSError):
             raise type(cause)(cause.errno, f"{what}: {cause.strerror or cause}") from None
+        if not isinstance(exc, CheckpointException):
+            raise
         text = " ".join(str(cause).split()) if cause is not None else "unknown failure"
-        if "size mismatch" in text or "shape" in text:
+        if "size mismatch" in text.lower() or "shape" in text.lower():
             text = f"the checkpoint's tensors have other shapes than this model (another vocabulary?): {text[:300]}"
         raise ValueError(f"{what}: {text[:400]}") from None
+
+
+def _disk_full(path: Path) -> bool:
+    """Less than a block left where the checkpoint was going (its partial files are still there)."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < max(stat.f_frsize, 1 << 16)
 
 
 def prune(root: Path, keep: int) -> None:
