@@ -72,11 +72,29 @@ def load_config(model_dir: str | os.PathLike) -> LlamaConfig:
 
 
 def check_checkpoint(model_dir: str | os.PathLike) -> LlamaConfig:
-    """A checkpoint directory's config, after checking it has one and weights to load."""
+    """A checkpoint directory's config, after checking it has weights and a vocabulary its tokenizer fits."""
     config = load_config(model_dir)
     if not _weight_files(model_dir):
         raise CheckpointError(f"{model_dir} has no weights (*.safetensors)")
+    pieces = _tokenizer_pieces(Path(model_dir) / TOKENIZER_FILE)
+    if pieces is not None and pieces > config.vocab_size:
+        raise CheckpointError(
+            f"{model_dir}: its {TOKENIZER_FILE} has {pieces} pieces but the model's vocabulary is only "
+            f"{config.vocab_size} (ids past it have no embedding): the tokenizer belongs to another model"
+        )
     return config
+
+
+def _tokenizer_pieces(path: Path) -> int | None:
+    """How many pieces a SentencePiece file holds (None: no file, or not readable: load_tokenizer says why)."""
+    if not path.is_file():
+        return None
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    try:
+        return len(sp_pb2.ModelProto.FromString(path.read_bytes()).pieces) or None
+    except Exception:
+        return None
 
 
 def _weight_files(model_dir: str | os.PathLike) -> list[Path]:

@@ -98,3 +98,15 @@ def test_score_finds_an_unwritable_output_before_running_any_sample(tmpfs, monke
     assert main(["eval", "score", str(readonly / "samples.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"codellama: error: cannot write to {readonly}") and err.count("\n") == 1
+
+
+def test_a_model_smaller_than_its_tokenizer_is_one_line(tiny_model_dir, stdlib_texts, tmp_path, capsys):
+    from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    CodeLlamaTokenizer.train(stdlib_texts[:60], TrainOptions(vocab_size=3016)).save(model)  # 3,016 > 2,016 rows
+    assert main(_humaneval(model, tmp_path / "he")) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer.model has 3016 pieces but the model's vocabulary is only 2016" in err and err.count("\n") == 1
+    assert not (tmp_path / "he").exists()
