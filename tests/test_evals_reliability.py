@@ -45,19 +45,19 @@ def test_a_retrained_model_at_the_same_path_is_not_reported_with_old_completions
     shutil.copytree(tiny_model_dir, model)
     shutil.copytree(tiny_model_dir, moved)
     assert main(_humaneval(model, out)) == 0
-    samples = (out / "samples.jsonl").read_text()
-    assert main(_humaneval(moved, out)) == 0  # the same weights elsewhere: the same model, resumed as is
-    assert (out / "samples.jsonl").read_text() == samples
-    report = (out / "report.json").read_text()
+    samples, report = (out / "samples.jsonl").read_text(), (out / "report.json").read_text()
     capsys.readouterr()
 
-    _retrain(model)
+    _retrain(model)  # "train more, rerun the eval" on the same RUN/final
     assert main(_humaneval(model, out)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"codellama: error: {out} holds a run started with different settings (model.weights")
     assert err.count("\n") == 1 and "use another --out for a new model" in err
     assert (out / "samples.jsonl").read_text() == samples and (out / "report.json").read_text() == report
     assert main(_humaneval(model, tmp_path / "he-retrained")) == 0  # a new run scores the new weights
+
+    assert main(_humaneval(moved, out)) == 0  # the first weights elsewhere: the same model, resumed as is
+    assert (out / "samples.jsonl").read_text() == samples
 
 
 def test_infilling_runs_are_keyed_on_the_weights_too(tiny_model_dir, tmp_path):
