@@ -29,7 +29,7 @@ from evals.sandbox import SandboxConfig, SandboxPool
 
 log = logging.getLogger(__name__)
 
-RUN_FILE, SAMPLES_FILE, RESULTS_FILE, REPORT_FILE = "run.json", "samples.jsonl", "results.jsonl", "report.json"
+RUN_FILE, SAMPLES_FILE, RESULTS_FILE, REPORT_FILE = rundir.MARKER, "samples.jsonl", "results.jsonl", "report.json"
 
 
 @dataclass(frozen=True)
