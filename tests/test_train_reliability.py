@@ -67,6 +67,7 @@ def _one_line_error(err: str, *needles: str) -> None:
         assert needle in last, last
 
 
+@pytest.mark.slow
 def test_data_of_another_tokenizer_is_refused_before_any_work(data, tiny_model_dir, tmp_path, capsys, caplog):
     out = tmp_path / "run"
     code, err = _train("--base", str(tiny_model_dir), "--data", str(data["other"]), "--out", str(out), capsys=capsys)
@@ -94,6 +95,7 @@ def test_data_of_another_tokenizer_is_refused_before_any_work(data, tiny_model_d
     assert len(metric_losses(out)) == 2
 
 
+@pytest.mark.slow
 def test_resume_with_data_of_another_tokenizer_is_refused(data, tiny_model_dir, tmp_path, capsys, caplog):
     out = tmp_path / "run"
     assert _train("--base", str(tiny_model_dir), "--data", str(data["mine"]), "--out", str(out), capsys=capsys)[0] == 0
