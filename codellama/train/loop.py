@@ -234,7 +234,7 @@ def _data_tokenizer_sha(index) -> str | None:
     return sha or meta.get("tokenizer_sha256")
 
 
-def check_inputs(config: TrainConfig, *, allow_tokenizer_mismatch: bool = False) -> RunInputs:
+def check_inputs(config: TrainConfig, *, allow_tokenizer_mismatch: bool = False, fingerprint: bool = True) -> RunInputs:
     """Every input of a run, checked before anything is written or trained.
 
     Shards, rehearsal shards, the base (config.json and weights) and the tokenizer to export are
@@ -288,7 +288,9 @@ def check_inputs(config: TrainConfig, *, allow_tokenizer_mismatch: bool = False)
             f"the base {config.base} has a vocabulary of {base_vocab} but the data uses {vocab} token ids: "
             f"only Code Llama's {N_EXTRA_PIECES} extra pieces can be added to a base; use the base's tokenizer"
         )
-    fingerprint = {
+    if not fingerprint:  # (ranks other than 0 under torchrun: only rank 0 claims the run directory)
+        return RunInputs(tokenizer)
+    record = {
         "branch": config.branch,
         "tokenizer_sha256": data_sha or reference,
         "data": rundir.file_sha256(data) if chat else rundir.file_sha256(data / "index.json"),
@@ -297,7 +299,7 @@ def check_inputs(config: TrainConfig, *, allow_tokenizer_mismatch: bool = False)
         },
         "base": rundir.source_fingerprint(config.base) if config.base_kind == "checkpoint" else {"preset": config.base},
     }
-    return RunInputs(tokenizer, fingerprint)
+    return RunInputs(tokenizer, record)
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -318,7 +320,7 @@ def train(
     env = dist_utils.init(config.device)
     if not env.is_main:  # one voice: other ranks only warn
         logging.getLogger("codellama").setLevel(logging.WARNING)
-    inputs = check_inputs(config, allow_tokenizer_mismatch=allow_tokenizer_mismatch)
+    inputs = check_inputs(config, allow_tokenizer_mismatch=allow_tokenizer_mismatch, fingerprint=env.is_main)
     config.accumulation_steps(env.world_size)  # a batch that does not split is an error before any write
     claim, refused = contextlib.nullcontext(), None
     if env.is_main:
