@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -35,12 +36,69 @@ def save_checkpoint(
     return Path(out_dir)
 
 
+# config.json fields whose wrong type would otherwise surface deep inside transformers as a TypeError.
+_POSITIVE_INTS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+)
+_POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta")
+
+
 def load_config(model_dir: str | os.PathLike) -> LlamaConfig:
+    """The model's config.json, its types checked: a broken file is a one-line error naming it."""
     path = Path(model_dir) / "config.json"
     raw = read_json_file(path, missing=f"{model_dir} is not a checkpoint directory (no config.json)")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
     if raw.get("model_type") != "llama":
         raise CheckpointError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'llama'")
-    return LlamaConfig.from_pretrained(str(model_dir))
+    for key in _POSITIVE_INTS:
+        value = raw.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            raise CheckpointError(f"{path}: {key} must be a positive integer, got {value!r}")
+    for key in _POSITIVE_FLOATS:
+        value = raw.get(key)
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value) or value <= 0):
+            raise CheckpointError(f"{path}: {key} must be a positive number, got {value!r}")
+    try:
+        return LlamaConfig.from_pretrained(str(model_dir))
+    except Exception as exc:  # transformers' own checks (head counts that do not divide, ...)
+        raise CheckpointError(f"{path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def check_checkpoint(model_dir: str | os.PathLike) -> LlamaConfig:
+    """A checkpoint directory's config, after checking it has weights and a vocabulary its tokenizer fits."""
+    config = load_config(model_dir)
+    if not _weight_files(model_dir):
+        raise CheckpointError(f"{model_dir} has no weights (*.safetensors)")
+    pieces = _tokenizer_pieces(Path(model_dir) / TOKENIZER_FILE)
+    if pieces is not None and pieces > config.vocab_size:
+        raise CheckpointError(
+            f"{model_dir}: its {TOKENIZER_FILE} has {pieces} pieces but the model's vocabulary is only "
+            f"{config.vocab_size} (ids past it have no embedding): the tokenizer belongs to another model"
+        )
+    return config
+
+
+def _tokenizer_pieces(path: Path) -> int | None:
+    """How many pieces a SentencePiece file holds (None: no file, or not readable: load_tokenizer says why)."""
+    if not path.is_file():
+        return None
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    try:
+        return len(sp_pb2.ModelProto.FromString(path.read_bytes()).pieces) or None
+    except Exception:
+        return None
+
+
+def _weight_files(model_dir: str | os.PathLike) -> list[Path]:
+    return list(Path(model_dir).glob("*.safetensors")) + list(Path(model_dir).glob("*.bin"))
 
 
 def load_model(
@@ -50,10 +108,7 @@ def load_model(
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
 ) -> LlamaForCausalLM:
-    load_config(model_dir)
-    weights = list(Path(model_dir).glob("*.safetensors")) + list(Path(model_dir).glob("*.bin"))
-    if not weights:
-        raise CheckpointError(f"{model_dir} has no weights (*.safetensors)")
+    check_checkpoint(model_dir)
     try:
         model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation=attn_implementation)
     except Exception as exc:  # corrupt/truncated safetensors, shape mismatch, ...

@@ -11,6 +11,7 @@ missing command.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -56,6 +57,30 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     KeyError,
     ValueError,
 )
+# OSErrors that the user's machine or input causes (disk full, read-only output, no access): one line, exit 2.
+USER_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOSPC",
+        "EDQUOT",
+        "EROFS",
+        "EACCES",
+        "EPERM",
+        "ENOENT",
+        "ENOTDIR",
+        "EISDIR",
+        "EEXIST",
+        "ENOTEMPTY",
+        "ENAMETOOLONG",
+        "ELOOP",
+        "EFBIG",
+    )
+    if hasattr(errno, name)
+)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, USER_ERRORS) or (isinstance(exc, OSError) and exc.errno in USER_ERRNOS)
 
 
 class CommandTree:
@@ -142,14 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("codellama: interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as exc:
+    except Exception as exc:
         if args.debug or os.environ.get("CODELLAMA_DEBUG"):
             raise
-        print(f"codellama: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a bug: still one line, with a way to see more
-        if args.debug or os.environ.get("CODELLAMA_DEBUG"):
-            raise
+        if is_user_error(exc):
+            print(f"codellama: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        # a bug: still one line, with a way to see more
         print(
             f"codellama: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
             file=sys.stderr,
@@ -171,8 +195,10 @@ def _quiet_libraries() -> None:
 
 def _one_line(exc: BaseException) -> str:
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(text):
-        text = f"{exc.strerror or text}: {exc.filename}"
+    if isinstance(exc, OSError) and exc.strerror:  # no "[Errno 28]" prefix
+        text = exc.strerror
+        if exc.filename and str(exc.filename) not in text:
+            text = f"{text}: {exc.filename}"
     return " ".join(str(text).split()) or type(exc).__name__
 
 

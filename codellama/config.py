@@ -143,7 +143,10 @@ def coerce(value, hint, key: str):
         if hint is float:
             if isinstance(value, bool):
                 raise TypeError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan passes every range check (all its comparisons are False)
+                raise ValueError(f"config key {key}: {value!r} is not a finite number")
+            return number
         if hint is str:
             if isinstance(value, (dict, list)):
                 raise TypeError

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from codellama import rundir
 from codellama.generation import SamplingParams
 from codellama.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
 from evals.execution import build_infilling_program, result_record
@@ -117,24 +118,18 @@ def _key(record: dict) -> tuple[str, str, int]:
     return record["mode"], record["task_id"], record["sample"]
 
 
-def _prepare_run_dir(out_dir: Path, config: BenchmarkConfig) -> None:
-    """A new directory, or the same run again (resume); never someone else's files."""
-    saved = out_dir / "config.json"
-    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
-    if saved.is_file():
-        old = json.loads(saved.read_text())
-        diff = sorted(
-            k for k in wanted.keys() | old.keys() if k not in ("limit", "ks", "timeout") and old.get(k) != wanted.get(k)
-        )
-        if diff:
-            raise FileExistsError(
-                f"{out_dir} holds a run with different settings ({', '.join(diff)}); "
-                "use a new --out or the same settings to resume"
-            )
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"output {out_dir} already exists and is not an infilling run")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(saved, wanted)
+RESUMABLE_CHANGES = ("limit", "ks", "timeout")  # a rerun may score more problems, other k, a longer timeout
+
+
+def run_fingerprint(config: BenchmarkConfig, data: str | os.PathLike | None = None) -> dict:
+    """What a rerun must share to continue: the settings, the problems and the model itself (not its path)."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES}
+    fingerprint = rundir.source_fingerprint(config.model) if config.model not in ("", CANONICAL) else {}
+    if "model" in fingerprint:
+        settings.pop("model")
+    if data is not None:
+        fingerprint["problems_sha256"] = rundir.file_sha256(data)
+    return {**fingerprint, "settings": settings}
 
 
 def generate_samples(
@@ -245,21 +240,22 @@ def run_benchmark(
     problems = load_problems(data or data_path(config.benchmark), config.limit)
     if generator is None and any(m != CANONICAL for m in config.modes):
         raise ValueError("a model or endpoint is needed to generate (or score the canonical solutions)")
-    _prepare_run_dir(out_dir, config)
-    t0 = time.perf_counter()
-    generated = generate_samples(generator, problems, config, out_dir)
-    gen_s = time.perf_counter() - t0
-    executed, exec_s = execute_samples(problems, out_dir, timeout=config.timeout, workers=workers)
-    report = summarize_run(problems, config, out_dir)
-    report["this_run"] = {
-        "generated": generated,
-        "generation_seconds": round(gen_s, 2),
-        "executed": executed,
-        "execution_seconds": round(exec_s, 2),
-        "executed_per_second": round(executed / exec_s, 1) if exec_s else None,
-    }
-    atomic_write_json(out_dir / "report.json", report)
-    atomic_write_bytes(out_dir / "report.png", render_png(report))
+    hint = "a rerun continues the same model with the same settings; use another --out for a new model or settings"
+    with rundir.claim(out_dir, "infilling", run_fingerprint(config, data), hint=hint):
+        t0 = time.perf_counter()
+        generated = generate_samples(generator, problems, config, out_dir)
+        gen_s = time.perf_counter() - t0
+        executed, exec_s = execute_samples(problems, out_dir, timeout=config.timeout, workers=workers)
+        report = summarize_run(problems, config, out_dir)
+        report["this_run"] = {
+            "generated": generated,
+            "generation_seconds": round(gen_s, 2),
+            "executed": executed,
+            "execution_seconds": round(exec_s, 2),
+            "executed_per_second": round(executed / exec_s, 1) if exec_s else None,
+        }
+        atomic_write_json(out_dir / "report.json", report)
+        atomic_write_bytes(out_dir / "report.png", render_png(report))
     return report
 
 

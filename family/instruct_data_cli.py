@@ -148,6 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             question_model=question_model,
             solver_model=solver_model,
             executor=sandbox,
+            models={"question": args.question_model, "solver": args.solver_model},
         )
     finally:
         sandbox.close()

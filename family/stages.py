@@ -280,6 +280,7 @@ def run_instruct_data(ctx: RunContext) -> dict:
                 question_model=lambda: HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip"),
                 solver_model=lambda: HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip"),
                 executor=sandbox,
+                models={"question": model_dir, "solver": model_dir},
             )
         finally:
             sandbox.close()

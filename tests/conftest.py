@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "CODELLAMA_CACHE" not in os.environ:  # caches written by tests (packed chat data, ...) stay out of ~/.cache
+    import tempfile
+
+    os.environ["CODELLAMA_CACHE"] = tempfile.mkdtemp(prefix="codellama-test-cache-")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LLAMA2_TOKENIZER = SHARED / "data" / "llama2-tokenizer" / "tokenizer.model"
@@ -60,3 +64,33 @@ def llama2_tokenizer_path() -> Path:
     if not LLAMA2_TOKENIZER.is_file():
         pytest.skip(f"Meta's Llama 2 tokenizer not found at {LLAMA2_TOKENIZER}")
     return LLAMA2_TOKENIZER
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount small tmpfs file systems (a full disk, a read-only output, a mount point as --out).
+
+    Skipped unless the tests run as root and the kernel lets them mount; unmounted afterwards.
+    """
+    import subprocess
+
+    mounted = []
+
+    def mount(name: str = "mnt", size: str = "1m", *, files: dict | None = None, readonly: bool = False) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        path = tmp_path / name
+        path.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+        if res.returncode:
+            pytest.skip(f"cannot mount a tmpfs: {res.stderr.decode().strip()}")
+        mounted.append(path)
+        for rel, data in (files or {}).items():
+            (path / rel).write_bytes(data)
+        if readonly:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

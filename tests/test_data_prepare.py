@@ -132,6 +132,10 @@ def test_killed_run_resumes_to_identical_shards(tiny_tokenizer_dir, small_repo, 
     written = sorted(out.glob("shard-*.tokens"))
     assert not (out / "index.json").exists() and 20 < len(written) < len(expected) - 2
     capsys.readouterr()
+    # What a kill during a write (or a full disk) can also leave: a torn progress line, a killed writer's temp.
+    with open(out / ".work" / "progress.jsonl", "a") as f:
+        f.write('{"tokens": "shard-000')
+    (out / ".shard-00099.tokens.4194305.abcd.tmp").write_bytes(b"0" * 4096)
 
     # rerunning with different settings refuses to mix the two runs
     assert main([*args[:-1], "4", "--out", str(out)]) == 2
@@ -139,6 +143,7 @@ def test_killed_run_resumes_to_identical_shards(tiny_tokenizer_dir, small_repo, 
     # the same settings resume (after the finished shards) and finish
     assert main([*args, "--out", str(out), "--num-proc", "2"]) == 0
     assert _digest(out) == expected  # byte-identical to the uninterrupted run (which used 1 process, not 2)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # temps and .work are gone
     assert main([*args, "--out", str(out)]) == 2
     assert "already holds finished shards" in capsys.readouterr().err
 
@@ -234,7 +239,7 @@ def test_user_errors_are_one_line(tiny_tokenizer_dir, tmp_path, capsys):
     (tmp_path / "full" / "x").write_text("mine")
     (tmp_path / "one.py").write_text("print('hello world')\n")
     cases = [
-        (["--out", str(tmp_path / "full")], "not an unfinished"),
+        (["--out", str(tmp_path / "full")], "is not a data prepare run directory"),
         (["--out", str(tmp_path / "o"), "--source", str(tmp_path / "nope")], "source not found"),
         (["--out", str(tmp_path / "o"), "--fim-rate", "2"], "fim_rate must be between 0 and 1"),
         (["--out", str(tmp_path / "o"), "--mix", str(tmp_path / "m.yaml")], "mixture file not found"),

@@ -160,4 +160,4 @@ def test_local_model_run_and_settings_guard(tiny_model_dir, tmp_path, capsys):
     assert report["run"]["temperature"] == 0.0 and report["samples"] == 2
     assert "pass@1 = 0.00%" in capsys.readouterr().out  # a random tiny model solves nothing
     assert main(args[:-2] + ["--seed", "3"]) == 2
-    assert "different settings (seed)" in capsys.readouterr().err
+    assert "different settings (settings.seed: 0 -> 3)" in capsys.readouterr().err

@@ -170,7 +170,7 @@ def test_rerun_with_other_settings_is_refused(sandbox, tmp_path):
     )
     from dataclasses import replace
 
-    with pytest.raises(ValueError, match="solutions_per_question: 3 -> 5"):
+    with pytest.raises(FileExistsError, match="solutions_per_question: 3 -> 5"):
         run_pipeline(
             tmp_path / "run",
             replace(CFG, solutions_per_question=5),
@@ -195,6 +195,7 @@ def test_instruct_branch_trains_on_the_dataset_with_loss_only_on_answers(
 ):
     """`train instruct` (tiny) on the dataset plus a code rehearsal set: the loss counts answers and rehearsal code."""
     import torch
+    import yaml
     from _train_helpers import write_code_shards
 
     from codellama.checkpoint import load_model, load_tokenizer
@@ -234,7 +235,8 @@ def test_instruct_branch_trains_on_the_dataset_with_loss_only_on_answers(
 
     # What the loss counts: exactly the answers (and the </s> that ends each), never a question.
     tok = load_tokenizer(tiny_model_dir)
-    shards = TokenShards(out / "instruct-shards")
+    packed = yaml.safe_load((out / "config.yaml").read_text())["data"]  # where the chat JSONL was packed
+    shards = TokenShards(packed)
     spans = []
     for i in range(len(shards)):
         current = []
@@ -252,7 +254,7 @@ def test_instruct_branch_trains_on_the_dataset_with_loss_only_on_answers(
 
     # The first step's loss is the base model's mean cross-entropy over the answer tokens (and the
     # rehearsal code) of its batch.
-    stream = open_stream(str(out / "instruct-shards"), rehearsal, seq_len=256, seed=0)
+    stream = open_stream(packed, rehearsal, seq_len=256, seed=0)
     sources = [stream.locate(k)[0] for k in range(8)]  # tiny: 2048 tokens per step = 8 sequences of 256
     assert 0 in sources and 1 in sources
     batch = [stream.sample(k) for k in range(8)]

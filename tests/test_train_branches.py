@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,8 +107,10 @@ def test_instruct_branch_trains_on_answers_only(
     )
     with pytest.raises(ValueError, match="training reads token shards"):
         train(config, progress=False)  # the loop reads shards only; the data layer packs chat JSONL
-    result = train(pack_chat_data(config), progress=False)
-    packed = result.out_dir / "instruct-shards"
+    packed_config = pack_chat_data(config)
+    result = train(packed_config, progress=False)
+    packed = Path(packed_config.data)
+    assert pack_chat_data(config).data == packed_config.data  # the same inputs reuse the packed shards
     assert json.loads((packed / "index.json").read_text())["has_loss_mask"]
 
     # The first logged loss is cross-entropy over answer tokens (and rehearsal code) only.

@@ -48,6 +48,11 @@ def register(cli) -> None:
     add_set_option(p, "optim.lr=1e-4, max_steps=200, precision=fp32")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument(
+        "--allow-tokenizer-mismatch",
+        action="store_true",
+        help="train on data made with another tokenizer than the one exported with the model (normally refused)",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="print the resolved config, steps, tokens and memory; train nothing"
     )
     p.add_argument("--world-size", type=int, help="GPUs in total, for --dry-run (default: nodes x 8; tiny: 1)")
@@ -91,7 +96,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run_report(config, world_size=args.world_size, nodes=args.nodes))
         return 0
-    result = loop.train(loop.pack_chat_data(config), resume=args.resume, progress=not args.no_progress)
+    result = loop.train(
+        loop.pack_chat_data(config),
+        resume=args.resume,
+        progress=not args.no_progress,
+        allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
+    )
     if _is_main():
         print(
             f"trained {config.branch} ({config.scale}): steps {result.start_step}->{result.steps}, "

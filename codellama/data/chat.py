@@ -7,6 +7,7 @@ tokens, using the chat format of `codellama.chat`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -55,7 +56,12 @@ class PackStats:
 
 
 def pack_dialogs(
-    dialogs: Iterable[list[dict]], tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike, seq_len: int
+    dialogs: Iterable[list[dict]],
+    tokenizer: CodeLlamaTokenizer,
+    out_dir: str | os.PathLike,
+    seq_len: int,
+    *,
+    meta: dict | None = None,
 ) -> PackStats:
     """Pack encoded dialogs into loss-masked shards; a dialog never straddles two sequences.
 
@@ -102,6 +108,7 @@ def pack_dialogs(
             "dropped": dropped,
             "answer_tokens": answer_tokens,
             "template": "llama2-chat",
+            **(meta or {}),
         }
     )
     if truncated:
@@ -115,23 +122,39 @@ def pack_dialogs(
     return PackStats(n_dialogs, sequences, truncated, dropped, answer_tokens)
 
 
+def chat_cache_dir() -> Path:
+    """Where packed chat shards are cached (`$CODELLAMA_CACHE/chat-shards`, default ~/.cache/codellama)."""
+    root = os.environ.get("CODELLAMA_CACHE") or Path.home() / ".cache" / "codellama"
+    return Path(root) / "chat-shards"
+
+
 def prepare_chat_shards(
     chat_jsonl: str | os.PathLike,
     tokenizer: CodeLlamaTokenizer,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None,
     seq_len: int,
     *,
     main: bool = True,
     wait_seconds: float = 3600.0,
 ) -> Path:
-    """Pack `chat_jsonl` into `out_dir` once (atomically); later calls reuse the finished shards.
+    """Pack `chat_jsonl` into loss-masked shards once (atomically); a finished result is reused.
 
-    Under torchrun only the main rank packs (`main=True`); the others wait for its index.
+    `out_dir` None: a directory in the cache named by the chat file's and the tokenizer's sha256
+    and `seq_len`, so the same inputs always map to the same shards and other inputs never collide.
+    The shards record both hashes in their index. Under torchrun only the main rank packs
+    (`main=True`); the others wait for its index.
     """
+    source = hashlib.sha256(Path(chat_jsonl).read_bytes()).hexdigest()
+    tok_sha = hashlib.sha256(tokenizer.proto_bytes).hexdigest()
+    if out_dir is None:
+        out_dir = chat_cache_dir() / f"{source[:16]}-{tok_sha[:16]}-{seq_len}"
     out = Path(out_dir)
     if (out / INDEX).is_file():
-        ShardIndex.load(out)
-        return out
+        meta = ShardIndex.load(out).meta
+        if meta.get("source_sha256") == source and (meta.get("tokenizer") or {}).get("sha256") == tok_sha:
+            return out
+        if not main:
+            raise FileExistsError(f"{out} holds shards of other chat data or another tokenizer")
     if not main:
         deadline = time.monotonic() + wait_seconds
         while not (out / INDEX).is_file():
@@ -139,8 +162,9 @@ def prepare_chat_shards(
                 raise TimeoutError(f"the main rank did not finish packing {chat_jsonl} into {out}")
             time.sleep(1.0)
         return out
-    with atomic_directory(out, overwrite=True) as tmp:  # no index: nothing finished to keep
-        stats = pack_dialogs(read_chat_jsonl(chat_jsonl), tokenizer, tmp, seq_len)
+    meta = {"source": str(chat_jsonl), "source_sha256": source, "tokenizer": {"sha256": tok_sha}}
+    with atomic_directory(out, overwrite=True) as tmp:  # nothing finished of these inputs to keep
+        stats = pack_dialogs(read_chat_jsonl(chat_jsonl), tokenizer, tmp, seq_len, meta=meta)
     log.info(
         "packed %d dialogs into %d sequences (%d answer tokens) -> %s",
         stats.dialogs,

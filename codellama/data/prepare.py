@@ -21,6 +21,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from codellama import rundir
 from codellama.data.dedup import DedupConfig, exact_dedup, near_dedup
 from codellama.data.filters import FilterConfig, apply_filters
 from codellama.data.fim import MODES, FimOptions
@@ -30,14 +31,7 @@ from codellama.data.pack import PACKING_MODES, PackingMode, pack_layout, sequenc
 from codellama.data.shards import INDEX, ShardIndex, ShardWriter
 from codellama.data.tokenize import SPAN_KINDS, TokenStream, token_counts, tokenize_documents
 from codellama.data.workers import children_die_with_us
-from codellama.io import (
-    append_jsonl,
-    atomic_directory,
-    atomic_write_bytes,
-    atomic_write_json,
-    ensure_new_output_dir,
-    read_jsonl,
-)
+from codellama.io import append_jsonl, atomic_directory, atomic_write_bytes, atomic_write_json, read_jsonl
 from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
 
 log = logging.getLogger(__name__)
@@ -85,18 +79,12 @@ def prepare(
     out = Path(out_dir)
     work = out / WORK
     settings = {"config": config.to_json(), "tokenizer_sha256": hashlib.sha256(tokenizer.proto_bytes).hexdigest()}
-    existed = out.exists()
-    fresh = _claim_output(out, work, settings)
-    try:
+    if (out / INDEX).exists():
+        raise FileExistsError(f"{out} already holds finished shards ({INDEX}); choose another --out")
+    # An error (not a kill or Ctrl-C, which keep the checkpoints in .work) leaves nothing half-written.
+    with rundir.claim(out, "data prepare", settings, marker=f"{WORK}/{rundir.MARKER}", discard_on_error=True):
         with children_die_with_us():
             return _run(config, tokenizer, out, work, settings, num_proc)
-    except Exception:
-        if fresh:  # an error (not a kill or Ctrl-C, which keep the checkpoints): leave nothing half-written
-            for child in out.iterdir() if existed else ():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-            if not existed:
-                shutil.rmtree(out, ignore_errors=True)
-        raise
 
 
 def _run(
@@ -134,27 +122,6 @@ def documents_to_shards(
     if config.packing == "whole-files":
         meta["pad_id"] = tokenizer.eos_id
     return _write_shards(config, tokenizer, out, work, tokens, layout, meta)
-
-
-def _claim_output(out: Path, work: Path, settings: dict) -> bool:
-    """Start a fresh output (True), or resume the unfinished run with the same settings (False)."""
-    if (out / INDEX).exists():
-        raise FileExistsError(f"{out} already holds finished shards ({INDEX}); choose another --out")
-    saved = work / "settings.json"
-    if out.exists() and any(out.iterdir()):
-        if not saved.is_file():
-            raise FileExistsError(f"output {out} already exists and is not an unfinished `data prepare` run")
-        if json.loads(saved.read_text()) != json.loads(json.dumps(settings)):
-            raise FileExistsError(
-                f"{out} holds an unfinished run with different settings; "
-                "rerun with the same settings to resume, or choose another --out"
-            )
-        log.info("resuming the unfinished run in %s", out)
-        return False
-    ensure_new_output_dir(out)
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(saved, settings)
-    return True
 
 
 def _documents(config: PrepareConfig, work: Path, num_proc: int) -> tuple[datasets.Dataset, dict]:

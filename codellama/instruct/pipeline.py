@@ -3,8 +3,9 @@
 Every stage writes one JSONL in the run directory. Work inside a stage is journaled to
 `<stage>.partial.jsonl` one finished item at a time (fsynced), and renamed to `<stage>.jsonl`
 when the stage is complete, so an interrupted run restarted with the same arguments skips
-finished stages and finished items and redoes nothing. `state.json` records the settings that
-determine the data; a rerun with different ones is refused rather than mixing two runs.
+finished stages and finished items and redoes nothing. `run.json` records the settings and models
+that determine the data (`codellama.rundir`); a rerun with different ones is refused rather than
+mixing two runs. `state.json` lists the finished stages.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
+from codellama import rundir
 from codellama.generation import Completion, GenerationRequest, Generator, SamplingParams
 from codellama.instruct import prompts
 from codellama.instruct.dedup import DedupConfig, find_duplicates
@@ -116,21 +118,23 @@ class _Lazy:
 
 
 class RunDir:
-    """Stage files and the journal of the unfinished stage."""
+    """Stage files and the journal of the unfinished stage, in a directory claimed by `codellama.rundir`.
 
-    def __init__(self, path: str | os.PathLike, config: InstructDataConfig):
+    run.json holds the fingerprint (the config and the models); state.json lists the finished stages.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: InstructDataConfig, models: dict | None = None):
         self.path = Path(path)
+        fingerprint = {"config": config.fingerprint()}
+        if models:
+            fingerprint["models"] = {role: rundir.source_fingerprint(src) for role, src in models.items()}
+        self.claim = rundir.claim(self.path, "instruct-data", fingerprint, scratch=(STATE,))
         state_file = self.path / STATE
-        if state_file.is_file():
-            self.state = json.loads(state_file.read_text())
-            _check_same_config(self.state["config"], config.fingerprint(), self.path)
-            log.info("resuming %s (done: %s)", self.path, ", ".join(self.state["done"]) or "nothing")
-        else:
-            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-                raise FileExistsError(f"output {self.path} already exists and is not an instruct-data run (no {STATE})")
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.state = {"config": config.fingerprint(), "done": []}
+        self.state = json.loads(state_file.read_text()) if state_file.is_file() and not self.claim.fresh else None
+        if self.state is None:
+            self.state = {"done": []}
             atomic_write_json(state_file, self.state)
+        log.info("%s: stages done: %s", self.path, ", ".join(self.state["done"]) or "none")
 
     def done(self, stage: str) -> bool:
         return stage in self.state["done"]
@@ -157,23 +161,6 @@ class RunDir:
         atomic_write_json(self.path / STATE, self.state)
         self.journal(stage).unlink(missing_ok=True)
         log.info("stage %s done: %d records in %s", stage, len(records), self.file(stage).name)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def _check_same_config(old: dict, new: dict, path: Path) -> None:
-    old, new = _flatten(old), _flatten(new)
-    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    if diffs:
-        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:3])
-        raise ValueError(
-            f"{path} was started with other settings ({shown}); resume with the same settings or choose a new --out"
-        )
 
 
 def request_seed(base: int, *parts) -> int:
@@ -404,12 +391,30 @@ def run_pipeline(
     executor: Executor,
     chunk_size: int = 64,
     stop_after: str | None = None,
+    models: dict[str, str] | None = None,
 ) -> Path:
-    """Run (or resume) every stage into `out`; returns the dataset path (or `out` if stopped early)."""
+    """Run (or resume) every stage into `out`; returns the dataset path (or `out` if stopped early).
+
+    `models`: role -> model directory or endpoint URL, fingerprinted so that a rerun with another
+    (or retrained) model is refused instead of mixing its output with the first model's.
+    """
     cfg.validate()
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"unknown stage {stop_after!r}; choose one of: {', '.join(STAGES)}")
-    run = RunDir(out, cfg)
+    run = RunDir(out, cfg, models)
+    with run.claim:
+        return _run_stages(run, cfg, question_model, solver_model, executor, chunk_size, stop_after)
+
+
+def _run_stages(
+    run: RunDir,
+    cfg: InstructDataConfig,
+    question_model: GeneratorSource,
+    solver_model: GeneratorSource,
+    executor: Executor,
+    chunk_size: int,
+    stop_after: str | None,
+) -> Path:
     qmodel, smodel = _Lazy(question_model), _Lazy(solver_model)
 
     def step(stage: str, work: Callable[[], list[dict]]) -> list[dict]:

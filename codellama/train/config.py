@@ -133,8 +133,30 @@ class TrainConfig:
             raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.schedule.min_lr_ratio}")
         if self.fsdp_shard_size < 0:
             raise ValueError(f"fsdp_shard_size must be >= 0 (0 = automatic), got {self.fsdp_shard_size}")
-        if self.optim.lr <= 0:
-            raise ValueError(f"optim.lr must be positive, got {self.optim.lr}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.total_tokens <= 0:
+            raise ValueError(f"total_tokens must be positive, got {self.total_tokens}")
+        if self.schedule.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.schedule.warmup_steps}")
+        optim = self.optim
+        if optim.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {optim.lr}")
+        if optim.eps <= 0 or optim.weight_decay < 0 or optim.grad_clip < 0:
+            raise ValueError(
+                f"optim.eps must be > 0, weight_decay and grad_clip >= 0 "
+                f"(got {optim.eps}, {optim.weight_decay}, {optim.grad_clip})"
+            )
+        if not all(0 <= b < 1 for b in optim.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(optim.betas)}")
+        if self.rope.base is not None and self.rope.base <= 0:
+            raise ValueError(f"rope.base must be positive, got {self.rope.base}")
+        if self.rope.max_context is not None and self.rope.max_context < 1:
+            raise ValueError(f"rope.max_context must be >= 1, got {self.rope.max_context}")
         weights = [float(r.get("weight", 0)) for r in self.rehearsal]
         if any(not r.get("path") for r in self.rehearsal) or any(w <= 0 for w in weights) or sum(weights) >= 1:
             raise ValueError("rehearsal entries need a path and a weight > 0, with weights summing to < 1")

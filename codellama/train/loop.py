@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
-from codellama.checkpoint import load_model, load_tokenizer, save_checkpoint
+from codellama import rundir
+from codellama.checkpoint import check_checkpoint, load_model, load_tokenizer, save_checkpoint
 from codellama.data.chat import prepare_chat_shards
 from codellama.data.shards import ShardIndex
-from codellama.io import atomic_write_json, atomic_write_text, ensure_new_output_dir, read_jsonl
+from codellama.io import atomic_write_json, atomic_write_text, read_jsonl
 from codellama.model import build_model, empty_model, rebuild_rotary, resize_vocab_mean_init, set_gradient_checkpointing
 from codellama.presets import PRESETS
 from codellama.rope import set_rope
-from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
+from codellama.tokenizer import N_EXTRA_PIECES, TOKENIZER_FILE, CodeLlamaTokenizer
 from codellama.train import distributed as dist_utils
 from codellama.train import state
 from codellama.train.config import TrainConfig, apply_overrides, from_dict, resolve_config
@@ -41,9 +43,10 @@ from codellama.train.schedule import cosine_schedule
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
-CHAT_SHARDS = "instruct-shards"  # where an instruct run keeps the shards packed from its chat JSONL
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
+# Written at the start of a run but not work: a start that fails removes them, a rerun replaces them.
+SCRATCH = (CONFIG_FILE, "tb")
 
 
 @dataclass
@@ -179,7 +182,34 @@ def _check_data_expectations(config: TrainConfig, stream: MixedStream) -> None:
         log.warning("instruct data without a loss mask: every token is trained on, not only answers")
 
 
-def _check_inputs(config: TrainConfig) -> None:
+@dataclass
+class RunInputs:
+    """What a run was checked to start from: the tokenizer it exports and the run's fingerprint."""
+
+    tokenizer: object | None  # CodeLlamaTokenizer exported with the final weights (None: none known)
+    fingerprint: dict = field(default_factory=dict)
+
+
+def _sha256(tokenizer) -> str:
+    return hashlib.sha256(tokenizer.proto_bytes).hexdigest()
+
+
+def _data_tokenizer_sha(index) -> str | None:
+    """The sha256 of the tokenizer a shard set was made with (`data prepare` records it)."""
+    meta = index.meta or {}
+    recorded = meta.get("tokenizer")
+    sha = recorded.get("sha256") if isinstance(recorded, dict) else None
+    return sha or meta.get("tokenizer_sha256")
+
+
+def check_inputs(config: TrainConfig, *, allow_tokenizer_mismatch: bool = False, fingerprint: bool = True) -> RunInputs:
+    """Every input of a run, checked before anything is written or trained.
+
+    Shards, rehearsal shards, the base (config.json and weights) and the tokenizer to export are
+    opened; the tokenizer the data's ids were made with (index.json records its sha256) must be the
+    one exported with the model (--tokenizer, else the base's), and the base's vocabulary must hold
+    the data's ids (growing it is only for Code Llama's 16 extra pieces on a Llama 2 base).
+    """
 
     data = Path(config.data)
     if data.is_file():
@@ -187,15 +217,67 @@ def _check_inputs(config: TrainConfig) -> None:
             f"{data} is a file; training reads token shards: pack chat data with `codellama data prepare-chat` "
             "(`codellama train instruct --data CHAT.jsonl` does it for you)"
         )
-    ShardIndex.load(data)  # a missing or unfinished shard directory is a one-line error
-    for extra in config.rehearsal:
-        ShardIndex.load(extra["path"])
-    _ = config.base_kind  # a base that is neither a checkpoint nor a preset is a one-line error
+    tokenizer = _tokenizer_for(config)  # a garbage tokenizer.model is an error now, not after training
+    shard_sets = [(str(data), ShardIndex.load(data))]  # missing or unfinished: one-line error
+    shard_sets += [(extra["path"], ShardIndex.load(extra["path"])) for extra in config.rehearsal]
+    base_vocab = None
+    if config.base_kind == "checkpoint":
+        base_vocab = check_checkpoint(config.base).vocab_size
+
+    reference = _sha256(tokenizer) if tokenizer is not None else None
+    exported = f"the tokenizer {config.tokenizer}" if config.tokenizer else f"the base's tokenizer ({config.base})"
+    data_sha = None
+    for path, index in shard_sets:
+        sha = _data_tokenizer_sha(index)
+        problem = None
+        if sha is not None and reference is not None and sha != reference:
+            problem = (
+                f"{path} was tokenized with another tokenizer (sha256 {sha[:12]}) than {exported} ({reference[:12]})"
+            )
+        elif tokenizer is not None and index.vocab_size != tokenizer.vocab_size:
+            problem = f"{path} has {index.vocab_size} token ids but {exported} has {tokenizer.vocab_size}"
+        elif sha is not None and data_sha is not None and sha != data_sha:
+            problem = f"{path} and {config.data} were tokenized with different tokenizers ({sha[:12]}, {data_sha[:12]})"
+        if problem and not allow_tokenizer_mismatch:
+            raise ValueError(
+                f"{problem}: the model would ship with a tokenizer its ids were not trained with "
+                "(use data made with the model's tokenizer, or pass --allow-tokenizer-mismatch)"
+            )
+        if problem:
+            log.warning("%s (allowed by --allow-tokenizer-mismatch)", problem)
+        if sha is None:
+            log.warning("%s does not record its tokenizer (no sha256 in index.json): not checked", path)
+        data_sha = data_sha or sha
+    vocab = shard_sets[0][1].vocab_size
+    if base_vocab is not None and base_vocab < vocab and vocab != base_vocab + N_EXTRA_PIECES:
+        raise ValueError(
+            f"the base {config.base} has a vocabulary of {base_vocab} but the data uses {vocab} token ids: "
+            f"only Code Llama's {N_EXTRA_PIECES} extra pieces can be added to a base; use the base's tokenizer"
+        )
+    if not fingerprint:  # (ranks other than 0 under torchrun: only rank 0 claims the run directory)
+        return RunInputs(tokenizer)
+    record = {
+        "branch": config.branch,
+        "tokenizer_sha256": data_sha or reference,
+        "data": rundir.file_sha256(data / "index.json"),
+        "rehearsal": {
+            extra["path"]: rundir.file_sha256(Path(extra["path"]) / "index.json") for extra in config.rehearsal
+        },
+        "base": rundir.source_fingerprint(config.base) if config.base_kind == "checkpoint" else {"preset": config.base},
+    }
+    return RunInputs(tokenizer, record)
 
 
 # -- the loop ------------------------------------------------------------------------------------
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Run (or resume) one branch's training; under torchrun every rank calls this."""
+def train(
+    config: TrainConfig, *, resume: bool = False, progress: bool = True, allow_tokenizer_mismatch: bool = False
+) -> TrainResult:
+    """Run (or resume) one branch's training; under torchrun every rank calls this.
+
+    Every input is checked before the run directory is claimed (`codellama.rundir`): a new run
+    refuses a directory holding another run's work, `resume` continues the run there (refusing
+    data made with another tokenizer), and a start that fails leaves nothing that blocks a rerun.
+    """
     if not config.data:
         raise ValueError("no training data: pass --data (a shard directory)")
     if not config.out:
@@ -204,13 +286,37 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     env = dist_utils.init(config.device)
     if not env.is_main:  # one voice: other ranks only warn
         logging.getLogger("codellama").setLevel(logging.WARNING)
-    if not resume:
-        ensure_new_output_dir(out, allow=(CHAT_SHARDS,))
-    _check_inputs(config)  # before anything is written: a bad --data or --base leaves no run directory behind
-    dist_utils.barrier(env)
+    inputs = check_inputs(config, allow_tokenizer_mismatch=allow_tokenizer_mismatch, fingerprint=env.is_main)
+    config.accumulation_steps(env.world_size)  # a batch that does not split is an error before any write
+    claim, refused = contextlib.nullcontext(), None
     if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False))
+        allow = ("data", "rehearsal", "base") + (("tokenizer_sha256",) if allow_tokenizer_mismatch else ())
+        try:
+            claim = rundir.claim(
+                out,
+                "train",
+                inputs.fingerprint,
+                existing="resume" if resume else "refuse",
+                allow=allow,
+                scratch=SCRATCH,
+                hint="resume with data made with the same tokenizer (or --allow-tokenizer-mismatch)",
+            )
+        except (OSError, ValueError) as exc:
+            refused = exc
+    message = dist_utils.broadcast_object(str(refused) if refused else None, env)  # every rank stops, not only 0
+    if refused is not None:
+        raise refused
+    if message is not None:
+        raise FileExistsError(message)
+    with claim:
+        if env.is_main:
+            atomic_write_text(
+                out / CONFIG_FILE, yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False)
+            )
+        return _train(config, out, env, inputs, resume=resume, progress=progress)
+
+
+def _train(config: TrainConfig, out: Path, env: DistEnv, inputs: RunInputs, *, resume: bool, progress: bool):
     torch.manual_seed(config.seed)
 
     stream = open_stream(config.data, config.rehearsal, config.seq_len, config.seed)
@@ -325,7 +431,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         if metrics is not None:
             metrics.close()
 
-    final_dir = export_final(model, config, out / FINAL, env, overwrite=resume)
+    final_dir = export_final(model, config, out / FINAL, env, overwrite=resume, tokenizer=inputs.tokenizer)
     plot = None
     if env.is_main:
         records = [r for r in read_jsonl(out / METRICS_FILE) if r["step"] <= total_steps]
@@ -380,7 +486,7 @@ def _save(out: Path, step: int, model, optimizer, scheduler, config: TrainConfig
     )
 
 
-def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, overwrite: bool) -> Path:
+def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, overwrite: bool, tokenizer=None) -> Path:
     """Hugging Face checkpoint of the trained weights (+ tokenizer); gathered to rank 0 under FSDP."""
 
     if env.distributed:
@@ -398,7 +504,7 @@ def export_final(model, config: TrainConfig, target: Path, env: DistEnv, *, over
         if config.gradient_checkpointing:
             set_gradient_checkpointing(plain, False)
         plain.config.use_cache = True
-        save_checkpoint(plain, target, _tokenizer_for(config), overwrite=overwrite)
+        save_checkpoint(plain, target, tokenizer or _tokenizer_for(config), overwrite=overwrite)
     dist_utils.barrier(env)
     return target
 
@@ -413,6 +519,7 @@ def train_branch(
     overrides: list[str] | tuple[str, ...] = (),
     resume: bool = False,
     progress: bool = True,
+    allow_tokenizer_mismatch: bool = False,
     **fields,
 ) -> TrainResult:
     """What a pipeline calls: `train_branch("code", data="runs/shards", base="runs/tiny", out="runs/code")`.
@@ -425,14 +532,18 @@ def train_branch(
         config = resume_config(out, fields, overrides)
     else:
         config = resolve_config(branch, scale, overrides, **fields)
-    return train(pack_chat_data(config), resume=resume, progress=progress)
+    return train(
+        pack_chat_data(config), resume=resume, progress=progress, allow_tokenizer_mismatch=allow_tokenizer_mismatch
+    )
 
 
 def pack_chat_data(config: TrainConfig) -> TrainConfig:
-    """An instruct run given a chat JSONL: the data layer packs it once into OUT/instruct-shards.
+    """An instruct run given a chat JSONL: the data layer packs it into token shards first.
 
     Training itself reads shards only; this is the convenience step the `train` command and the
-    pipeline take first. Under torchrun rank 0 packs and the other ranks wait for it.
+    pipeline take. The shards are cached by content (the chat file's and tokenizer's sha256 and the
+    sequence length), so a rerun or resume reuses them and other chat data gets its own. Under
+    torchrun rank 0 packs and the other ranks wait for it.
     """
     if config.branch != "instruct" or not config.data or not Path(config.data).is_file():
         return config
@@ -440,7 +551,7 @@ def pack_chat_data(config: TrainConfig) -> TrainConfig:
     if tokenizer is None:
         raise ValueError("packing chat data needs a tokenizer: pass --tokenizer or a --base checkpoint with one")
     main = int(os.environ.get("RANK", "0")) == 0
-    shards = prepare_chat_shards(config.data, tokenizer, Path(config.out) / CHAT_SHARDS, config.seq_len, main=main)
+    shards = prepare_chat_shards(config.data, tokenizer, None, config.seq_len, main=main)
     return dataclasses.replace(config, data=str(shards))
 
 

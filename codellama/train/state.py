@@ -10,6 +10,7 @@ the previous checkpoint or the new one, never half of one. Old ones are pruned b
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from codellama.io import atomic_write_json
@@ -79,20 +81,26 @@ def save(
     tmp = root / f".{final.name}.tmp"
     if env.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(".step-*.tmp"):  # a save that was killed: possibly a whole model's worth of disk
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     barrier(env)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _single_process_ok(env):
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(rng_state(), tmp / f"rng-{env.rank:05d}.pt")
-    barrier(env)
+    try:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        with _single_process_ok(env), _checkpoint_errors(f"cannot write checkpoint {final}", disk=root):
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+            torch.save(rng_state(), tmp / f"rng-{env.rank:05d}.pt")
+            barrier(env)
+            if env.is_main:
+                record = {**trainer, "step": step, "world_size": env.world_size, "scheduler": scheduler.state_dict()}
+                atomic_write_json(tmp / TRAINER_FILE, record)  # the completeness mark, written last
+                if final.exists():
+                    _remove(final)
+                os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint must not keep filling the disk
+        raise
     if env.is_main:
-        record = {**trainer, "step": step, "world_size": env.world_size, "scheduler": scheduler.state_dict()}
-        atomic_write_json(tmp / TRAINER_FILE, record)  # the completeness mark, written last
-        if final.exists():
-            _remove(final)
-        os.replace(tmp, final)
         prune(root, keep)
         log.info("checkpoint %s", final)
     barrier(env)
@@ -105,7 +113,7 @@ def load(path: str | os.PathLike, *, model, optimizer, scheduler, env: DistEnv) 
     record = json.loads((path / TRAINER_FILE).read_text())
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    with _single_process_ok(env):
+    with _single_process_ok(env), _checkpoint_errors(f"cannot resume from {path}"):
         dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     scheduler.load_state_dict(record["scheduler"])
@@ -129,6 +137,41 @@ def _single_process_ok(env: DistEnv):
         if not env.distributed:
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         yield
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(what: str, disk: Path | None = None):
+    """One line for a checkpoint that cannot be written or read, instead of a traceback per rank.
+
+    torch.distributed.checkpoint raises CheckpointException, a BaseException holding each rank's
+    traceback; torch's writer reports a full disk as "unexpected pos" (a short write), not ENOSPC.
+    """
+    try:
+        yield
+    except (CheckpointException, RuntimeError, OSError) as exc:
+        cause = exc
+        if isinstance(exc, CheckpointException):
+            first = next(iter(exc.failures.values()), None)
+            cause = first[0] if isinstance(first, tuple) else first
+        if disk is not None and _disk_full(disk):
+            raise OSError(errno.ENOSPC, f"{what}: No space left on device") from None
+        if isinstance(cause, OSError):
+            raise type(cause)(cause.errno, f"{what}: {cause.strerror or cause}") from None
+        if not isinstance(exc, CheckpointException):
+            raise
+        text = " ".join(str(cause).split()) if cause is not None else "unknown failure"
+        if "size mismatch" in text.lower() or "shape" in text.lower():
+            text = f"the checkpoint's tensors have other shapes than this model (another vocabulary?): {text[:300]}"
+        raise ValueError(f"{what}: {text[:400]}") from None
+
+
+def _disk_full(path: Path) -> bool:
+    """Less than a block left where the checkpoint was going (its partial files are still there)."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < max(stat.f_frsize, 1 << 16)
 
 
 def prune(root: Path, keep: int) -> None:
