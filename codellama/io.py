@@ -25,15 +25,12 @@ _OWNED_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 _OLD = re.compile(r"^\.(?P<name>.+)\.old\.(?P<pid>\d+)$")
 
 
-def ensure_new_output_dir(path: str | os.PathLike, *, allow: tuple[str, ...] = ()) -> None:
-    """Refuse to write into an existing, non-empty output (nothing of the user's is overwritten).
-
-    `allow`: entries a preparatory step of the same command may already have written there.
-    """
+def ensure_new_output_dir(path: str | os.PathLike) -> None:
+    """Refuse to write into an existing, non-empty output (nothing of the user's is overwritten)."""
     path = Path(path)
     if path.is_dir():
         remove_stale_temps(path)  # a killed write into this (mount point) directory
-    if path.exists() and (not path.is_dir() or any(p.name not in allow for p in path.iterdir())):
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"output {path} already exists and is not empty")
     parent = path.resolve().parent
     while not parent.exists():
