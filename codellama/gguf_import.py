@@ -157,12 +157,13 @@ def _llama3_from_factors(factors: np.ndarray, base: float, head_dim: int, path: 
     """Recover Llama 3's RoPE parameters from llama.cpp's per-dimension factors.
 
     The factors are a function of (factor, low/high frequency factors, original context); we try
-    the published settings and accept one only if it reproduces every factor.
+    the published band settings at power-of-two contexts and accept one only if it reproduces every
+    factor.
     """
     inv = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     wavelen = 2 * np.pi / inv
     factor = float(factors.max())
-    for original in (8192, 4096, 2048, 16384, 32768, 65536, 131072):
+    for original in (8192, *(2**k for k in range(8, 21))):
         for low, high in ((1.0, 4.0), (1.0, 2.0), (2.0, 4.0), (1.0, 8.0)):
             low_wl, high_wl = original / low, original / high
             smooth = (original / wavelen - low) / (high - low)
@@ -241,13 +242,18 @@ def _torch_tensor(model: GGUFModel, tensor, hf_name: str, config, dtype: torch.d
 
 
 def default_dtype(model: GGUFModel) -> torch.dtype:
-    """The float type that holds the file's matrix values exactly."""
-    kinds = {t.tensor_type for t in model.reader.tensors if len(t.shape) == 2}
-    if kinds == {gguf.GGMLQuantizationType.F16}:
-        return torch.float16
-    if kinds == {gguf.GGMLQuantizationType.BF16}:
-        return torch.bfloat16
-    return torch.float32
+    """The smallest float type that holds every value of the file exactly (float32 for quantized files)."""
+    matrices = {t.tensor_type for t in model.reader.tensors if len(t.shape) == 2}
+    half = {gguf.GGMLQuantizationType.F16: torch.float16, gguf.GGMLQuantizationType.BF16: torch.bfloat16}
+    if len(matrices) != 1 or next(iter(matrices)) not in half:
+        return torch.float32
+    dtype = half[next(iter(matrices))]
+    for t in model.reader.tensors:  # llama.cpp keeps norms in F32: they must survive the cast too
+        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+            values = torch.from_numpy(np.array(t.data, dtype=np.float32))
+            if not torch.equal(values.to(dtype).float(), values):
+                return torch.float32
+    return dtype
 
 
 # -- tokenizer --------------------------------------------------------------------------------------
