@@ -12,6 +12,7 @@ import pytest
 import torch
 from _gguf_helpers import (
     CHATML,
+    gguf_metadata,
     load_gguf_with_transformers,
     logits_of,
     random_llama,
@@ -340,3 +341,13 @@ def test_smollm2_converts_and_generates_like_transformers_gguf_load(tmp_path, mo
         b = ours.generate(ids, max_new_tokens=20, do_sample=False)
     assert a.tolist() == b.tolist()
     assert "Fibonacci" in tok.decode(b[0, ids.shape[1] :])  # a sensible continuation, not noise
+
+    # And back out: our export of the converted checkpoint describes the model and its vocabulary
+    # (tokens, merges, types, pre-tokenizer, special ids, chat template) exactly as the original file.
+    from codellama.gguf_export import export_gguf
+
+    original = gguf_metadata(gguf_file)
+    exported = gguf_metadata(export_gguf(out, tmp_path / "smollm2-f16.gguf", out_type="f16"))
+    keys = [k for k in original if k.startswith(("llama.", "tokenizer.")) and k != "tokenizer.ggml.add_space_prefix"]
+    assert len(keys) > 20 and {k: exported.get(k) for k in keys} == {k: original[k] for k in keys}
+    assert set(exported["__tensors__"]) == set(original["__tensors__"])
