@@ -142,6 +142,7 @@ def test_sentencepiece_export_logits_token_ids_and_infilling_ids(tiny_model_dir,
     assert theirs(text).input_ids == tiny_tokenizer.encode(text, bos=True)
 
 
+@pytest.mark.slow  # transformers rebuilds 32,016 merges from the scores: ~30 s
 def test_code_llama_32016_vocabulary_keeps_ids_and_types(llama2_tokenizer_path, tmp_path):
     from transformers import AutoTokenizer
 
