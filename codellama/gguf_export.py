@@ -334,30 +334,35 @@ def llama3_rope_factors(config) -> torch.Tensor:
     return (default / scaled.float()).to(torch.float32)
 
 
-def _write_rope(writer: gguf.GGUFWriter, config) -> torch.Tensor | None:
-    """RoPE base and scaling keys; returns the Llama 3 factors tensor when one is needed."""
+@dataclass(frozen=True)
+class RopeGGUF:
+    """RoPE as llama.cpp reads it: base, rotary width, and scaling keys or Llama 3's factor tensor."""
+
+    freq_base: float
+    dimension_count: int
+    scaling: dict = field(default_factory=dict)  # llama.rope.scaling.* key suffix -> value
+    factors: torch.Tensor | None = None  # rope_freqs.weight (Llama 3)
+
+
+def rope_for_gguf(config) -> RopeGGUF:
+    """transformers' rope_parameters -> llama.cpp's names; an unsupported kind is a one-line error."""
     params = _rope_parameters(config)
-    writer.add_rope_freq_base(float(params.get("rope_theta", 10_000.0)))
-    writer.add_rope_dimension_count(head_dim_of(config))
+    rope = RopeGGUF(float(params.get("rope_theta", 10_000.0)), head_dim_of(config))
     kind = params.get("rope_type", "default")
-    if kind == "default":
-        return None
     if kind == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(params["factor"]))
+        rope.scaling.update(type="linear", factor=float(params["factor"]))
     elif kind == "yarn":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        writer.add_rope_scaling_factor(float(params["factor"]))
         original = params.get("original_max_position_embeddings") or config.max_position_embeddings
-        writer.add_rope_scaling_orig_ctx_len(int(original))
-        if params.get("beta_fast") is not None:
-            writer.add_rope_scaling_yarn_beta_fast(float(params["beta_fast"]))
-        if params.get("beta_slow") is not None:
-            writer.add_rope_scaling_yarn_beta_slow(float(params["beta_slow"]))
-        if params.get("attention_factor") is not None:
-            writer.add_rope_scaling_attn_factors(float(params["attention_factor"]))
+        rope.scaling.update(type="yarn", factor=float(params["factor"]), original_context_length=int(original))
+        for hf_key, gguf_key in (
+            ("beta_fast", "yarn_beta_fast"),
+            ("beta_slow", "yarn_beta_slow"),
+            ("attention_factor", "attn_factor"),
+        ):
+            if params.get(hf_key) is not None:
+                rope.scaling[gguf_key] = float(params[hf_key])
     elif kind == "llama3":
-        return llama3_rope_factors(config)
+        rope = RopeGGUF(rope.freq_base, rope.dimension_count, factors=llama3_rope_factors(config))
     elif kind == "dynamic":
         # llama.cpp has no dynamic NTK. Up to the trained context it equals plain RoPE, so the file
         # is right there; beyond it llama.cpp keeps the base instead of stretching it.
@@ -365,9 +370,22 @@ def _write_rope(writer: gguf.GGUFWriter, config) -> torch.Tensor | None:
             "llama.cpp has no dynamic-NTK RoPE: the GGUF uses plain RoPE (identical up to %d tokens)",
             params.get("original_max_position_embeddings") or config.max_position_embeddings,
         )
-    else:
+    elif kind != "default":
         raise ValueError(f"RoPE type {kind!r} has no llama.cpp equivalent")
-    return None
+    return rope
+
+
+def _write_rope(writer: gguf.GGUFWriter, rope: RopeGGUF) -> None:
+    writer.add_rope_freq_base(rope.freq_base)
+    writer.add_rope_dimension_count(rope.dimension_count)
+    for suffix, value in rope.scaling.items():
+        key = f"{ARCH_NAME}.rope.scaling.{suffix}"
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        else:
+            writer.add_float32(key, value)
 
 
 # -- export -----------------------------------------------------------------------------------------
@@ -524,20 +542,19 @@ def export_gguf(
         raise FileExistsError(f"output {out_path} already exists")
     if out_path.is_dir():
         raise IsADirectoryError(f"output {out_path} is a directory; give a .gguf file name")
+
+    # Everything is read and checked before the output file is opened.
     raw, config = read_llama_config(model_dir)
     qtype, file_type = OUT_TYPES[out_type]
-
-    # Everything is validated before the output file is opened.
+    rope = rope_for_gguf(config)
     vocab = load_vocab(model_dir, config.vocab_size, raw)
     infill = infill_ids(model_dir, vocab)
-    weights = _Weights(model_dir)
-    plan = _plan_tensors(weights, config, qtype, model_dir)
+    plan = _plan_tensors(_Weights(model_dir), config, qtype, model_dir)
+    if rope.factors is not None:
+        factors = rope.factors
+        plan.insert(0, _Planned("rope_freqs.weight", tuple(factors.shape), Q.F32, lambda: factors))
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    writer = gguf.GGUFWriter(tmp, ARCH_NAME)
-    try:
+    def metadata(writer: gguf.GGUFWriter) -> None:
         writer.add_name(name or model_dir.resolve().name)
         writer.add_file_type(int(file_type))
         if qtype not in (Q.F32, Q.F16, Q.BF16):
@@ -553,21 +570,42 @@ def export_gguf(
         if head_dim_of(config) != config.hidden_size // config.num_attention_heads:
             writer.add_key_length(head_dim_of(config))
             writer.add_value_length(head_dim_of(config))
-        rope_factors = _write_rope(writer, config)
-        if rope_factors is not None:
-            factors = rope_factors
-            plan.insert(0, _Planned("rope_freqs.weight", tuple(factors.shape), Q.F32, lambda: factors))
+        _write_rope(writer, rope)
         _write_vocab(writer, vocab, infill)
 
+    _stream_gguf(out_path, metadata, plan, desc=f"GGUF {out_type}")
+    log.info(
+        "wrote %s (%s, %d tensors, vocab %s %d%s)",
+        out_path,
+        out_type,
+        len(plan),
+        vocab.model,
+        len(vocab.tokens),
+        ", infilling ids " + json.dumps(infill) if infill else ", no infilling tokens",
+    )
+    return out_path
+
+
+def _stream_gguf(out_path: Path, metadata: Callable[[gguf.GGUFWriter], None], plan: list[_Planned], desc: str):
+    """Write header, metadata and tensor table, then each tensor as it is converted, into a temp file
+    beside `out_path`; rename it into place only when complete."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    writer_log = logging.getLogger("gguf.gguf_writer")  # logs its plan (temp names) at INFO: our bar says enough
+    level = writer_log.level
+    writer_log.setLevel(max(level, logging.WARNING))
+    writer = gguf.GGUFWriter(tmp, ARCH_NAME)
+    try:
+        metadata(writer)
         for item in plan:
-            writer.add_tensor_info(
-                item.name, item.shape, np.dtype(np.float32), nbytes_of(item.shape, item.qtype), item.qtype
-            )
+            nbytes = nbytes_of(item.shape, item.qtype)
+            writer.add_tensor_info(item.name, item.shape, np.dtype(np.float32), nbytes, item.qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         total = sum(nbytes_of(i.shape, i.qtype) for i in plan)
-        with tqdm(total=total, desc=f"GGUF {out_type}", unit="B", unit_scale=True, disable=None) as bar:
+        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=None) as bar:
             for item in plan:
                 writer.write_tensor_data(_encode(item.load(), item.qtype))
                 bar.update(nbytes_of(item.shape, item.qtype))
@@ -582,13 +620,5 @@ def export_gguf(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    log.info(
-        "wrote %s (%s, %d tensors, vocab %s %d%s)",
-        out_path,
-        out_type,
-        len(plan),
-        vocab.model,
-        len(vocab.tokens),
-        ", infilling ids " + json.dumps(infill) if infill else ", no infilling tokens",
-    )
-    return out_path
+    finally:
+        writer_log.setLevel(level)

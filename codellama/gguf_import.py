@@ -73,6 +73,11 @@ def open_gguf(path: str | os.PathLike) -> GGUFModel:
 
 
 # -- config -----------------------------------------------------------------------------------------
+def _f32(value) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-05, not 9.999999747378752e-06)."""
+    return float(str(np.float32(value)))
+
+
 def _required(model: GGUFModel, key: str):
     value = model.arch(key)
     if value is None:
@@ -110,7 +115,7 @@ def llama_config(model: GGUFModel, dtype: torch.dtype):
         num_key_value_heads=int(model.arch("attention.head_count_kv") or n_heads),
         head_dim=head_dim,
         max_position_embeddings=int(model.arch("context_length") or 4096),
-        rms_norm_eps=float(model.arch("attention.layer_norm_rms_epsilon") or 1e-5),
+        rms_norm_eps=_f32(model.arch("attention.layer_norm_rms_epsilon") or 1e-5),
         rope_parameters=rope_parameters(model, head_dim),
         tie_word_embeddings="output.weight" not in names,
         bos_token_id=specials["bos"],
@@ -127,13 +132,13 @@ def llama_config(model: GGUFModel, dtype: torch.dtype):
 
 def rope_parameters(model: GGUFModel, head_dim: int) -> dict:
     """RoPE base and scaling in transformers' vocabulary (llama.cpp's scaling keys, or Llama 3 factors)."""
-    params: dict = {"rope_type": "default", "rope_theta": float(model.arch("rope.freq_base") or 10_000.0)}
+    params: dict = {"rope_type": "default", "rope_theta": _f32(model.arch("rope.freq_base") or 10_000.0)}
     kind = model.arch("rope.scaling.type")
     factor = model.arch("rope.scaling.factor")
     if kind == "linear" and factor:
-        params.update(rope_type="linear", factor=float(factor))
+        params.update(rope_type="linear", factor=_f32(factor))
     elif kind == "yarn" and factor:
-        params.update(rope_type="yarn", factor=float(factor))
+        params.update(rope_type="yarn", factor=_f32(factor))
         for gguf_key, hf_key in (
             ("rope.scaling.original_context_length", "original_max_position_embeddings"),
             ("rope.scaling.yarn_beta_fast", "beta_fast"),
@@ -141,7 +146,7 @@ def rope_parameters(model: GGUFModel, head_dim: int) -> dict:
             ("rope.scaling.attn_factor", "attention_factor"),
         ):
             if model.arch(gguf_key) is not None:
-                params[hf_key] = model.arch(gguf_key)
+                params[hf_key] = _f32(model.arch(gguf_key))
         if "original_max_position_embeddings" in params:
             params["original_max_position_embeddings"] = int(params["original_max_position_embeddings"])
     elif kind not in (None, "none", "linear", "yarn") or (kind and not factor):
