@@ -23,7 +23,9 @@ log = logging.getLogger("codellama")
 COMMANDS = (
     "codellama.commands.tokenizer:register",  # codellama tokenizer train | extend
     "codellama.commands.model:register",  # codellama model init | info | presets
-    "codellama.commands.convert:register",  # codellama convert meta-to-hf
+    "codellama.commands.convert:register",  # codellama convert meta-to-hf | gguf-to-hf
+    "codellama.commands.export:register",  # codellama export gguf
+    "codellama.commands.base:register",  # codellama base get | list
     "codellama.commands.data:register",  # codellama data prepare | inspect
     "codellama.commands.train:register",  # codellama train BRANCH
     "long_context.cli:register",  # codellama rope set | plot

