@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from codellama.io import atomic_directory, read_json_file
-from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
+from codellama.tokenizer import Tokenizer, load_tokenizer  # noqa: F401  (load_tokenizer: for older callers)
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(
     model: LlamaForCausalLM,
     out_dir: str | os.PathLike,
-    tokenizer: CodeLlamaTokenizer | None = None,
+    tokenizer: Tokenizer | None = None,
     *,
     overwrite: bool = False,
 ) -> Path:
@@ -59,10 +59,3 @@ def load_model(
     except Exception as exc:  # corrupt/truncated safetensors, shape mismatch, ...
         raise CheckpointError(f"cannot load weights from {model_dir}: {str(exc).splitlines()[0]}") from None
     return model.to(device)
-
-
-def load_tokenizer(model_dir: str | os.PathLike) -> CodeLlamaTokenizer:
-    path = Path(model_dir) / TOKENIZER_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{model_dir} has no {TOKENIZER_FILE}")
-    return CodeLlamaTokenizer.load(path)

@@ -134,7 +134,8 @@ def make_prompt(
     rng = random.Random(f"key-retrieval/{seed}/{context_tokens}/{position}")
     value = rng.randint(10 ** (digits - 1), 10**digits - 1)
     key = key_function(value)
-    fixed = 1 + len(tokenizer.encode_infilling(key)) + len(tokenizer.encode_infilling(QUESTION))
+    bos = len(tokenizer.encode("", bos=True))  # 1, or 0 for a base without BOS
+    fixed = bos + len(tokenizer.encode_infilling(key)) + len(tokenizer.encode_infilling(QUESTION))
     filler_budget = context_tokens - fixed
     if filler_budget < 0:
         raise ValueError(f"context of {context_tokens} tokens is too short for the key and the question ({fixed})")
@@ -145,7 +146,7 @@ def make_prompt(
     head_text, tail_text = "".join(head), "".join(tail)
     prompt = head_text + key + tail_text + QUESTION
     n_tokens = len(tokenizer.encode(prompt, bos=True))
-    key_offset = len(tokenizer.encode(head_text, bos=True)) if head_text else 1
+    key_offset = len(tokenizer.encode(head_text, bos=True)) if head_text else bos
     if abs(n_tokens - context_tokens) > max(8, 0.01 * context_tokens):
         # Only a filler corpus too small for the length gets here; a shorter prompt would mislabel the result.
         raise ValueError(

@@ -2,7 +2,7 @@
 
 Training reads shards only; this module turns dialogs (OpenAI-style `messages` or
 instruction/response records) into packed sequences whose loss mask is 1 exactly on answer
-tokens, using the chat format of `codellama.chat`.
+tokens, using the chat format of `codellama.chat` (Llama 2's [INST], or the base's own template).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from codellama.chat import encode_dialog, normalize, turns
+from codellama.chat import chat_format, encode_dialog, normalize, turns
 from codellama.data.shards import INDEX, ShardIndex, ShardWriter
 from codellama.io import atomic_directory
-from codellama.tokenizer import CodeLlamaTokenizer
+from codellama.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class PackStats:
 
 
 def pack_dialogs(
-    dialogs: Iterable[list[dict]], tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike, seq_len: int
+    dialogs: Iterable[list[dict]], tokenizer: Tokenizer, out_dir: str | os.PathLike, seq_len: int
 ) -> PackStats:
     """Pack encoded dialogs into loss-masked shards; a dialog never straddles two sequences.
 
@@ -101,7 +101,8 @@ def pack_dialogs(
             "truncated": truncated,
             "dropped": dropped,
             "answer_tokens": answer_tokens,
-            "template": "llama2-chat",
+            "template": chat_format(tokenizer),
+            "tokenizer": {"sha256": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size},
         }
     )
     if truncated:
@@ -117,7 +118,7 @@ def pack_dialogs(
 
 def prepare_chat_shards(
     chat_jsonl: str | os.PathLike,
-    tokenizer: CodeLlamaTokenizer,
+    tokenizer: Tokenizer,
     out_dir: str | os.PathLike,
     seq_len: int,
     *,

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from codellama.checkpoint import load_model, load_tokenizer, save_checkpoint
+from codellama.checkpoint import load_model, save_checkpoint
 from codellama.data.chat import prepare_chat_shards
 from codellama.data.shards import ShardIndex
 from codellama.io import atomic_write_json, atomic_write_text, ensure_new_output_dir, read_jsonl
 from codellama.model import build_model, empty_model, rebuild_rotary, resize_vocab_mean_init, set_gradient_checkpointing
 from codellama.presets import PRESETS
 from codellama.rope import set_rope
-from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
+from codellama.tokenizer import load_tokenizer, tokenizer_file
 from codellama.train import distributed as dist_utils
 from codellama.train import state
 from codellama.train.config import TrainConfig, apply_overrides, from_dict, resolve_config
@@ -154,8 +154,8 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 def _tokenizer_for(config: TrainConfig):
 
     if config.tokenizer:
-        return CodeLlamaTokenizer.load(config.tokenizer)
-    if (Path(config.base) / TOKENIZER_FILE).is_file():
+        return load_tokenizer(config.tokenizer)
+    if Path(config.base).is_dir() and tokenizer_file(config.base) is not None:
         return load_tokenizer(config.base)
     return None
 
