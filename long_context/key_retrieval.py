@@ -79,6 +79,15 @@ def top_level_units(source: str) -> list[str]:
     return units
 
 
+def in_file_cost(tokenizer, piece: str) -> int:
+    """Tokens `piece` costs in the middle of a file, where more code follows it.
+
+    Without the dummy prefix (SentencePiece) and followed by a word: byte-level BPE splits the
+    newlines that end a piece differently before a word than at the end of the text.
+    """
+    return len(tokenizer.encode_infilling(piece + "x")) - len(tokenizer.encode_infilling("x"))
+
+
 class FillerPool:
     """Filler units with their token counts, parsed and tokenized once per file on demand."""
 
@@ -94,8 +103,7 @@ class FillerPool:
     def units(self, index: int) -> list[tuple[str, int]]:
         if index not in self._units:
             pieces = top_level_units(self.texts[index])
-            # Without the dummy prefix each piece costs what it costs in the middle of the file.
-            counts = [len(self.tokenizer.encode_infilling(p)) for p in pieces]
+            counts = [in_file_cost(self.tokenizer, p) for p in pieces]
             self._units[index] = list(zip(pieces, counts))
         return self._units[index]
 
@@ -135,7 +143,7 @@ def make_prompt(
     value = rng.randint(10 ** (digits - 1), 10**digits - 1)
     key = key_function(value)
     bos = len(tokenizer.encode("", bos=True))  # 1, or 0 for a base without BOS
-    fixed = bos + len(tokenizer.encode_infilling(key)) + len(tokenizer.encode_infilling(QUESTION))
+    fixed = bos + in_file_cost(tokenizer, key) + len(tokenizer.encode_infilling(QUESTION))
     filler_budget = context_tokens - fixed
     if filler_budget < 0:
         raise ValueError(f"context of {context_tokens} tokens is too short for the key and the question ({fixed})")
