@@ -23,14 +23,10 @@ LLAMA2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "llama2-token
 
 def load_tokenizer(path: str | None):
     from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions
+    from codellama.tokenizer import load_tokenizer as load
 
-    if path:
-        tok = CodeLlamaTokenizer.load(path)
-        try:
-            _ = tok.prefix_id
-            return tok
-        except KeyError:  # a plain Llama 2 tokenizer: add Code Llama's pieces
-            return CodeLlamaTokenizer.extend_llama(Path(path) / "tokenizer.model" if Path(path).is_dir() else path)
+    if path:  # a plain Llama 2 tokenizer gets Code Llama's pieces; a tokenizer.json must have been extended
+        return load(path).with_infilling_tokens()[0]
     if LLAMA2.is_file():
         return CodeLlamaTokenizer.extend_llama(LLAMA2)
     from codellama.data.stdlib import iter_source_texts

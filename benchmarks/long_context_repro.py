@@ -90,12 +90,12 @@ def read_texts(paths: list[Path]) -> list[str]:
 
 
 def build_tokenizer(texts: list[str], vocab_size: int, out: Path):
-    from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, save_tokenizer_dir
+    from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, load_tokenizer, save_tokenizer_dir
 
     if not (out / "tokenizer.model").is_file():
         tok = CodeLlamaTokenizer.train(texts[::3], TrainOptions(vocab_size=vocab_size))
         save_tokenizer_dir(tok, out)
-    return CodeLlamaTokenizer.load(out)
+    return load_tokenizer(out)
 
 
 def build_shards(docs_jsonl: Path, tokenizer, out: Path, seq_len: int, packing: str) -> dict:

@@ -11,7 +11,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from codellama.io import atomic_directory, read_json_file
-from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
+from codellama.tokenizer import Tokenizer, load_tokenizer, tokenizer_file
+from codellama.tokenizer.load import check_model_vocab
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(
     model: LlamaForCausalLM,
     out_dir: str | os.PathLike,
-    tokenizer: CodeLlamaTokenizer | None = None,
+    tokenizer: Tokenizer | None = None,
     *,
     overwrite: bool = False,
 ) -> Path:
@@ -76,25 +77,9 @@ def check_checkpoint(model_dir: str | os.PathLike) -> LlamaConfig:
     config = load_config(model_dir)
     if not _weight_files(model_dir):
         raise CheckpointError(f"{model_dir} has no weights (*.safetensors)")
-    pieces = _tokenizer_pieces(Path(model_dir) / TOKENIZER_FILE)
-    if pieces is not None and pieces > config.vocab_size:
-        raise CheckpointError(
-            f"{model_dir}: its {TOKENIZER_FILE} has {pieces} pieces but the model's vocabulary is only "
-            f"{config.vocab_size} (ids past it have no embedding): the tokenizer belongs to another model"
-        )
+    if tokenizer_file(model_dir) is not None:  # a garbage tokenizer is an error here too, not after training
+        check_model_vocab(model_dir, load_tokenizer(model_dir, check_model=False))
     return config
-
-
-def _tokenizer_pieces(path: Path) -> int | None:
-    """How many pieces a SentencePiece file holds (None: no file, or not readable: load_tokenizer says why)."""
-    if not path.is_file():
-        return None
-    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-
-    try:
-        return len(sp_pb2.ModelProto.FromString(path.read_bytes()).pieces) or None
-    except Exception:
-        return None
 
 
 def _weight_files(model_dir: str | os.PathLike) -> list[Path]:
@@ -114,10 +99,3 @@ def load_model(
     except Exception as exc:  # corrupt/truncated safetensors, shape mismatch, ...
         raise CheckpointError(f"cannot load weights from {model_dir}: {str(exc).splitlines()[0]}") from None
     return model.to(device)
-
-
-def load_tokenizer(model_dir: str | os.PathLike) -> CodeLlamaTokenizer:
-    path = Path(model_dir) / TOKENIZER_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{model_dir} has no {TOKENIZER_FILE}")
-    return CodeLlamaTokenizer.load(path)

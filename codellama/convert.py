@@ -25,7 +25,7 @@ from tqdm import tqdm
 from codellama.io import atomic_directory, atomic_write_json, read_json_file
 from codellama.model import hf_config, match_known_preset
 from codellama.presets import ModelPreset
-from codellama.tokenizer import CodeLlamaTokenizer
+from codellama.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,9 @@ def convert_meta_to_hf(
 
     tokenizer = None
     if tokenizer_path is not None:
-        tokenizer = CodeLlamaTokenizer.load(tokenizer_path)
-        if tokenizer.vocab_size + 16 == preset.vocab_size:
-            tokenizer = CodeLlamaTokenizer.extend_llama(Path(tokenizer_path))
+        tokenizer = load_tokenizer(tokenizer_path)
+        if tokenizer.vocab_size + 16 == preset.vocab_size and tokenizer.backend == "sentencepiece":
+            tokenizer, _ = tokenizer.with_infilling_tokens()  # Llama 2's file for a Code Llama checkpoint
         if tokenizer.vocab_size != preset.vocab_size:
             raise ValueError(
                 f"tokenizer has {tokenizer.vocab_size} pieces but the model's vocabulary is {preset.vocab_size}"

@@ -273,7 +273,8 @@ class HFGenerator:
         overflow: str = "error",
         prefill_chunk: int = 512,
     ) -> HFGenerator:
-        from codellama.checkpoint import load_model, load_tokenizer
+        from codellama.checkpoint import load_model
+        from codellama.tokenizer import load_tokenizer
 
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -287,8 +288,8 @@ class HFGenerator:
         )
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        if request.suffix is None:
-            return self.tokenizer.encode(request.prompt, bos=True)
+        if request.suffix is None:  # a completion prompt may be a rendered chat template: its special tokens count
+            return self.tokenizer.encode(request.prompt, bos=True, special=True)
         return self.tokenizer.infilling_prompt(request.prompt, request.suffix, suffix_first=request.suffix_first)
 
     def stop_ids(self, request: GenerationRequest) -> set[int]:

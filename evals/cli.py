@@ -20,6 +20,8 @@ HUMANEVAL_EXAMPLES = """examples:
   codellama eval humaneval --model runs/tiny --out runs/he-greedy
   # your own problems in HumanEval's JSONL format, refusing to run without bubblewrap
   codellama eval humaneval --model runs/tiny --problems my_tasks.jsonl --require-isolation --out runs/mine
+  # an instruct/chat model, asked in its chat template (or [INST]) for the completed function
+  codellama eval humaneval --model runs/smollm2-135m --prompt chat --out runs/he-chat
 """
 
 SCORE_EXAMPLES = """examples:
@@ -103,6 +105,13 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--problems", type=Path, default=None, help="JSONL(.gz) problems in HumanEval's format")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument(
+        "--prompt",
+        choices=("raw", "chat"),
+        default="raw",
+        help="raw (default): the model continues the problem's code; chat: the problem as a user message in "
+        "the model's chat format, the function's body taken from the ```python block of the answer",
+    )
     _sandbox_args(p)
     p.set_defaults(func=cmd_humaneval)
 
@@ -162,7 +171,11 @@ def register(cli) -> None:
         "writes OUT/key_retrieval.json (every item) and OUT/key_retrieval.png (accuracy heatmap)",
     )
     _model_source_args(p)
-    p.add_argument("--tokenizer", type=Path, help="tokenizer (dir or .model) to measure lengths; default: the model's")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="tokenizer (dir, .model or tokenizer.json) to measure lengths; default: the model's",
+    )
     p.add_argument(
         "--lengths",
         type=lengths,
@@ -218,15 +231,17 @@ def _print_report(report: dict, where: Path) -> None:
     for warning in report.get("warnings", []):
         print(f"WARNING: {warning}")
     scores = "  ".join(f"{k} = {100 * v:.2f}%" for k, v in report["pass@k"].items()) or "no pass@k (k > samples)"
+    prompt = report.get("run", {}).get("prompt")
     print(
         f"{scores}   ({report['problems']} problems, {report['samples']} samples, "
-        f"isolation: {', '.join(report['isolation'])})"
+        f"isolation: {', '.join(report['isolation'])}{f', prompt: {prompt}' if prompt else ''})"
     )
     print("verdicts: " + ", ".join(f"{k} {v}" for k, v in report["failure_kinds"].items()))
     print(f"report: {where}")
 
 
 def cmd_humaneval(args: argparse.Namespace) -> int:
+    from evals.execution import HUMANEVAL_STOPS
     from evals.run import REPORT_FILE, RunConfig, run_humaneval
 
     if args.model is not None and not args.model.is_dir():
@@ -244,6 +259,8 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
         problems=str(args.problems) if args.problems else None,
         limit=args.limit,
         ks=args.k,
+        prompt=args.prompt,
+        stops=HUMANEVAL_STOPS if args.prompt == "raw" else (),  # a chat answer ends at the end of its turn
     )
 
     def make_generator():
@@ -342,7 +359,7 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
 # -- long context ---------------------------------------------------------------------------
 def cmd_key_retrieval(args: argparse.Namespace) -> int:
     from codellama.io import atomic_directory, atomic_write_json, ensure_new_output_dir
-    from codellama.tokenizer import CodeLlamaTokenizer
+    from codellama.tokenizer import load_tokenizer
     from long_context.key_retrieval import FillerPool, build_prompts, plot_key_retrieval, run_key_retrieval
 
     if (args.model is None) == (args.endpoint is None):
@@ -351,7 +368,7 @@ def cmd_key_retrieval(args: argparse.Namespace) -> int:
     tok_path = args.tokenizer or args.model
     if tok_path is None:
         raise ValueError("--endpoint needs --tokenizer (the served model's tokenizer, to measure prompt lengths)")
-    tokenizer = CodeLlamaTokenizer.load(tok_path)
+    tokenizer = load_tokenizer(tok_path)
     texts = None
     if args.source:
         from codellama.data.stdlib import iter_source_texts
@@ -378,7 +395,8 @@ def _generator(args: argparse.Namespace, longest: int):
 
     if args.endpoint:
         return load_generator(endpoint=args.endpoint, endpoint_model=args.endpoint_model)
-    from codellama.checkpoint import load_model, load_tokenizer
+    from codellama.checkpoint import load_model
+    from codellama.tokenizer import load_tokenizer
 
     model = load_model(args.model, dtype=torch_dtype(args.dtype, args.device), device=args.device)
     trained = model.config.max_position_embeddings

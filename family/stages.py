@@ -11,20 +11,21 @@ import logging
 import shutil
 from pathlib import Path
 
-from codellama.checkpoint import load_config, load_model, load_tokenizer, save_checkpoint
+from codellama.checkpoint import load_config, load_model, save_checkpoint
 from codellama.convert import convert_meta_to_hf
 from codellama.data.chat import read_chat_jsonl
 from codellama.data.fim import FimOptions
 from codellama.data.ingest import SourceSpec, load_documents
 from codellama.data.prepare import PrepareConfig, prepare
 from codellama.data.shards import INDEX, ShardIndex
+from codellama.extend import grow_embeddings, is_checkpoint
 from codellama.generation import HFGenerator
 from codellama.instruct.docstring_pairs import docstring_pairs
 from codellama.instruct.pipeline import InstructDataConfig, run_pipeline
 from codellama.io import atomic_write_json, atomic_write_text, read_jsonl
-from codellama.model import build_model, count_parameters, preset_from_config, resize_vocab_mean_init
+from codellama.model import build_model, count_parameters, preset_from_config
 from codellama.presets import PRESETS
-from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, save_tokenizer_dir
+from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, load_tokenizer, save_tokenizer_dir, tokenizer_file
 from codellama.train.config import resolve_config
 from codellama.train.loop import CONFIG_FILE, train_branch
 from evals.infilling import BenchmarkConfig, run_benchmark
@@ -65,17 +66,27 @@ def _edge_means(losses: list[float]) -> tuple[float, float]:
     return sum(losses[:k]) / k, sum(losses[-k:]) / k
 
 
+def _tokenizer_base(cfg: PipelineConfig) -> str | None:
+    """The tokenizer to extend: the configured one, else a base checkpoint's own (None: train one)."""
+    if cfg.tokenizer.base:
+        return cfg.tokenizer.base
+    if is_checkpoint(cfg.base.model) and tokenizer_file(cfg.base.model) is not None:
+        return cfg.base.model
+    return None
+
+
 def run_tokenizer(ctx: RunContext) -> dict:
 
     cfg, out = _cfg(ctx), ctx.run_dir / "tokenizer"
-    if not (out / "tokenizer.model").is_file():
-        if cfg.tokenizer.base:
-            tok = CodeLlamaTokenizer.extend_llama(cfg.tokenizer.base)
+    if tokenizer_file(out) is None:
+        base = _tokenizer_base(cfg)
+        if base:
+            tok, _ = load_tokenizer(base, check_model=False).with_infilling_tokens()
         else:
             tok = CodeLlamaTokenizer.train(_texts(cfg), TrainOptions(vocab_size=cfg.tokenizer.vocab_size))
         shutil.rmtree(out, ignore_errors=True)
         save_tokenizer_dir(tok, out)
-    tok = CodeLlamaTokenizer.load(out)
+    tok = load_tokenizer(out)
     return {
         "path": str(out),
         "vocab_size": tok.vocab_size,
@@ -85,9 +96,10 @@ def run_tokenizer(ctx: RunContext) -> dict:
 
 def plan_tokenizer(ctx: RunContext) -> dict:
     cfg = _cfg(ctx)
+    base = _tokenizer_base(cfg)
     what = (
-        f"extend {cfg.tokenizer.base}"
-        if cfg.tokenizer.base
+        f"extend the tokenizer of {base}"
+        if base
         else f"train a {cfg.tokenizer.vocab_size}-piece BPE on {'the stdlib' if not cfg.data.sources else 'the sources'}"
     )
     return {"what": what}
@@ -97,8 +109,9 @@ def plan_tokenizer(ctx: RunContext) -> dict:
 def run_base(ctx: RunContext) -> dict:
 
     cfg, out = _cfg(ctx), ctx.run_dir / "base"
-    tokenizer = CodeLlamaTokenizer.load(ctx.outputs["tokenizer"]["path"])
+    tokenizer = load_tokenizer(ctx.outputs["tokenizer"]["path"])
     spec = cfg.base.model
+    old_vocab = None  # ids the base's own tokenizer had (new tokens past it start at the mean embedding)
     if not (out / "config.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
         if spec in PRESETS:
@@ -109,15 +122,17 @@ def run_base(ctx: RunContext) -> dict:
                 shutil.rmtree(converted, ignore_errors=True)
                 convert_meta_to_hf(spec, converted)
             model = load_model(converted)
-        elif (Path(spec) / "config.json").is_file():
+        elif is_checkpoint(spec):
             model = load_model(spec)
+            if tokenizer_file(spec) is not None:
+                old_vocab = load_tokenizer(spec, check_model=False).vocab_size
         else:
             raise FileNotFoundError(
                 f"base.model {spec!r} is neither a preset ({', '.join(PRESETS)}), a Hugging Face "
                 "checkpoint directory nor a Meta checkpoint directory"
             )
-        if model.config.vocab_size != tokenizer.vocab_size:
-            resize_vocab_mean_init(model, tokenizer.vocab_size)
+        rows = model.get_input_embeddings().weight.shape[0]
+        grow_embeddings(model, tokenizer, min(old_vocab or rows, rows))
         save_checkpoint(model, out, tokenizer)
         shutil.rmtree(ctx.run_dir / "base-converted", ignore_errors=True)
     return {"path": str(out), "from": spec, "parameters": _parameters(out)}
@@ -158,7 +173,7 @@ def _data_configs(cfg: PipelineConfig) -> dict:
 
 def run_data(ctx: RunContext) -> dict:
 
-    tokenizer = CodeLlamaTokenizer.load(ctx.outputs["tokenizer"]["path"])
+    tokenizer = load_tokenizer(ctx.outputs["tokenizer"]["path"])
     outputs = {}
     for name, config in _data_configs(_cfg(ctx)).items():
         out = ctx.run_dir / "data" / name

@@ -79,6 +79,15 @@ def top_level_units(source: str) -> list[str]:
     return units
 
 
+def in_file_cost(tokenizer, piece: str) -> int:
+    """Tokens `piece` costs in the middle of a file, where more code follows it.
+
+    Without the dummy prefix (SentencePiece) and followed by a word: byte-level BPE splits the
+    newlines that end a piece differently before a word than at the end of the text.
+    """
+    return len(tokenizer.encode_infilling(piece + "x")) - len(tokenizer.encode_infilling("x"))
+
+
 class FillerPool:
     """Filler units with their token counts, parsed and tokenized once per file on demand."""
 
@@ -94,8 +103,7 @@ class FillerPool:
     def units(self, index: int) -> list[tuple[str, int]]:
         if index not in self._units:
             pieces = top_level_units(self.texts[index])
-            # Without the dummy prefix each piece costs what it costs in the middle of the file.
-            counts = [len(self.tokenizer.encode_infilling(p)) for p in pieces]
+            counts = [in_file_cost(self.tokenizer, p) for p in pieces]
             self._units[index] = list(zip(pieces, counts))
         return self._units[index]
 
@@ -134,7 +142,8 @@ def make_prompt(
     rng = random.Random(f"key-retrieval/{seed}/{context_tokens}/{position}")
     value = rng.randint(10 ** (digits - 1), 10**digits - 1)
     key = key_function(value)
-    fixed = 1 + len(tokenizer.encode_infilling(key)) + len(tokenizer.encode_infilling(QUESTION))
+    bos = len(tokenizer.encode("", bos=True))  # 1, or 0 for a base without BOS
+    fixed = bos + in_file_cost(tokenizer, key) + len(tokenizer.encode_infilling(QUESTION))
     filler_budget = context_tokens - fixed
     if filler_budget < 0:
         raise ValueError(f"context of {context_tokens} tokens is too short for the key and the question ({fixed})")
@@ -145,7 +154,7 @@ def make_prompt(
     head_text, tail_text = "".join(head), "".join(tail)
     prompt = head_text + key + tail_text + QUESTION
     n_tokens = len(tokenizer.encode(prompt, bos=True))
-    key_offset = len(tokenizer.encode(head_text, bos=True)) if head_text else 1
+    key_offset = len(tokenizer.encode(head_text, bos=True)) if head_text else bos
     if abs(n_tokens - context_tokens) > max(8, 0.01 * context_tokens):
         # Only a filler corpus too small for the length gets here; a shorter prompt would mislabel the result.
         raise ValueError(

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from codellama.checkpoint import load_model, load_tokenizer
+from codellama.checkpoint import load_model
 from codellama.data.stdlib import iter_source_texts
+from codellama.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class PPLPoint:
 
 
 def corpus_tokens(tokenizer, n_tokens: int, texts: Iterable[str] | None = None) -> torch.Tensor:
-    """The first `n_tokens` of the concatenated files (each as BOS text EOS); default: the stdlib."""
+    """The first `n_tokens` of the concatenated files (each as [BOS] text EOS); default: the stdlib."""
     if texts is None:
         texts = iter_source_texts()
     out: list[int] = []
@@ -164,7 +165,7 @@ def evaluate_models(
     }
     for label in labels:
         other = load_tokenizer(models[label])
-        if other.proto_bytes != tokenizer.proto_bytes:
+        if other.fingerprint() != tokenizer.fingerprint():
             raise ValueError(
                 f"model {label!r} has a different tokenizer from {labels[0]!r}; perplexities would not be comparable"
             )

@@ -22,7 +22,8 @@ def taught_model_dir(tiny_model_dir: Path, out_dir: Path, steps: int = 40) -> Pa
         return _CACHE[tiny_model_dir]
     import torch
 
-    from codellama.checkpoint import load_model, load_tokenizer, save_checkpoint
+    from codellama.checkpoint import load_model, save_checkpoint
+    from codellama.tokenizer import load_tokenizer
 
     model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     rows = []

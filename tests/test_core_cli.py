@@ -131,7 +131,7 @@ def test_tokenizer_train_and_extend_commands(tmp_path, llama2_tokenizer_path):
     res = run_cli("tokenizer", "train", "--source", str(src), "--vocab-size", "30000", "--out", str(tmp_path / "t2"))
     assert res.returncode == 2 and "tokenizer training failed" in res.stderr and not (tmp_path / "t2").exists()
     res = run_cli("tokenizer", "extend", "--base", str(llama2_tokenizer_path), "--out", str(tmp_path / "ext"))
-    assert res.returncode == 0 and "<PRE>=32007 <SUF>=32008 <MID>=32009 <EOT>=32010" in res.stdout
+    assert res.returncode == 0 and "▁<PRE>=32007 ▁<SUF>=32008 ▁<MID>=32009 ▁<EOT>=32010" in res.stdout
 
 
 @pytest.mark.parametrize(

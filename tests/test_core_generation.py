@@ -3,8 +3,9 @@ import contextlib
 import pytest
 import torch
 
-from codellama.checkpoint import load_model, load_tokenizer
+from codellama.checkpoint import load_model
 from codellama.generation import GenerationRequest, HFGenerator, SamplingParams, truncate_at_stop
+from codellama.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -198,9 +198,10 @@ def test_instruct_branch_trains_on_the_dataset_with_loss_only_on_answers(
     import yaml
     from _train_helpers import write_code_shards
 
-    from codellama.checkpoint import load_model, load_tokenizer
+    from codellama.checkpoint import load_model
     from codellama.cli import main
     from codellama.data.shards import TokenShards
+    from codellama.tokenizer import load_tokenizer
     from codellama.train.data import open_stream
 
     _, dataset, _, _ = finished_run

@@ -103,7 +103,7 @@ def test_long_ppl_cli_compares_models(tmp_path, tiny_model_dir, model, capsys):
     assert all(p["tokens"] == 2 * (p["length"] - 1) for p in base)
     # Same tokens, different RoPE: the numbers differ; the base model's are long_ppl's on the default corpus.
     assert base[1]["ppl"] != raised_points[1]["ppl"]
-    from codellama.checkpoint import load_tokenizer
+    from codellama.tokenizer import load_tokenizer
 
     default = sample_windows(corpus_tokens(load_tokenizer(tiny_model_dir), 2 * 512), 2, 512)
     direct = long_ppl(model, default, [128, 512], progress=False)

@@ -53,7 +53,8 @@ def test_two_gloo_ranks_match_one_process(shards, tiny_tokenizer_dir, tmp_path):
 @pytest.mark.parametrize("stored", ["fp32", "bf16"])
 def test_checkpoint_base_reaches_every_rank_from_rank0(shards, tiny_model_dir, tmp_path, stored):
     """Only rank 0 reads the base (in its stored precision); the others get fp32 shards by broadcast, RoPE rebuilt."""
-    from codellama.checkpoint import load_model, load_tokenizer, save_checkpoint
+    from codellama.checkpoint import load_model, save_checkpoint
+    from codellama.tokenizer import load_tokenizer
 
     if stored == "bf16":  # like Meta's releases: rank 0 holds it in bf16, the shards are its exact fp32 upcast
         tiny_model_dir = save_checkpoint(

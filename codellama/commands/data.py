@@ -25,8 +25,9 @@ CHAT_EXAMPLES = """examples:
   codellama data prepare-chat --input instruct.jsonl --tokenizer runs/tok --seq-len 4096 --out runs/chat-shards
   codellama train instruct --data runs/chat-shards --base runs/code/final --out runs/instruct
 
-Each dialog is encoded in the chat format (Llama 2's [INST] ... [/INST]); the loss mask is 1 exactly
-on answer tokens. A dialog never straddles two sequences."""
+Each dialog is encoded in the tokenizer's chat template when it has one, else in Llama 2's
+[INST] ... [/INST] format; the loss mask is 1 exactly on answer tokens. A dialog never straddles
+two sequences."""
 
 INSPECT_EXAMPLES = """examples:
   codellama data inspect runs/data                 # summary and 3 random sequences
@@ -56,7 +57,8 @@ def register(cli) -> None:
         "--tokenizer",
         type=Path,
         required=True,
-        help="tokenizer directory or tokenizer.model (a Llama 2 model gets Code Llama's pieces added)",
+        help="tokenizer or checkpoint directory, tokenizer.model or tokenizer.json (a Llama 2 tokenizer.model "
+        "gets Code Llama's pieces added; a tokenizer.json needs `codellama tokenizer extend` first)",
     )
     p.add_argument("--out", type=Path, required=True, help="output shard directory (new, or an unfinished run)")
     p.add_argument("--seq-len", type=int, help="tokens per training sequence (default 4096)")
@@ -100,7 +102,12 @@ def register(cli) -> None:
         epilog=CHAT_EXAMPLES,
     )
     p.add_argument("--input", type=Path, required=True, help="JSONL of dialogs ({messages} or {instruction, response})")
-    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory or tokenizer.model")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        required=True,
+        help="tokenizer or checkpoint directory, tokenizer.model or tokenizer.json (its chat template is used)",
+    )
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per training sequence (default 4096)")
     p.add_argument("--out", type=Path, required=True, help="output shard directory (must not exist)")
     p.set_defaults(func=cmd_prepare_chat)
@@ -176,7 +183,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_raw(config), sort_keys=False), end="")
         return 0
-    tokenizer = _load_tokenizer(args.tokenizer)
+    tokenizer = _load_tokenizer(args.tokenizer, infilling=True)
     start = time.perf_counter()
     index = prepare(config, tokenizer, args.out, num_proc=max(1, args.num_proc))
     _print_summary(index.meta["stats"], index, args.out, time.perf_counter() - start)
@@ -202,14 +209,16 @@ def cmd_prepare_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_tokenizer(path: Path):
-    from codellama.tokenizer import CodeLlamaTokenizer
+def _load_tokenizer(path: Path, *, infilling: bool = False):
+    """The tokenizer at `path`; `infilling`: FIM data needs the infilling tokens."""
+    from codellama.tokenizer import NO_INFILLING_HINT, load_tokenizer
 
-    tok = CodeLlamaTokenizer.load(path)
-    try:
-        _ = tok.prefix_id
-    except KeyError:  # plain Llama 2 tokenizer: add Code Llama's pieces, as `model init` does
-        tok = CodeLlamaTokenizer.extend_llama(path / "tokenizer.model" if path.is_dir() else path)
+    tok = load_tokenizer(path)
+    if tok.infilling is None and tok.backend == "sentencepiece":
+        tok, _ = tok.with_infilling_tokens()  # plain Llama 2 tokenizer: Code Llama's pieces, as `model init` does
+    elif tok.infilling is None and infilling:
+        # A tokenizer.json's new tokens need new embedding rows: the checkpoint must be extended with it.
+        raise ValueError(f"{path} has no infilling tokens: {NO_INFILLING_HINT}")
     return tok
 
 

@@ -26,7 +26,8 @@ def register(cli) -> None:
         "--tokenizer",
         type=Path,
         required=True,
-        help="tokenizer directory or tokenizer.model (a Llama 2 model is extended to Code Llama's pieces)",
+        help="tokenizer directory, tokenizer.model or tokenizer.json (one without infilling tokens gets them: "
+        "Code Llama's pieces, or the tokens of `tokenizer extend`)",
     )
     p.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
@@ -54,28 +55,18 @@ def cmd_init(args: argparse.Namespace) -> int:
     from codellama.checkpoint import save_checkpoint
     from codellama.model import build_model
     from codellama.presets import get_preset
-    from codellama.tokenizer import CodeLlamaTokenizer
+    from codellama.tokenizer import load_tokenizer
 
     preset = get_preset(args.preset)
     ensure_new_output_dir(args.out)
-    tok_path = args.tokenizer
-    tokenizer = CodeLlamaTokenizer.load(tok_path)
-    if not _has_infill_pieces(tokenizer):
-        model_file = tok_path / "tokenizer.model" if tok_path.is_dir() else tok_path
-        tokenizer = CodeLlamaTokenizer.extend_llama(model_file)
+    tokenizer, _ = load_tokenizer(args.tokenizer).with_infilling_tokens()  # a fresh model has rows for every id
     preset = preset.replace(vocab_size=tokenizer.vocab_size)
     model = build_model(preset, dtype=torch_dtype(args.dtype), seed=args.seed)
+    model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
+    model.generation_config.bos_token_id, model.generation_config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
     save_checkpoint(model, args.out, tokenizer)
     _print_info(describe_checkpoint(args.out), as_json=False)
     return 0
-
-
-def _has_infill_pieces(tokenizer) -> bool:
-    try:
-        _ = tokenizer.prefix_id
-        return True
-    except KeyError:
-        return False
 
 
 def describe_preset(name: str) -> dict:
@@ -97,7 +88,24 @@ def describe_checkpoint(path: Path) -> dict:
     info["dtype"] = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
     if getattr(config, "rope_parameters", None):
         info["rope_parameters"] = dict(config.rope_parameters)
+    info.update(_describe_tokenizer(path))
     return info
+
+
+def _describe_tokenizer(path: Path) -> dict:
+    """The checkpoint's tokenizer: which backend, its ids, its infilling tokens and chat format."""
+    from codellama.chat import chat_format
+    from codellama.tokenizer import load_tokenizer, tokenizer_file
+
+    if tokenizer_file(path) is None:
+        return {"tokenizer": "none"}
+    tok = load_tokenizer(path)  # also refuses a vocabulary smaller than the tokenizer's
+    infill = tok.infilling
+    return {
+        "tokenizer": f"{tok.file_name} ({tok.backend}), {tok.vocab_size} ids, BOS {tok.bos_id}, EOS {tok.eos_id}",
+        "infilling_tokens": " ".join(f"{t}={i}" for t, i in zip(infill.tokens, infill.ids)) if infill else "none",
+        "chat_format": chat_format(tok),
+    }
 
 
 def _describe(preset, n_params: int, source: str) -> dict:

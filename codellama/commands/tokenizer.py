@@ -41,11 +41,24 @@ def register(cli) -> None:
     p = cli.command(
         "extend",
         parent="tokenizer",
-        help="extend Llama 2's tokenizer.model to Code Llama's 32016 pieces",
-        epilog="example:\n  codellama tokenizer extend --base llama-2-7b/tokenizer.model --out runs/codellama-tok",
+        help="add the infilling tokens to a tokenizer, or to a whole checkpoint",
+        epilog="examples:\n"
+        "  codellama tokenizer extend --base llama-2-7b/tokenizer.model --out runs/codellama-tok\n"
+        "  codellama tokenizer extend --base my-bpe/tokenizer.json --out runs/bpe-tok\n"
+        "  codellama tokenizer extend --base runs/smollm2-135m --out runs/smollm2-fim   # checkpoint: weights too\n\n"
+        "A SentencePiece model gets Code Llama's 16 pieces (<PRE> 32007 .. <EOT> 32010 for Llama 2).\n"
+        "A tokenizer.json reuses <fim_prefix>/<fim_suffix>/<fim_middle> (with <|endoftext|> as the end)\n"
+        "when it has them, else gets <PRE> <SUF> <MID> <EOT> as special tokens that no text can produce.\n"
+        "A checkpoint's embedding grows to match (new rows = mean of the old); infilling_tokens.json\n"
+        "in OUT records the ids for every later command.",
     )
-    p.add_argument("--base", type=Path, required=True, help="Llama 2 tokenizer.model")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--base",
+        type=Path,
+        required=True,
+        help="tokenizer.model, tokenizer.json, a directory holding one, or a checkpoint directory",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory (must not exist or be empty)")
     p.set_defaults(func=cmd_extend)
 
     p = cli.command(
@@ -54,7 +67,7 @@ def register(cli) -> None:
         help="show the ids and pieces of a text",
         epilog="example:\n  codellama tokenizer encode runs/tokenizer 'def f(x):'",
     )
-    p.add_argument("tokenizer", type=Path, help="tokenizer directory or tokenizer.model")
+    p.add_argument("tokenizer", type=Path, help="tokenizer or checkpoint directory, tokenizer.model or tokenizer.json")
     p.add_argument("text")
     p.set_defaults(func=cmd_encode)
 
@@ -80,23 +93,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
-    from codellama.tokenizer import CodeLlamaTokenizer, save_tokenizer_dir
+    from codellama.extend import extend
 
-    ensure_new_output_dir(args.out)
-    tok = CodeLlamaTokenizer.extend_llama(args.base)
-    save_tokenizer_dir(tok, args.out)
-    print(
-        f"extended {args.base} to {tok.vocab_size} pieces: <PRE>={tok.prefix_id} <SUF>={tok.suffix_id} "
-        f"<MID>={tok.middle_id} <EOT>={tok.eot_id} -> {args.out}"
-    )
+    result = extend(args.base, args.out)
+    tok, infill = result.tokenizer, result.tokenizer.infilling
+    marks = " ".join(f"{text}={i}" for text, i in zip(infill.tokens, infill.ids))
+    weights = f"; embedding rows {result.rows[0]} -> {result.rows[1]}" if result.rows else ""
+    print(f"{args.base}: {result.how} ({tok.vocab_size} ids): {marks}{weights} -> {args.out}")
     return 0
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from codellama.tokenizer import CodeLlamaTokenizer
+    from codellama.tokenizer import load_tokenizer
 
-    tok = CodeLlamaTokenizer.load(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer)
     ids = tok.encode(args.text)
     print(ids)
-    print([tok.sp.id_to_piece(i) for i in ids])
+    print([tok.piece(i) for i in ids])
     return 0

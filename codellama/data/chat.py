@@ -2,7 +2,7 @@
 
 Training reads shards only; this module turns dialogs (OpenAI-style `messages` or
 instruction/response records) into packed sequences whose loss mask is 1 exactly on answer
-tokens, using the chat format of `codellama.chat`.
+tokens, using the chat format of `codellama.chat` (Llama 2's [INST], or the base's own template).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from codellama.chat import encode_dialog, normalize, turns
+from codellama.chat import chat_format, encode_dialog, normalize, turns
 from codellama.data.shards import INDEX, ShardIndex, ShardWriter
 from codellama.io import atomic_directory
-from codellama.tokenizer import CodeLlamaTokenizer
+from codellama.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class PackStats:
 
 def pack_dialogs(
     dialogs: Iterable[list[dict]],
-    tokenizer: CodeLlamaTokenizer,
+    tokenizer: Tokenizer,
     out_dir: str | os.PathLike,
     seq_len: int,
     *,
@@ -107,7 +107,8 @@ def pack_dialogs(
             "truncated": truncated,
             "dropped": dropped,
             "answer_tokens": answer_tokens,
-            "template": "llama2-chat",
+            "template": chat_format(tokenizer),
+            "tokenizer": {"sha256": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size},
             **(meta or {}),
         }
     )
@@ -130,7 +131,7 @@ def chat_cache_dir() -> Path:
 
 def prepare_chat_shards(
     chat_jsonl: str | os.PathLike,
-    tokenizer: CodeLlamaTokenizer,
+    tokenizer: Tokenizer,
     out_dir: str | os.PathLike | None,
     seq_len: int,
     *,
@@ -145,7 +146,7 @@ def prepare_chat_shards(
     (`main=True`); the others wait for its index.
     """
     source = hashlib.sha256(Path(chat_jsonl).read_bytes()).hexdigest()
-    tok_sha = hashlib.sha256(tokenizer.proto_bytes).hexdigest()
+    tok_sha = tokenizer.fingerprint()
     if out_dir is None:
         out_dir = chat_cache_dir() / f"{source[:16]}-{tok_sha[:16]}-{seq_len}"
     out = Path(out_dir)
@@ -162,7 +163,7 @@ def prepare_chat_shards(
                 raise TimeoutError(f"the main rank did not finish packing {chat_jsonl} into {out}")
             time.sleep(1.0)
         return out
-    meta = {"source": str(chat_jsonl), "source_sha256": source, "tokenizer": {"sha256": tok_sha}}
+    meta = {"source": str(chat_jsonl), "source_sha256": source}
     with atomic_directory(out, overwrite=True) as tmp:  # nothing finished of these inputs to keep
         stats = pack_dialogs(read_chat_jsonl(chat_jsonl), tokenizer, tmp, seq_len, meta=meta)
     log.info(

@@ -6,10 +6,11 @@ so that the model learns to generate the middle after seeing both sides:
     PSM: <PRE> enc(prefix) <SUF> enc_infilling(suffix) <MID> enc_infilling(middle) <EOT>
     SPM: <PRE> <SUF> enc_infilling(suffix) <MID> enc(prefix) enc_infilling(middle) <EOT>
 
-(SPM with probability `spm_rate`); otherwise the document stays plain left-to-right text.
-The markers are single control ids, never text, and the suffix and middle are encoded
-without SentencePiece's dummy leading space, so decoding the pieces gives back exactly
-prefix, middle and suffix. Each document then gets BOS before and EOS after (Llama).
+(SPM with probability `spm_rate`; the layout itself is `codellama.tokenizer.layout`, shared with
+inference prompts); otherwise the document stays plain left-to-right text. The markers are single
+special ids, never text, and the suffix and middle are encoded without SentencePiece's dummy
+leading space, so decoding the pieces gives back exactly prefix, middle and suffix. Each document
+then gets BOS before (when the base has one) and EOS after.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from codellama.data.spans import char_span, syntax_span
+from codellama.tokenizer import Tokenizer, infill_layout
 
 Mode = Literal["plain", "psm", "spm"]
 SpanMode = Literal["char", "syntax"]
@@ -79,37 +81,36 @@ def document_rng(seed: int, index: int) -> random.Random:
     return random.Random(f"codellama-fim/{seed}/{index}")
 
 
-def fim_tokens(sample: FimSample, tokenizer, *, bos: bool = True, eos: bool = True) -> list[int]:
+def fim_tokens(sample: FimSample, tokenizer: Tokenizer, *, bos: bool = True, eos: bool = True) -> list[int]:
     """Token ids of one sample in its mode's layout (see the module docstring)."""
     return fim_tokens_batch([sample], tokenizer, bos=bos, eos=eos)[0]
 
 
 def fim_tokens_batch(
-    samples: list[FimSample], tokenizer, *, bos: bool = True, eos: bool = True, num_threads: int = 1
+    samples: list[FimSample], tokenizer: Tokenizer, *, bos: bool = True, eos: bool = True, num_threads: int = 1
 ) -> list[list[int]]:
-    """Like fim_tokens for many samples, with two batched SentencePiece calls (the fast path)."""
+    """Like fim_tokens for many samples, with two batched tokenizer calls (the fast path)."""
     heads = tokenizer.encode_batch([s.prefix for s in samples], num_threads=num_threads)
     tails = tokenizer.encode_infilling_batch(
         [t for s in samples if s.mode != "plain" for t in (s.suffix, s.middle)], num_threads=num_threads
     )
-    pre, suf, mid, eot = tokenizer.prefix_id, tokenizer.suffix_id, tokenizer.middle_id, tokenizer.eot_id
-    start = [tokenizer.bos_id] if bos else []
+    markers = None
+    start = [tokenizer.bos_id] if bos and tokenizer.bos_id is not None else []
     end = [tokenizer.eos_id] if eos else []
     out, k = [], 0
     for sample, head in zip(samples, heads):
         if sample.mode == "plain":
             out.append(start + head + end)
             continue
+        if markers is None:  # a tokenizer without infilling tokens can still encode plain documents
+            markers = (tokenizer.prefix_id, tokenizer.suffix_id, tokenizer.middle_id, tokenizer.eot_id)
         suffix, middle = tails[k], tails[k + 1]
         k += 2
-        if sample.mode == "psm":
-            out.append(start + [pre] + head + [suf] + suffix + [mid] + middle + [eot] + end)
-        else:
-            out.append(start + [pre, suf] + suffix + [mid] + head + middle + [eot] + end)
+        out.append(start + infill_layout(sample.mode, head, suffix, middle, markers, eot=True) + end)
     return out
 
 
-def parse_fim_tokens(ids: list[int], tokenizer) -> FimSample:
+def parse_fim_tokens(ids: list[int], tokenizer: Tokenizer) -> FimSample:
     """Invert fim_tokens: recover mode and the decoded prefix / middle / suffix.
 
     SPM writes prefix and middle back to back, so their boundary is not in the tokens:
@@ -117,7 +118,7 @@ def parse_fim_tokens(ids: list[int], tokenizer) -> FimSample:
     tests (exact reassembly) and by `codellama data inspect`.
     """
     ids = [int(i) for i in ids]
-    if ids and ids[0] == tokenizer.bos_id:
+    if ids and tokenizer.bos_id is not None and ids[0] == tokenizer.bos_id:
         ids = ids[1:]
     if ids and ids[-1] == tokenizer.eos_id:
         ids = ids[:-1]

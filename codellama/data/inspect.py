@@ -8,23 +8,23 @@ from pathlib import Path
 import numpy as np
 
 from codellama.data.shards import TokenShards
-from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
+from codellama.tokenizer import Tokenizer, load_tokenizer, tokenizer_file
 
 
 def load_shards_and_tokenizer(
     directory: str | os.PathLike, tokenizer: str | os.PathLike | None = None
-) -> tuple[TokenShards, CodeLlamaTokenizer]:
+) -> tuple[TokenShards, Tokenizer]:
     shards = TokenShards(directory)
-    path = Path(tokenizer) if tokenizer else Path(directory) / TOKENIZER_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no tokenizer: {path} does not exist (pass --tokenizer)")
-    tok = CodeLlamaTokenizer.load(path)
+    path = Path(tokenizer) if tokenizer else Path(directory)
+    if not path.exists() or tokenizer_file(path) is None:
+        raise FileNotFoundError(f"no tokenizer: {path} has no tokenizer.model or tokenizer.json (pass --tokenizer)")
+    tok = load_tokenizer(path)
     if tok.vocab_size != shards.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} pieces but the shards were written for {shards.vocab_size}")
     return shards, tok
 
 
-def render_sequence(shards: TokenShards, tokenizer: CodeLlamaTokenizer, i: int, max_chars: int | None = None) -> str:
+def render_sequence(shards: TokenShards, tokenizer: Tokenizer, i: int, max_chars: int | None = None) -> str:
     """Sequence i as text, with <s>, </s>, <PRE>, <SUF>, <MID>, <EOT> shown and padding summarised."""
     tokens, mask = shards[i], shards.loss_mask(i)
     real = int(np.flatnonzero(mask)[-1]) + 1 if mask.any() else 0  # whole-files padding is the masked tail
@@ -34,13 +34,14 @@ def render_sequence(shards: TokenShards, tokenizer: CodeLlamaTokenizer, i: int, 
     return f"[documents: {' | '.join(describe_documents(tokens[:real].tolist(), tokenizer))}]\n{text}"
 
 
-def render_with_markers(ids: list[int], tokenizer: CodeLlamaTokenizer, max_chars: int | None = None) -> str:
-    """Decode, showing control pieces; long text between markers is shortened, the markers always stay."""
+def render_with_markers(ids: list[int], tokenizer: Tokenizer, max_chars: int | None = None) -> str:
+    """Decode, showing special tokens; long text between markers is shortened, the markers always stay."""
     runs: list[list[int]] = [[]]
     markers: list[str] = []
+    special = tokenizer.special_ids
     for i in ids:
-        if tokenizer.sp.is_control(i):
-            markers.append(tokenizer.sp.id_to_piece(i).replace("\u2581", " "))
+        if i in special:
+            markers.append(tokenizer.render([i]))
             runs.append([])
         else:
             runs[-1].append(i)
@@ -57,9 +58,14 @@ def render_with_markers(ids: list[int], tokenizer: CodeLlamaTokenizer, max_chars
     return "".join(out)
 
 
-def describe_documents(ids: list[int], tokenizer: CodeLlamaTokenizer) -> list[str]:
+def describe_documents(ids: list[int], tokenizer: Tokenizer) -> list[str]:
     """One label per document piece in a sequence: PSM, SPM or plain; '...' where it is cut."""
-    starts = [i for i, t in enumerate(ids) if t == tokenizer.bos_id]
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    if bos is not None:
+        starts = [i for i, t in enumerate(ids) if t == bos]
+    else:  # a base without BOS: a document starts after the EOS (or EOS run) that ends the one before
+        starts = [i for i in range(1, len(ids)) if ids[i - 1] == eos and ids[i] != eos]
+    whole_start = set(starts) if bos is not None else set(starts) - {0}
     if not starts or starts[0] != 0:
         starts = [0] + starts
     labels = []
@@ -68,12 +74,12 @@ def describe_documents(ids: list[int], tokenizer: CodeLlamaTokenizer) -> list[st
         if tokenizer.prefix_id in piece:
             k = piece.index(tokenizer.prefix_id)
             mode = "SPM" if piece[k + 1 : k + 2] == [tokenizer.suffix_id] else "PSM"
-        elif piece and piece[0] == tokenizer.bos_id:
+        elif a in whole_start:
             mode = "plain"
         else:
             mode = "FIM" if {tokenizer.middle_id, tokenizer.eot_id} & set(piece) else "?"
-        cut_start = not piece or piece[0] != tokenizer.bos_id
-        cut_end = not piece or piece[-1] != tokenizer.eos_id
+        cut_start = a not in whole_start
+        cut_end = not piece or piece[-1] != eos
         labels.append(f"{'...' if cut_start else ''}{mode}{'...' if cut_end else ''}")
     return labels
 

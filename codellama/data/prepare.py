@@ -10,7 +10,6 @@ run. index.json is written last, then .work is removed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,8 +30,8 @@ from codellama.data.pack import PACKING_MODES, PackingMode, pack_layout, sequenc
 from codellama.data.shards import INDEX, ShardIndex, ShardWriter
 from codellama.data.tokenize import SPAN_KINDS, TokenStream, token_counts, tokenize_documents
 from codellama.data.workers import children_die_with_us
-from codellama.io import append_jsonl, atomic_directory, atomic_write_bytes, atomic_write_json, read_jsonl
-from codellama.tokenizer import TOKENIZER_FILE, CodeLlamaTokenizer
+from codellama.io import append_jsonl, atomic_directory, atomic_write_json, read_jsonl
+from codellama.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +72,12 @@ class PrepareConfig:
 
 
 def prepare(
-    config: PrepareConfig, tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike, *, num_proc: int = 1
+    config: PrepareConfig, tokenizer: Tokenizer, out_dir: str | os.PathLike, *, num_proc: int = 1
 ) -> ShardIndex:
     """Run (or resume) the whole pipeline into `out_dir`; returns the finished index."""
     out = Path(out_dir)
     work = out / WORK
-    settings = {"config": config.to_json(), "tokenizer_sha256": hashlib.sha256(tokenizer.proto_bytes).hexdigest()}
+    settings = {"config": config.to_json(), "tokenizer_sha256": tokenizer.fingerprint()}
     if (out / INDEX).exists():
         raise FileExistsError(f"{out} already holds finished shards ({INDEX}); choose another --out")
     # An error (not a kill or Ctrl-C, which keep the checkpoints in .work) leaves nothing half-written.
@@ -88,7 +87,7 @@ def prepare(
 
 
 def _run(
-    config: PrepareConfig, tokenizer: CodeLlamaTokenizer, out: Path, work: Path, settings: dict, num_proc: int
+    config: PrepareConfig, tokenizer: Tokenizer, out: Path, work: Path, settings: dict, num_proc: int
 ) -> ShardIndex:
     docs, doc_stats = _documents(config, work, num_proc)
     meta = {"created_by": "codellama data prepare", **settings}
@@ -100,7 +99,7 @@ def _run(
 
 def documents_to_shards(
     docs: datasets.Dataset,
-    tokenizer: CodeLlamaTokenizer,
+    tokenizer: Tokenizer,
     config: PrepareConfig,
     out: Path,
     work: Path,
@@ -197,23 +196,24 @@ def _token_stats(tokens: datasets.Dataset, lengths: np.ndarray, layout) -> dict:
     }
 
 
-def _tokenizer_meta(tok: CodeLlamaTokenizer) -> dict:
+def _tokenizer_meta(tok: Tokenizer) -> dict:
     return {
         "vocab_size": tok.vocab_size,
-        "sha256": hashlib.sha256(tok.proto_bytes).hexdigest(),
+        "sha256": tok.fingerprint(),
+        "backend": tok.backend,
         "bos_id": tok.bos_id,
         "eos_id": tok.eos_id,
         "prefix_id": tok.prefix_id,
         "suffix_id": tok.suffix_id,
         "middle_id": tok.middle_id,
         "eot_id": tok.eot_id,
-        "file": TOKENIZER_FILE,
+        "file": tok.file_name,
     }
 
 
 def _write_shards(
     config: PrepareConfig,
-    tokenizer: CodeLlamaTokenizer,
+    tokenizer: Tokenizer,
     out: Path,
     work: Path,
     tokens: datasets.Dataset,
@@ -245,7 +245,7 @@ def _write_shards(
         block, mask = sequence_block(stream, layout, first, min(first + step, len(layout)), tokenizer.eos_id)
         for row in range(len(block)):
             writer.add(block[row], (mask[row] if mask is not None else ones) if masked else None)
-    atomic_write_bytes(out / TOKENIZER_FILE, tokenizer.proto_bytes)  # `data inspect` decodes with it
+    tokenizer.save(out, for_transformers=False)  # `data inspect` decodes with it
     return writer.finish(meta)
 
 

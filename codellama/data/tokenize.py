@@ -6,8 +6,8 @@ the same for any batch size or number of worker processes: reruns are byte-ident
 
 from __future__ import annotations
 
-import hashlib
 import os
+import pickle
 from dataclasses import asdict
 
 import datasets
@@ -15,7 +15,7 @@ import numpy as np
 
 from codellama.data.fim import MODES, FimOptions, document_rng, fim_tokens_batch, fim_transform
 from codellama.data.workers import procs
-from codellama.tokenizer import CodeLlamaTokenizer
+from codellama.tokenizer import Tokenizer
 
 SPAN_KINDS = ("none", "char", "syntax")
 TOKEN_FEATURES = datasets.Features(
@@ -25,24 +25,25 @@ TOKEN_FEATURES = datasets.Features(
         "span": datasets.Value("int8"),  # index into SPAN_KINDS
     }
 )
-_TOKENIZERS: dict[str, CodeLlamaTokenizer] = {}
+_TOKENIZERS: dict[str, Tokenizer] = {}
 
 
 class FimEncoder:
     """The `datasets.map` function: documents -> BOS + FIM-formatted tokens + EOS.
 
-    Picklable (holds the tokenizer's bytes, not the processor), so worker processes build
-    their own SentencePiece processor once.
+    Picklable (the tokenizer pickles as its file contents), so each worker process builds its
+    own tokenizer once and keeps it for every batch it is given.
     """
 
-    def __init__(self, tokenizer: CodeLlamaTokenizer, options: FimOptions, seed: int, num_threads: int = 1):
-        self.proto = tokenizer.proto_bytes
-        self.key = hashlib.sha256(self.proto).hexdigest()
+    def __init__(self, tokenizer: Tokenizer, options: FimOptions, seed: int, num_threads: int = 1):
+        self.key = tokenizer.fingerprint()
+        _TOKENIZERS.setdefault(self.key, tokenizer)
+        self.state = pickle.dumps(tokenizer)
         self.options, self.seed, self.num_threads = options, seed, num_threads
 
     def __getstate__(self):
         return {
-            "proto": self.proto,
+            "tokenizer": self.state,
             "key": self.key,
             "options": asdict(self.options),
             "seed": self.seed,
@@ -50,13 +51,13 @@ class FimEncoder:
         }
 
     def __setstate__(self, state):
-        self.proto, self.key, self.seed = state["proto"], state["key"], state["seed"]
+        self.state, self.key, self.seed = state["tokenizer"], state["key"], state["seed"]
         self.options, self.num_threads = FimOptions(**state["options"]), state["num_threads"]
 
     @property
-    def tokenizer(self) -> CodeLlamaTokenizer:
+    def tokenizer(self) -> Tokenizer:
         if self.key not in _TOKENIZERS:
-            _TOKENIZERS[self.key] = CodeLlamaTokenizer(self.proto)
+            _TOKENIZERS[self.key] = pickle.loads(self.state)
         return _TOKENIZERS[self.key]
 
     def __call__(self, batch: dict, indices: list[int]) -> dict:
@@ -74,7 +75,7 @@ class FimEncoder:
 
 def tokenize_documents(
     docs: datasets.Dataset,
-    tokenizer: CodeLlamaTokenizer,
+    tokenizer: Tokenizer,
     options: FimOptions,
     seed: int,
     *,
@@ -85,7 +86,7 @@ def tokenize_documents(
     """docs (text, language, ...) -> rows of input_ids / fim / span, in the same order.
 
     With num_proc > 1 the work is split over processes by datasets; with one process,
-    SentencePiece's own threads use the cores instead.
+    the tokenizer's own threads use the cores instead.
     """
     workers = procs(num_proc, len(docs), min_rows_per_proc=4)
     encoder = FimEncoder(tokenizer, options, seed, num_threads=1 if workers else max(1, num_proc))

@@ -168,6 +168,11 @@ def request_seed(base: int, *parts) -> int:
     return zlib.crc32(":".join(map(str, (base, *parts))).encode()) & 0x7FFFFFFF
 
 
+def _tokenizer_of(generator: Generator):
+    """A local model's tokenizer (its chat format is the prompts'); None for an endpoint ([INST] prompts)."""
+    return getattr(generator, "tokenizer", None)
+
+
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -180,12 +185,13 @@ def stage_questions(run: RunDir, cfg: InstructDataConfig, model: Callable[[], Ge
     have = sum(len(r["questions"]) for r in rounds)
     need_rounds = math.ceil(cfg.questions / cfg.prompts.questions_per_prompt)
     max_rounds = cfg.max_question_rounds or 4 * need_rounds + 2
-    prompt = prompts.question_prompt(cfg.prompts)
+    prompt = None  # in the question model's chat format: known once the model is loaded
     first = len(cfg.prompts.seed_examples) + 1
     with tqdm(total=cfg.questions, initial=min(have, cfg.questions), desc="questions", unit="q") as bar:
         while have < cfg.questions and len(rounds) < max_rounds:
             missing = math.ceil((cfg.questions - have) / cfg.prompts.questions_per_prompt)
             todo = range(len(rounds), min(max_rounds, len(rounds) + min(chunk, missing)))
+            prompt = prompt or prompts.question_prompt(cfg.prompts, _tokenizer_of(model()))
             requests = [
                 GenerationRequest(prompt, params=cfg.question_sampling.params(seed=request_seed(cfg.seed, "q", r)))
                 for r in todo
@@ -225,7 +231,7 @@ def _generate_items(
     finished = {r["id"]: r for r in run.resume(stage)}
     todo = [it for it in items if it["id"] not in finished]
     with tqdm(total=len(items), initial=len(items) - len(todo), desc=stage, unit="q") as bar:
-        per_item = max(1, len(make(items[0]))) if items else 1
+        per_item = max(1, len(make(todo[0]))) if todo else 1  # make() may load the model: only when needed
         for part in _chunks(todo, max(1, chunk // per_item)):
             requests = [make(it) for it in part]
             flat = [r for rs in requests for r in rs]
@@ -242,7 +248,7 @@ def stage_tests(run: RunDir, cfg: InstructDataConfig, questions: list[dict], mod
     def make(q):
         return [
             GenerationRequest(
-                prompts.unit_tests_prompt(q["question"], cfg.prompts),
+                prompts.unit_tests_prompt(q["question"], cfg.prompts, _tokenizer_of(model())),
                 params=cfg.tests_sampling.params(stop=prompts.TESTS_STOP, seed=request_seed(cfg.seed, "t", q["id"])),
             )
         ]
@@ -257,7 +263,7 @@ def stage_solutions(
     run: RunDir, cfg: InstructDataConfig, questions: list[dict], tests: dict[str, list[str]], model, chunk: int
 ) -> list[dict]:
     def make(q):
-        prompt = prompts.solution_prompt(q["question"], tests[q["id"]][0])
+        prompt = prompts.solution_prompt(q["question"], tests[q["id"]][0], _tokenizer_of(model()))
         return [
             GenerationRequest(
                 prompt,

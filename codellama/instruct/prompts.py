@@ -2,7 +2,9 @@
 
 The shape follows Code Llama's self-instruct recipe (Rozière et al. 2023, section 2.5): a numbered
 list of interview questions, tests between `[TESTS]` tags as asserts, solutions between
-`[PYTHON]` tags. Tags make the answers parseable from any model, local or remote.
+`[PYTHON]` tags. Tags make the answers parseable from any model, local or remote. A local model
+whose tokenizer has a chat template is asked in its own template, anything else in Llama 2's
+[INST] format; in both the answer is started for the model (the first list items, the opening tag).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import ast
 import re
 from dataclasses import dataclass
 
-from codellama.chat import B_INST, E_INST, turns
+from codellama.chat import TEMPLATE, chat_format, prompt_text, turns
+from codellama.tokenizer import Tokenizer
 
 DEFAULT_SEED_PROMPT = (
     "Write {count} programming interview questions of easy and medium difficulty. Cover a wide range of "
@@ -53,30 +56,40 @@ class PromptConfig:
     tests_per_question: int = 5
 
 
-def format_prompt(messages: list[dict]) -> str:
-    """A dialog ending with a user message as Llama 2 chat text, without BOS (generators add it)."""
+def format_prompt(messages: list[dict], tokenizer: Tokenizer | None = None) -> str:
+    """A dialog ending with a user message as the model's chat text, without BOS (generators add it).
+
+    `tokenizer`: the local model's (its chat template, if any, is used); None: Llama 2's [INST]."""
     pairs, pending = turns(messages)
     if pairs or pending is None:
         raise ValueError("a model prompt here is one user message (with an optional system message)")
-    return f"{B_INST} {pending} {E_INST}"
+    return prompt_text(tokenizer, messages)
 
 
-def question_prompt(cfg: PromptConfig) -> str:
-    """An [INST] request for a list, with the answer's first items already written."""
+def _started(prompt: str, tokenizer: Tokenizer | None, answer_start: str) -> str:
+    """The prompt with the answer's first words written: after [/INST] a space, after a template's
+    assistant header (which ends the line) nothing."""
+    return prompt + (answer_start if chat_format(tokenizer) == TEMPLATE else " " + answer_start)
+
+
+def question_prompt(cfg: PromptConfig, tokenizer: Tokenizer | None = None) -> str:
+    """A request for a list, with the answer's first items already written."""
     request = cfg.seed_prompt.replace("{count}", str(cfg.questions_per_prompt))  # a user's file may hold other braces
-    prompt = format_prompt([{"role": "user", "content": request}])
+    prompt = format_prompt([{"role": "user", "content": request}], tokenizer)
     listed = "".join(f"{i}. {q}\n" for i, q in enumerate(cfg.seed_examples, 1))
+    if chat_format(tokenizer) == TEMPLATE:
+        return f"{prompt}{listed}{len(cfg.seed_examples) + 1}."
     return f"{prompt}\n{listed}{len(cfg.seed_examples) + 1}."
 
 
-def unit_tests_prompt(question: str, cfg: PromptConfig) -> str:
+def unit_tests_prompt(question: str, cfg: PromptConfig, tokenizer: Tokenizer | None = None) -> str:
     content = TESTS_PROMPT.format(count=cfg.tests_per_question, question=question)
-    return format_prompt([{"role": "user", "content": content}]) + " [TESTS]\n"
+    return _started(format_prompt([{"role": "user", "content": content}], tokenizer), tokenizer, "[TESTS]\n")
 
 
-def solution_prompt(question: str, example_test: str) -> str:
+def solution_prompt(question: str, example_test: str, tokenizer: Tokenizer | None = None) -> str:
     content = SOLUTION_PROMPT.format(question=question, example_test=example_test)
-    return format_prompt([{"role": "user", "content": content}]) + " [PYTHON]\n"
+    return _started(format_prompt([{"role": "user", "content": content}], tokenizer), tokenizer, "[PYTHON]\n")
 
 
 _NUMBERED = re.compile(r"^\s*(\d+)[.)]\s*(.*\S)\s*$")

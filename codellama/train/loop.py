@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -23,14 +22,14 @@ import torch
 import yaml
 
 from codellama import rundir
-from codellama.checkpoint import check_checkpoint, load_model, load_tokenizer, save_checkpoint
+from codellama.checkpoint import check_checkpoint, load_model, save_checkpoint
 from codellama.data.chat import prepare_chat_shards
 from codellama.data.shards import ShardIndex
 from codellama.io import atomic_write_json, atomic_write_text, read_jsonl
 from codellama.model import build_model, empty_model, rebuild_rotary, resize_vocab_mean_init, set_gradient_checkpointing
 from codellama.presets import PRESETS
 from codellama.rope import set_rope
-from codellama.tokenizer import N_EXTRA_PIECES, TOKENIZER_FILE, CodeLlamaTokenizer
+from codellama.tokenizer import N_EXTRA_PIECES, load_tokenizer, tokenizer_file
 from codellama.train import distributed as dist_utils
 from codellama.train import state
 from codellama.train.config import TrainConfig, apply_overrides, from_dict, resolve_config
@@ -157,8 +156,8 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 def _tokenizer_for(config: TrainConfig):
 
     if config.tokenizer:
-        return CodeLlamaTokenizer.load(config.tokenizer)
-    if (Path(config.base) / TOKENIZER_FILE).is_file():
+        return load_tokenizer(config.tokenizer)
+    if Path(config.base).is_dir() and tokenizer_file(config.base) is not None:
         return load_tokenizer(config.base)
     return None
 
@@ -188,10 +187,6 @@ class RunInputs:
 
     tokenizer: object | None  # CodeLlamaTokenizer exported with the final weights (None: none known)
     fingerprint: dict = field(default_factory=dict)
-
-
-def _sha256(tokenizer) -> str:
-    return hashlib.sha256(tokenizer.proto_bytes).hexdigest()
 
 
 def _data_tokenizer_sha(index) -> str | None:
@@ -224,7 +219,7 @@ def check_inputs(config: TrainConfig, *, allow_tokenizer_mismatch: bool = False,
     if config.base_kind == "checkpoint":
         base_vocab = check_checkpoint(config.base).vocab_size
 
-    reference = _sha256(tokenizer) if tokenizer is not None else None
+    reference = tokenizer.fingerprint() if tokenizer is not None else None
     exported = f"the tokenizer {config.tokenizer}" if config.tokenizer else f"the base's tokenizer ({config.base})"
     data_sha = None
     for path, index in shard_sets:

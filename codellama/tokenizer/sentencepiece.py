@@ -9,8 +9,11 @@ marker is always exactly one id.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +21,8 @@ from pathlib import Path
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from codellama.hf_tokenizer import write_hf_tokenizer_files
-from codellama.io import atomic_directory
+from codellama.io import atomic_directory, atomic_write_bytes
+from codellama.tokenizer.base import InfillingTokens, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,11 @@ class TrainOptions:
     num_threads: int = os.cpu_count() or 1
 
 
-class CodeLlamaTokenizer:
+class CodeLlamaTokenizer(Tokenizer):
     """SentencePiece processor with Code Llama's infilling ids and helpers."""
+
+    backend = "sentencepiece"
+    file_name = TOKENIZER_FILE
 
     def __init__(self, model_proto: bytes):
         self.proto_bytes = model_proto
@@ -59,7 +65,13 @@ class CodeLlamaTokenizer:
         proto.normalizer_spec.add_dummy_prefix = False
         self._sp_no_prefix = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
         self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
-        self.pad_id = self.sp.pad_id()
+        self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else None
+
+    def __getstate__(self) -> dict:  # processors do not pickle; the model bytes do (data workers)
+        return {"proto": self.proto_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["proto"])
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -121,28 +133,25 @@ class CodeLlamaTokenizer:
             raise KeyError(f"piece {piece!r} is not in the vocabulary")
         return idx
 
-    @property
-    def prefix_id(self) -> int:
-        return self.piece_id(PREFIX)
+    def piece(self, token_id: int) -> str:
+        return self.sp.id_to_piece(int(token_id))
 
-    @property
-    def suffix_id(self) -> int:
-        return self.piece_id(SUFFIX)
+    @functools.cached_property
+    def infilling(self) -> InfillingTokens | None:
+        """Code Llama's pieces, found by name (they are part of the model file)."""
+        try:
+            ids = [self.piece_id(p) for p in INFILL_PIECES]
+        except KeyError:
+            return None
+        return InfillingTokens(*ids, *INFILL_PIECES)
 
-    @property
-    def middle_id(self) -> int:
-        return self.piece_id(MIDDLE)
-
-    @property
-    def eot_id(self) -> int:
-        return self.piece_id(EOT)
-
-    @property
+    @functools.cached_property
     def special_ids(self) -> set[int]:
         return {i for i in range(self.vocab_size) if self.sp.is_control(i)}
 
     # -- encoding -----------------------------------------------------------------
-    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False, special: bool = False) -> list[int]:
+        # `special` changes nothing: SentencePiece never makes a control piece from text.
         ids = self.sp.encode(text)
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
@@ -164,31 +173,6 @@ class CodeLlamaTokenizer:
         """Decode a middle/suffix that was encoded without the dummy prefix."""
         return self._sp_no_prefix.decode([int(i) for i in ids])
 
-    def infilling_prompt(self, prefix: str, suffix: str, *, suffix_first: bool = False, bos: bool = True) -> list[int]:
-        """Code Llama's infilling prompt, token by token.
-
-        PSM: `<s> <PRE> prefix <SUF> suffix <MID>`;
-        SPM: `<s> <PRE> <SUF> suffix <MID> prefix` (Code Llama's suffix-first variant, where
-        the prefix is encoded with the dummy space as the start of the text the model continues).
-        """
-        head = [self.bos_id] if bos else []
-        if suffix_first:
-            return (
-                head
-                + [self.prefix_id, self.suffix_id]
-                + self.encode_infilling(suffix)
-                + [self.middle_id]
-                + self.encode(prefix)
-            )
-        return (
-            head
-            + [self.prefix_id]
-            + self.encode(prefix)
-            + [self.suffix_id]
-            + self.encode_infilling(suffix)
-            + [self.middle_id]
-        )
-
     def render(self, ids: Iterable[int]) -> str:
         """Decode with control pieces made visible (for `data inspect` and debugging)."""
         out, run = [], []
@@ -198,7 +182,7 @@ class CodeLlamaTokenizer:
                 if run:
                     out.append(self.decode(run))
                     run = []
-                out.append(self.sp.id_to_piece(i).replace("▁", " "))
+                out.append(self.piece(i).replace("▁", " "))
             else:
                 run.append(i)
         if run:
@@ -206,14 +190,35 @@ class CodeLlamaTokenizer:
         return "".join(out)
 
     # -- files --------------------------------------------------------------------------
-    def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write tokenizer.model plus the Hugging Face files `AutoTokenizer` loads."""
+    def save(self, out_dir: str | os.PathLike, *, for_transformers: bool = True) -> Path:
+        """Write tokenizer.model (+ the infilling record, + the Hugging Face files `AutoTokenizer` loads)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-
-        (out_dir / TOKENIZER_FILE).write_bytes(self.proto_bytes)
-        write_hf_tokenizer_files(self, out_dir)
+        atomic_write_bytes(out_dir / TOKENIZER_FILE, self.proto_bytes)
+        if self.infilling is not None:
+            self.infilling.write(out_dir)
+        if for_transformers:
+            _write_hf_files(self.proto_bytes, out_dir)
         return out_dir
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.proto_bytes).hexdigest()
+
+    def with_infilling_tokens(self) -> tuple[CodeLlamaTokenizer, str]:
+        if self.infilling is not None:
+            return self, "already has the infilling pieces"
+        return CodeLlamaTokenizer(extend_proto(self.proto_bytes)), f"added Code Llama's {N_EXTRA_PIECES} pieces"
+
+
+def _write_hf_files(proto_bytes: bytes, out_dir: Path) -> None:
+    """transformers converts the SentencePiece model into its tokenizer.json (we do not write that JSON by hand)."""
+    from transformers import CodeLlamaTokenizer as HFCodeLlamaTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / TOKENIZER_FILE).write_bytes(proto_bytes)
+        # fill_token=None: "<FILL_ME>" would otherwise get an id past the model's vocabulary.
+        hf = HFCodeLlamaTokenizer.from_pretrained(tmp, fill_token=None, legacy=False)
+    hf.save_pretrained(str(out_dir))
 
 
 def extend_proto(proto_bytes: bytes) -> bytes:
@@ -232,7 +237,7 @@ def extend_proto(proto_bytes: bytes) -> bytes:
     return proto.SerializeToString()
 
 
-def save_tokenizer_dir(tokenizer: CodeLlamaTokenizer, out_dir: str | os.PathLike) -> Path:
+def save_tokenizer_dir(tokenizer: Tokenizer, out_dir: str | os.PathLike) -> Path:
     """Write the tokenizer files into a fresh directory, atomically."""
     with atomic_directory(out_dir) as tmp:
         tokenizer.save(tmp)
@@ -284,16 +289,3 @@ class _ProtoBuffer:
 
     def write(self, data: bytes) -> None:
         self.data += data
-
-
-__all__ = [
-    "CodeLlamaTokenizer",
-    "TrainOptions",
-    "INFILL_PIECES",
-    "PREFIX",
-    "SUFFIX",
-    "MIDDLE",
-    "EOT",
-    "extend_proto",
-    "save_tokenizer_dir",
-]
