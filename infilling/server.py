@@ -330,7 +330,7 @@ class Service:
         try:
             request = self.engine.prepare(request)
         except ValueError as exc:
-            raise APIError(400, str(exc), param="prompt") from None
+            raise APIError(400, f"prompt: {exc}", param="prompt") from None
         n = len(request.prompt_ids)
         if n > self.max_prompt:
             raise APIError(400, f"prompt is {n} tokens; this server accepts at most {self.max_prompt}", param="prompt")

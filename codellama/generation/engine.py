@@ -102,10 +102,10 @@ class Engine:
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
         """The request with its prompt tokenized: call it off any event loop (it is the slow part of accepting
-        a request), then check the prompt's length against your own limits. ValueError for an empty prompt."""
+        a request), then check the prompt's length against your own limits. ValueError for an empty prompt
+        or a token id the model does not have."""
         ids = self.generator.prompt_ids(request)
-        if not ids:
-            raise ValueError("the prompt is empty")
+        self.generator.check_ids(ids)
         return dataclasses.replace(request, prompt_ids=tuple(ids))
 
     def submit(self, request: GenerationRequest, sink: Sink | None = None) -> Job:

@@ -516,13 +516,17 @@ class HFGenerator:
     def decoder(self) -> Decoder:
         return Decoder(self)
 
-    def _row(self, request: GenerationRequest, sink: Sink) -> _Row:
-        ids = self.prompt_ids(request)
+    def check_ids(self, ids: list[int]) -> None:
+        """ValueError for an empty prompt or an id the model has no embedding for."""
         if not ids:
             raise ValueError("the prompt is empty")
         bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
         if bad is not None:
             raise ValueError(f"token id {bad} is outside the model's vocabulary of {self.vocab_size}")
+
+    def _row(self, request: GenerationRequest, sink: Sink) -> _Row:
+        ids = self.prompt_ids(request)
+        self.check_ids(ids)
         row = _Row(request, sink, ids, self._stop_ids, self.device)
         if not self.fits(len(ids)):
             row.finish = "context"
