@@ -108,8 +108,10 @@ class FitLimits:
     """How much of the context an infilling prompt may use.
 
     `room`: tokens for the whole prompt (the context minus what the completion may need). `window`: the
-    share of it for the file around the cursor (llama.cpp's n_batch): up to 3/4 for the text before the
-    cursor, the rest for the text after it; what the window leaves of `room` goes to extra context chunks.
+    share of it for the file around the cursor (llama.cpp's n_batch; at most half the room): up to 3/4 for
+    the text before the cursor, the rest for the text after it. Extra context chunks get the other part of
+    the room, however much of the window the file uses, so an editor's warm-up request (chunks only) and
+    its keystrokes keep the same chunks and share their KV in the prompt cache.
     """
 
     room: int
@@ -146,7 +148,9 @@ def fit_infill(
     """
     count_prefix = lambda text: len(tokenizer.encode(text))  # noqa: E731
     count_suffix = lambda text: len(tokenizer.encode_infilling(text))  # noqa: E731
-    window = min(limits.window, limits.room) - 4  # <s> <PRE> <SUF> <MID>
+    window = min(limits.window, limits.room // 2)
+    extra_room = limits.room - window
+    window -= 4  # <s> <PRE> <SUF> <MID>
     n_before, n_after = count_prefix(prefix + middle), count_suffix(suffix)
     after_quota = min(n_after, max(window // 4, window - n_before))
     before = _keep_lines(prefix, lambda t: count_prefix(t + middle) <= window - after_quota, from_top=True)
@@ -154,8 +158,8 @@ def fit_infill(
     core = tokenizer.infilling_prompt(before + middle, after, suffix_first=suffix_first)
     if len(core) > limits.room:  # the cursor's own line alone is too long: keep its end
         return _fit_by_chars(tokenizer, before + middle, limits.room, suffix_first)
-    spare, chunks = limits.room - len(core), []
-    for chunk in reversed(extra):  # newest first, while they fit in what the file left of the room
+    spare, chunks = extra_room, []
+    for chunk in reversed(extra):  # newest first, while they fit in their part of the room
         spare -= count_prefix(with_extra_context("", [chunk]))
         if spare < 0:
             break

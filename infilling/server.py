@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from codellama.generation import SEED_LIMIT, Completion, GenerationRequest, SamplingParams, Sink, truncate_at_stop
 from codellama.generation.engine import Engine, Job, QueueFull
@@ -256,16 +257,17 @@ class _Row(Sink):
 class Answers:
     """The rows of one HTTP request in the engine: their events as they come, cancellation when it ends."""
 
-    def __init__(self, engine: Engine, plan: Plan):
+    def __init__(self, engine: Engine, plan: Plan, watch: Watch):
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
-        self.plan, self.jobs = plan, []
+        self.plan, self.jobs, self.watch = plan, [], watch
         try:
             for i, request in enumerate(plan.requests):
                 self.jobs.append(engine.submit(request, _Row(self, i)))
         except QueueFull as exc:
-            self.cancel()
+            self.close()
             raise APIError(429, str(exc), "server_busy") from None
+        watch.answers = self
         self.completions: list[Completion | None] = [None] * len(self.jobs)
 
     async def stream(self) -> AsyncIterator[tuple[str, int, object]]:
@@ -277,15 +279,13 @@ class Answers:
                 self.completions[i], left = value, left - 1
             yield kind, i, value
 
-    async def all_done(self, request: Request) -> list[Completion]:
-        """Wait for every row; a client that hangs up meanwhile cancels them (non-streaming requests)."""
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, self))
+    async def all_done(self) -> list[Completion]:
+        """Every row's completion (a client that hangs up meanwhile cancels them: see `Watch`)."""
         try:
             async for _ in self.stream():
                 pass
         finally:
-            watcher.cancel()
-            self.cancel()
+            self.close()
         for c in self.completions:
             if c.finish_reason == "error":
                 raise APIError(500, f"generation failed: {c.error}", "server_error")
@@ -296,15 +296,45 @@ class Answers:
             if job.t_done is None:
                 job.cancel()
 
+    def close(self) -> None:
+        """The response is over (finished or abandoned): stop generating for it, stop watching."""
+        self.cancel()
+        self.watch.stop()
 
-async def _cancel_on_disconnect(request: Request, answers: Answers) -> None:
-    """Read the connection's events (the body is already in) until the client leaves."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            log.info("client disconnected; cancelling its generation")
-            answers.cancel()
-            return
+
+class Watch:
+    """Reads the connection's events once the body is in: a client that leaves (an editor cancels by closing
+    the connection) cancels what it asked for, even while its prompt is still being prepared."""
+
+    def __init__(self, request: Request):
+        self.gone, self.answers = False, None
+        self.task = asyncio.create_task(self._run(request))
+
+    async def _run(self, request: Request) -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                if self.answers is not None:
+                    log.info("client disconnected; cancelling its generation")
+                    self.answers.cancel()
+                return
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+async def _submit(request: Request, plan_method, body) -> Answers:
+    """Plan off the event loop, then submit, unless the client left meanwhile."""
+    watch = Watch(request)
+    try:
+        plan = await asyncio.to_thread(plan_method, body)
+        if watch.gone:
+            raise APIError(499, "the client closed the request", "client_closed")
+        return Answers(_service(request).engine, plan, watch)
+    except BaseException:
+        watch.stop()
+        raise
 
 
 class Service:
@@ -583,12 +613,11 @@ def _service(request: Request) -> Service:
 
 
 async def _read(request: Request, model: type[BaseModel]):
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        raise APIError(499, "the client closed the request", "client_closed") from None
     return await asyncio.to_thread(_parse_body, raw, model)
-
-
-async def _plan(method, body) -> Plan:
-    return await asyncio.to_thread(method, body)
 
 
 async def health(request: Request):
@@ -617,7 +646,7 @@ async def models(request: Request):
 async def openai_completions(request: Request):
     svc = _service(request)
     body = await _read(request, CompletionBody)
-    answers = Answers(svc.engine, await _plan(svc.plan_openai, body))
+    answers = await _submit(request, svc.plan_openai, body)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(text: str, finish: str | None, usage: dict | None = None, choices: bool = True) -> dict:
@@ -633,9 +662,10 @@ async def openai_completions(request: Request):
         return out
 
     if not body.stream:
-        [out] = await answers.all_done(request)
+        [out] = await answers.all_done()
         return chunk(out.text, _openai_finish(out), _usage(out))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    answers.watch.stop()  # a stream notices a gone client when it writes
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -650,7 +680,7 @@ async def openai_completions(request: Request):
                         yield _sse(chunk("", None, _usage(value), choices=False))
                     yield "data: [DONE]\n\n"
         finally:
-            answers.cancel()
+            answers.close()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -658,26 +688,26 @@ async def openai_completions(request: Request):
 async def infill(request: Request):
     svc = _service(request)
     body = await _read(request, InfillBody)
-    return await _llama_cpp_answer(request, svc, body, await _plan(svc.plan_infill, body))
+    return await _llama_cpp_answer(svc, body, await _submit(request, svc.plan_infill, body))
 
 
 async def native_completion(request: Request):
     svc = _service(request)
     body = await _read(request, NativeCompletionBody)
-    return await _llama_cpp_answer(request, svc, body, await _plan(svc.plan_native, body))
+    return await _llama_cpp_answer(svc, body, await _submit(request, svc.plan_native, body))
 
 
-async def _llama_cpp_answer(request: Request, svc: Service, body: LlamaCppBody, plan: Plan):
+async def _llama_cpp_answer(svc: Service, body: LlamaCppBody, answers: Answers):
     """llama.cpp's answer: one result object, or an array of them (n_cmpl, several prompts)."""
-    answers = Answers(svc.engine, plan)
-    several = len(plan.requests) > 1
+    several = len(answers.plan.requests) > 1
     if not body.stream:
-        outs = await answers.all_done(request)
+        outs = await answers.all_done()
         results = [
             _select_fields(svc.llama_cpp_result(answers, i, body, out.text), body.response_fields)
             for i, out in enumerate(outs)
         ]
         return results if several else results[0]
+    answers.watch.stop()  # a stream notices a gone client when it writes
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -689,7 +719,7 @@ async def _llama_cpp_answer(request: Request, svc: Service, body: LlamaCppBody, 
                 else:
                     yield _sse(svc.llama_cpp_result(answers, i, body, ""))
         finally:
-            answers.cancel()
+            answers.close()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 

@@ -297,7 +297,7 @@ def test_native_completion_route(taught):
     assert [x["prompt"] for x in several.json()] == ["x = 1\n", "y = 2\n"]
     assert all(len(x["tokens"]) == x["tokens_predicted"] for x in several.json())
     ids = post(url, "/completion", {"prompt": [1, 400, 401], "n_predict": 2}).json()
-    assert ids["tokens_evaluated"] == 3 and ids["tokens_predicted"] == 2
+    assert ids["tokens_evaluated"] == 3 and ids["tokens_predicted"] <= 2
     # a template-based client's infilling prompt, read as one when it asks for it
     templated = f"<PRE> {PREFIX} <SUF>{SUFFIX} <MID>"
     assert split_fim_markers(templated) == (PREFIX, SUFFIX)
