@@ -167,12 +167,10 @@ async def measure(url: str, warm: dict, bodies: list[dict], args) -> dict:
     await _post(url, warm)
     finals, idles, cached, uncached, cancelled = [], [], [], [], 0
     for _ in range(args.sessions):
-        before = await health(url)
+        before = abandoned(await health(url))
         latency, result = await typing_session(url, bodies, args.gap)
         finals.append(latency)
-        cancelled += (await health(url)).get("finished", {}).get("cancelled", 0) - before.get("finished", {}).get(
-            "cancelled", 0
-        )
+        cancelled += abandoned(await health(url)) - before
         idles.append(await idle_latency(url, bodies[-2], bodies[-1]))
     for k in range(1, len(bodies), max(1, len(bodies) // args.ttft_probes)):  # alternate, so load drift hits both
         await _post(url, dict(bodies[k - 1], n_predict=1))  # the previous keystroke is in the cache
@@ -186,6 +184,11 @@ async def measure(url: str, warm: dict, bodies: list[dict], args) -> dict:
         "cancelled": cancelled,
         "last": result,
     }
+
+
+def abandoned(health: dict) -> int:
+    """Requests the server dropped because their client left: before they started, or while generating."""
+    return health.get("closed_before_start", 0) + health.get("finished", {}).get("cancelled", 0)
 
 
 async def health(url: str) -> dict:
@@ -240,7 +243,7 @@ def run_against(name: str, start, url: str, warm: dict, bodies: list[dict], args
 
 def report(name: str, m: dict, keystrokes: int) -> None:
     ratio, speedup = m["final"] / m["idle"], m["ttft_uncached"] / m["ttft_cached"]
-    print(f"\n{name}: {keystrokes} keystrokes, {m['cancelled']} abandoned requests cancelled by the server")
+    print(f"\n{name}: {keystrokes} keystrokes; the server dropped {m['cancelled']} abandoned requests")
     print(f"{'':44}{'session':>10}{'idle':>10}{'ratio':>8}")
     print(f"{'last keystroke latency, p50 (s)':44}{m['final']:10.3f}{m['idle']:10.3f}{ratio:8.2f}")
     print(f"{'':44}{'cache':>10}{'no cache':>10}{'speedup':>8}")

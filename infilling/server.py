@@ -330,6 +330,7 @@ async def _submit(request: Request, plan_method, body) -> Answers:
     try:
         plan = await asyncio.to_thread(plan_method, body)
         if watch.gone:
+            _service(request).closed_early += 1
             raise APIError(499, "the client closed the request", "client_closed")
         return Answers(_service(request).engine, plan, watch)
     except BaseException:
@@ -347,6 +348,7 @@ class Service:
         # warm-up request (n_predict 0) builds the same prompt start as the keystrokes that follow it.
         self.reserve = min(config.max_tokens, self.context // 4)
         self.max_prompt = min(config.max_prompt_tokens or self.context, self.context - 1)
+        self.closed_early = 0  # requests whose client left before they reached the engine
 
     def budget(self, value: int | None, name: str, default: int) -> int:
         if value is None or value < 0:
@@ -616,6 +618,7 @@ async def _read(request: Request, model: type[BaseModel]):
     try:
         raw = await request.body()
     except ClientDisconnect:
+        _service(request).closed_early += 1
         raise APIError(499, "the client closed the request", "client_closed") from None
     return await asyncio.to_thread(_parse_body, raw, model)
 
@@ -629,6 +632,7 @@ async def health(request: Request):
         "queued": svc.engine.queued,
         "batches": svc.engine.batches,
         "finished": dict(svc.engine.finished),
+        "closed_before_start": svc.closed_early,
         "prompt_cache": {
             "entries": len(cache.entries) if cache else 0,
             "bytes": cache.nbytes if cache else 0,

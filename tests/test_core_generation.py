@@ -309,6 +309,33 @@ def test_prompt_cache_reuses_the_longest_common_prefix(tiny_model_dir):
         assert calls[0] == (1, n - out.cached_tokens)  # and only the rest was fed
     assert len(gen.prompt_cache.entries) == 1  # each keystroke replaced the one before
     assert gen.prompt_cache.nbytes <= 64 << 20
+    # Rows that start together from cached prefixes of different lengths (and one from none) decode as alone.
+    gen.prompt_cache.store(gen.prompt_ids(GenerationRequest(PROMPTS[0] * 3)), _kv_of(gen, PROMPTS[0] * 3))
+    mixed = [file + "    y = 2", PROMPTS[0] * 3 + "    return a", "import json\n"]
+    sinks = [Recorder(cancel_after=None) for _ in mixed]
+    decoder = gen.decoder()
+    for text, sink in zip(mixed, sinks):
+        decoder.add(GenerationRequest(text, params=params, cache_prompt=True), sink)
+    decoder.add(GenerationRequest(file + "    z", params=params, cache_prompt=True), cancelled := Recorder(0))
+    while decoder.busy:
+        decoder.step()
+    alone = [plain.generate([GenerationRequest(t, params=params)])[0] for t in mixed]
+    assert [s.completion.token_ids for s in sinks] == [a.token_ids for a in alone]
+    cached = [s.completion.cached_tokens for s in sinks]
+    assert cached[0] > cached[1] > 10 > cached[2]  # from the keystrokes' entry, the stored one, (almost) none
+    assert cancelled.completion.finish_reason == "cancelled"
+
+
+def _kv_of(gen, text):
+    """The KV of a prompt, computed alone."""
+    decoder = gen.decoder()
+    keep = gen.prompt_cache
+    gen.prompt_cache = type(keep)(64 << 20)
+    decoder.add(GenerationRequest(text, params=SamplingParams(max_new_tokens=0), cache_prompt=True), Recorder())
+    while decoder.busy:
+        decoder.step()
+    [entry], gen.prompt_cache = gen.prompt_cache.entries, keep
+    return entry.layers
 
 
 def test_a_warm_up_request_fills_the_cache_and_a_cancelled_prefill_keeps_its_progress(tiny_model_dir):

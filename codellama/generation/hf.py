@@ -154,7 +154,7 @@ class _Batch:
             self.rows = [self.rows[b] for b in alive]
             # Columns that were only the leavers' history are padding for everyone left: drop them, or a
             # batch that keeps admitting would grow without bound.
-            first = int(self.attention.any(0).int().argmax())
+            first = int(self.attention.any(0).int().argmax()) if self.attention.shape[1] else 0
             if first:
                 for layer in self.cache.layers:
                     layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
