@@ -25,7 +25,9 @@ import httpx
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-LLAMA2_TOKENIZER = ROOT.parent / "shared" / "data" / "llama2-tokenizer" / "tokenizer.model"
+# the shared data folder next to the checkout (a worktree sits one level deeper)
+SHARED = next((p / "shared" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared")
+LLAMA2_TOKENIZER = SHARED / "data" / "llama2-tokenizer" / "tokenizer.model"
 
 
 def make_model(preset: str, out: Path, tokenizer_path: Path) -> Path:

@@ -37,11 +37,9 @@ import time
 from pathlib import Path
 
 import httpx
+from bench_server import LLAMA2_TOKENIZER
 
 ROOT = Path(__file__).resolve().parents[1]
-# the shared data folder next to the checkout (a worktree sits one level deeper)
-SHARED = next((p / "shared" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared")
-LLAMA2_TOKENIZER = SHARED / "data" / "llama2-tokenizer" / "tokenizer.model"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TYPED = "        parser = self._get_formatter_for(action, namespace)"  # the line typed, one char per keystroke
 
@@ -121,61 +119,74 @@ def keystroke_bodies(keystrokes: int, n_predict: int, t_max_predict_ms: int) -> 
 # -- replaying it -----------------------------------------------------------------------------------
 
 
-async def _post(url: str, body: dict) -> dict:
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:  # closed on cancel: the connection goes
-        r = await client.post("/infill", json=body)
+class Client:
+    """One HTTP client for a replay (a plugin's curl processes start in milliseconds; so must the requests).
+    Cancelling a request's task closes its connection, which is how llama.vim cancels."""
+
+    def __init__(self, url: str):
+        self.http = httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=256))
+
+    async def post(self, body: dict | bytes) -> dict:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = await self.http.post("/infill", content=content, headers={"content-type": "application/json"})
         r.raise_for_status()
         return r.json()
 
-
-async def typing_session(url: str, bodies: list[dict], gap: float) -> tuple[float, dict]:
-    """Every keystroke's request, `gap` apart, each closing the one before; the last one's latency."""
-    pending: asyncio.Task | None = None
-    for body in bodies[:-1]:
-        if pending is not None:
-            pending.cancel()
-        pending = asyncio.create_task(_post(url, body))
-        await asyncio.sleep(gap)
-    if pending is not None:
-        pending.cancel()
-    start = time.perf_counter()
-    result = await _post(url, bodies[-1])
-    return time.perf_counter() - start, result
-
-
-async def idle_latency(url: str, previous: dict, body: dict) -> float:
-    """The same last request on the idle server, right after the previous keystroke's was answered."""
-    await _post(url, previous)
-    start = time.perf_counter()
-    await _post(url, body)
-    return time.perf_counter() - start
-
-
-async def first_token(url: str, body: dict) -> float:
-    """Seconds to the first streamed piece of text."""
-    start = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        async with client.stream("POST", "/infill", json=dict(body, stream=True, t_max_predict_ms=0)) as r:
+    async def first_token(self, body: dict) -> float:
+        """Seconds to the first streamed piece of text."""
+        start = time.perf_counter()
+        async with self.http.stream("POST", "/infill", json=dict(body, stream=True, t_max_predict_ms=0)) as r:
             r.raise_for_status()
             async for line in r.aiter_lines():
                 if line.startswith("data: ") and json.loads(line[6:]).get("content"):
                     return time.perf_counter() - start
-    raise RuntimeError("no text was streamed")
+        raise RuntimeError("no text was streamed")
+
+    async def health(self) -> dict:
+        r = await self.http.get("/health")
+        return r.json() if r.status_code == 200 else {}
+
+
+async def typing_session(client: Client, bodies: list[dict], gap: float) -> tuple[float, dict]:
+    """Every keystroke's request, `gap` apart, each closing the one before; the last one's latency."""
+    encoded = [json.dumps(b).encode() for b in bodies]
+    pending: asyncio.Task | None = None
+    for body in encoded[:-1]:
+        if pending is not None:
+            pending.cancel()
+        pending = asyncio.create_task(client.post(body))
+        await asyncio.sleep(gap)
+    if pending is not None:
+        pending.cancel()
+    start = time.perf_counter()
+    result = await client.post(encoded[-1])
+    return time.perf_counter() - start, result
+
+
+async def idle_latency(client: Client, previous: dict, body: dict) -> float:
+    """The same last request on the idle server, right after the previous keystroke's was answered."""
+    await client.post(previous)
+    start = time.perf_counter()
+    await client.post(body)
+    return time.perf_counter() - start
 
 
 async def measure(url: str, warm: dict, bodies: list[dict], args) -> dict:
-    await _post(url, warm)
+    client = Client(url)
+    await client.post(warm)
     finals, idles, cached, uncached, cancelled = [], [], [], [], 0
     for _ in range(args.sessions):
-        before = abandoned(await health(url))
-        latency, result = await typing_session(url, bodies, args.gap)
+        before = abandoned(await client.health())
+        latency, result = await typing_session(client, bodies, args.gap)
         finals.append(latency)
-        cancelled += abandoned(await health(url)) - before
-        idles.append(await idle_latency(url, bodies[-2], bodies[-1]))
+        await asyncio.sleep(1.0)  # the last cancellations land
+        cancelled += abandoned(await client.health()) - before
+        idles.append(await idle_latency(client, bodies[-2], bodies[-1]))
     for k in range(1, len(bodies), max(1, len(bodies) // args.ttft_probes)):  # alternate, so load drift hits both
-        await _post(url, dict(bodies[k - 1], n_predict=1))  # the previous keystroke is in the cache
-        cached.append(await first_token(url, bodies[k]))
-        uncached.append(await first_token(url, dict(bodies[k], cache_prompt=False)))
+        await client.post(dict(bodies[k - 1], n_predict=1))  # the previous keystroke is in the cache
+        cached.append(await client.first_token(bodies[k]))
+        uncached.append(await client.first_token(dict(bodies[k], cache_prompt=False)))
+    await client.http.aclose()
     return {
         "final": statistics.median(finals),
         "idle": statistics.median(idles),
@@ -189,12 +200,6 @@ async def measure(url: str, warm: dict, bodies: list[dict], args) -> dict:
 def abandoned(health: dict) -> int:
     """Requests the server dropped because their client left: before they started, or while generating."""
     return health.get("closed_before_start", 0) + health.get("finished", {}).get("cancelled", 0)
-
-
-async def health(url: str) -> dict:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        r = await client.get("/health")
-        return r.json() if r.status_code == 200 else {}
 
 
 # -- servers ------------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ of template-based clients, and the optional tree-sitter truncation and parse che
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -146,21 +148,21 @@ def fit_infill(
     first (the last chunk is the newest). `middle` (llama.cpp's `prompt`: the cursor's line so far) is
     always kept. Whole lines go, so consecutive keystrokes keep the same start and reuse the prompt cache.
     """
-    count_prefix = lambda text: len(tokenizer.encode(text))  # noqa: E731
-    count_suffix = lambda text: len(tokenizer.encode_infilling(text))  # noqa: E731
+    count = _counter(tokenizer)
     window = min(limits.window, limits.room // 2)
     extra_room = limits.room - window
     window -= 4  # <s> <PRE> <SUF> <MID>
-    n_before, n_after = count_prefix(prefix + middle), count_suffix(suffix)
+    n_middle = count(middle, True) if middle else 0
+    n_before, n_after = count(prefix, False) + n_middle, count(suffix, True)
     after_quota = min(n_after, max(window // 4, window - n_before))
-    before = _keep_lines(prefix, lambda t: count_prefix(t + middle) <= window - after_quota, from_top=True)
-    after = _keep_lines(suffix, lambda t: count_suffix(t) <= after_quota, from_top=False)
+    before = _keep_lines(prefix, lambda t: count(t, False) + n_middle <= window - after_quota, from_top=True)
+    after = _keep_lines(suffix, lambda t: count(t, True) <= after_quota, from_top=False)
     core = tokenizer.infilling_prompt(before + middle, after, suffix_first=suffix_first)
     if len(core) > limits.room:  # the cursor's own line alone is too long: keep its end
         return _fit_by_chars(tokenizer, before + middle, limits.room, suffix_first)
     spare, chunks = extra_room, []
     for chunk in reversed(extra):  # newest first, while they fit in their part of the room
-        spare -= count_prefix(with_extra_context("", [chunk]))
+        spare -= count(with_extra_context("", [chunk]), False)
         if spare < 0:
             break
         chunks.insert(0, chunk)
@@ -172,6 +174,25 @@ def fit_infill(
         chunks.pop(0)
     truncated = before != prefix or after != suffix or len(chunks) < len(extra)
     return FittedInfill(ids, kept, after, truncated, len(chunks))
+
+
+_COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _counter(tokenizer) -> Callable[[str, bool], int]:
+    """count(text, infilling): its token count, remembered. An editor sends the same file and chunks with
+    every keystroke, so fitting a keystroke's request mostly looks counts up instead of tokenizing."""
+    count = _COUNTERS.get(tokenizer)
+    if count is None:
+        ref = weakref.ref(tokenizer)
+
+        @functools.lru_cache(maxsize=2048)
+        def count(text: str, infilling: bool) -> int:
+            tok = ref()
+            return len(tok.encode_infilling(text) if infilling else tok.encode(text))
+
+        _COUNTERS[tokenizer] = count
+    return count
 
 
 def _keep_lines(text: str, fits: Callable[[str], bool], *, from_top: bool) -> str:

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -326,13 +327,15 @@ class Watch:
 
 async def _submit(request: Request, plan_method, body) -> Answers:
     """Plan off the event loop, then submit, unless the client left meanwhile."""
-    watch = Watch(request)
-    try:
-        plan = await asyncio.to_thread(plan_method, body)
+    watch, svc = Watch(request), _service(request)
+    try:  # a request whose client left while it waited for a planner is not planned at all
+        plan = await asyncio.get_running_loop().run_in_executor(
+            svc.planners, lambda: None if watch.gone else plan_method(body)
+        )
         if watch.gone:
             _service(request).closed_early += 1
             raise APIError(499, "the client closed the request", "client_closed")
-        return Answers(_service(request).engine, plan, watch)
+        return Answers(svc.engine, plan, watch)
     except BaseException:
         watch.stop()
         raise
@@ -349,6 +352,9 @@ class Service:
         self.reserve = min(config.max_tokens, self.context // 4)
         self.max_prompt = min(config.max_prompt_tokens or self.context, self.context - 1)
         self.closed_early = 0  # requests whose client left before they reached the engine
+        # Tokenizing and fitting prompts happens here, off the event loop; two at a time, so a burst of
+        # keystrokes does not take the CPU from the decoding thread.
+        self.planners = ThreadPoolExecutor(max_workers=2, thread_name_prefix="plan")
 
     def budget(self, value: int | None, name: str, default: int) -> int:
         if value is None or value < 0:
@@ -750,6 +756,7 @@ def create_app(engine: Engine, config: ServerConfig = ServerConfig()) -> FastAPI
         engine.start()
         yield
         await asyncio.to_thread(engine.close)
+        app.state.service.planners.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="codellama infilling server", lifespan=lifespan)
     app.state.engine, app.state.config, app.state.service = engine, config, Service(engine, config)

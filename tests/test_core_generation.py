@@ -7,6 +7,15 @@ from codellama.checkpoint import load_model, load_tokenizer
 from codellama.generation import GenerationRequest, HFGenerator, SamplingParams, Sink, truncate_at_stop
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A model this small only loses from intra-op threads, badly so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def generator(tiny_model_dir):
     return HFGenerator(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), batch_size=3)
