@@ -333,7 +333,7 @@ async def _submit(request: Request, plan_method, body) -> Answers:
             svc.planners, lambda: None if watch.gone else plan_method(body)
         )
         if watch.gone:
-            _service(request).closed_early += 1
+            svc.closed_early += 1
             raise APIError(499, "the client closed the request", "client_closed")
         return Answers(svc.engine, plan, watch)
     except BaseException:
@@ -436,6 +436,8 @@ class Service:
         max_new = self.budget(body.n_predict, "n_predict", -1)
         params = self.params(body, max(max_new, 0), body.stop, None if body.seed < 0 else body.seed)
         prompts = body.prompt if isinstance(body.prompt, list) and _several(body.prompt) else [body.prompt]
+        if not prompts or any(isinstance(p, list) and not p for p in prompts):
+            raise APIError(400, "prompt: an empty list", param="prompt")
         self._check_completions(body.n_cmpl * len(prompts))
         requests, texts = [], []
         for prompt in prompts:

@@ -301,6 +301,7 @@ def test_python_client_and_cli_against_the_server(server, tmp_path, capsys):
     with InfillClient(url) as client:
         assert client.health()["model"] == "tiny-infill"
         assert client.infill(PREFIX, SUFFIX, max_tokens=40)["content"] == MIDDLE
+        assert client.infill(PREFIX, SUFFIX, max_tokens=40, stop=[" * r"], n_cmpl=2)[1]["content"] == "return 3.14"
         pieces = list(client.stream(PREFIX2, SUFFIX2, max_tokens=40))
         assert "".join(pieces) == MIDDLE2 and len(pieces) > 1
         with pytest.raises(ValueError, match="server answered 400: .*limit of 400"):

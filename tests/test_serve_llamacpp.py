@@ -145,6 +145,7 @@ def test_bad_input_gets_a_json_4xx_naming_the_field(taught):
         ("/infill", dict(infill, n_cmpl=0), "n_cmpl"),
         ("/infill", dict(infill, n_cmpl=50), "n_cmpl"),
         ("/completion", {"prompt": [1, 10**7]}, "prompt"),
+        ("/completion", {"prompt": []}, "prompt"),
     ]
     for path, body, field in cases:
         r = httpx.post(f"{url}{path}", content=json.dumps(body), timeout=TIMEOUT)  # "\ud800" escapes, as editors send
