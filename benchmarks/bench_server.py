@@ -2,7 +2,7 @@
 in-process HFGenerator, on the same model and the same HumanEval-infilling prompts, in the same run.
 
 The server runs as its own process (as an editor would see it) and is called through streaming
-/v1/completions (SSE); the baseline calls HFGenerator.generate with an on_text callback in this
+/v1/completions (SSE); the baseline calls HFGenerator.generate with a streaming Sink in this
 process. Requests alternate between the two paths so machine load drifts hit both alike.
 
     python benchmarks/bench_server.py                       # CPU, `small` preset, 24 prompts
@@ -25,7 +25,9 @@ import httpx
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-LLAMA2_TOKENIZER = ROOT.parent / "shared" / "data" / "llama2-tokenizer" / "tokenizer.model"
+# the shared data folder next to the checkout (a worktree sits one level deeper)
+SHARED = next((p / "shared" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared")
+LLAMA2_TOKENIZER = SHARED / "data" / "llama2-tokenizer" / "tokenizer.model"
 
 
 def make_model(preset: str, out: Path, tokenizer_path: Path) -> Path:
@@ -47,13 +49,18 @@ def prompts(n: int, max_chars: int) -> list[tuple[str, str]]:
 
 
 def bare_once(gen, prefix: str, suffix: str, max_new: int) -> tuple[float, float, int]:
-    from codellama.generation import GenerationRequest, SamplingParams
+    from codellama.generation import GenerationRequest, SamplingParams, Sink
 
     first = []
+
+    class FirstText(Sink):
+        def text(self, delta: str) -> None:
+            if not first:
+                first.append(time.perf_counter())
+
     start = time.perf_counter()
     [out] = gen.generate(
-        [GenerationRequest(prefix, suffix=suffix, params=SamplingParams(max_new_tokens=max_new))],
-        on_text=lambda i, d: first.append(time.perf_counter()) if not first else None,
+        [GenerationRequest(prefix, suffix=suffix, params=SamplingParams(max_new_tokens=max_new))], [FirstText()]
     )
     end = time.perf_counter()
     return first[0] - start, end - first[0], len(out.token_ids)

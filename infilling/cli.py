@@ -13,8 +13,13 @@ SERVE_EXAMPLES = """examples:
   codellama serve --model runs/tiny
   codellama serve --model runs/7b --host 0.0.0.0 --port 8012 --max-batch 16 --max-tokens 256 --device cuda
 
-Endpoints: POST /infill (llama.cpp: llama.vim, llama.vscode), POST /v1/completions (OpenAI, with
-`suffix` for infilling; `stream: true` for server-sent events), GET /v1/models, GET /health.
+  codellama serve --model runs/7b --fim-markers --prompt-cache-mb 1024   # Continue's template prompts
+
+Endpoints: POST /infill (llama.cpp: llama.vim, llama.vscode), POST /completion (llama.cpp native),
+POST /v1/completions (OpenAI, with `suffix` for infilling; `stream: true` for server-sent events),
+GET /v1/models, GET /health. /infill fits the prompt to the context as llama.cpp does (prefix lines
+dropped from the top, suffix lines from the bottom, extra chunks oldest first) and reuses the KV of
+recent prompts (`cache_prompt`); a client that closes its connection stops its generation.
   curl -s localhost:8012/infill -d '{"input_prefix": "def add(a, b):\\n    ", "input_suffix": "\\n", "n_predict": 32}'
 """
 
@@ -43,6 +48,17 @@ def register(cli) -> None:
     p.add_argument("--max-prompt-tokens", type=int, help="longer prompts get HTTP 400 (default: the model's context)")
     p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens / n_predict a request may ask for")
     p.add_argument("--spm", action="store_true", help="suffix-first (SPM) infilling prompts instead of PSM")
+    p.add_argument(
+        "--fim-markers",
+        action="store_true",
+        help="read <PRE> <SUF> <MID> written in a plain prompt (template-based clients) as an infilling request",
+    )
+    p.add_argument(
+        "--prompt-cache-mb", type=int, default=256, help="memory for the KV of recent prompts (0: no prompt cache)"
+    )
+    p.add_argument(
+        "--prefill-chunk", type=int, default=512, help="prompt tokens per step (a cancelled prefill stops within one)"
+    )
     p.add_argument(
         "--static-batching",
         action="store_true",
@@ -77,8 +93,10 @@ def register(cli) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from infilling.server import ServerConfig, build_app, run_server
 
-    for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_tokens"):
+    for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_tokens", "prefill_chunk"):
         check_positive(getattr(args, name), "--" + name.replace("_", "-"))
+    if args.prompt_cache_mb < 0:
+        raise ValueError("--prompt-cache-mb must be >= 0")
     if not args.model.is_dir():
         raise FileNotFoundError(f"model directory not found: {args.model}")
     config = ServerConfig(
@@ -89,10 +107,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         suffix_first=args.spm,
         continuous=not args.static_batching,
+        fim_markers=args.fim_markers,
+        prompt_cache_mb=args.prompt_cache_mb,
+        prefill_chunk=args.prefill_chunk,
     )
     app = build_app(args.model, config, device=args.device, dtype=torch_dtype(args.dtype, args.device))
     print(
-        f"serving {config.model_name} on http://{args.host}:{args.port} (/infill, /v1/completions); Ctrl-C stops",
+        f"serving {config.model_name} on http://{args.host}:{args.port} (/infill, /completion, /v1/completions); "
+        "Ctrl-C stops",
         file=sys.stderr,
     )
     run_server(app, host=args.host, port=args.port)
@@ -126,14 +148,28 @@ def _infill_local(args: argparse.Namespace, task, stream: bool) -> str:
         args.model, device=args.device, dtype=torch_dtype(args.dtype, args.device), batch_size=1
     )
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
-    on_text = (lambda i, d: (sys.stdout.write(d), sys.stdout.flush())) if stream else None
-    [result] = infill(gen, [task], params, suffix_first=args.spm, syntax_truncate=args.syntax_truncate, on_text=on_text)
+    sinks = [_Stdout()] if stream else None
+    [result] = infill(gen, [task], params, suffix_first=args.spm, syntax_truncate=args.syntax_truncate, sinks=sinks)
     if args.syntax_truncate and result.truncated:
         print(
             f"(syntax-aware truncation cut the middle; the file {'parses' if result.parses else 'still has errors'})",
             file=sys.stderr,
         )
     return result.middle
+
+
+class _Stdout:
+    """Prints the middle as it is generated (a `codellama.generation.Sink`)."""
+
+    def text(self, delta: str) -> None:
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+
+    def done(self, completion) -> None:
+        pass
+
+    def cancelled(self) -> bool:
+        return False
 
 
 def _infill_remote(args: argparse.Namespace, task, stream: bool) -> str:

@@ -38,9 +38,11 @@ class InfillClient:
         top_p: float = 1.0,
         stop: Sequence[str] = (),
         extra: Sequence[tuple[str, str]] = (),
+        **options,
     ) -> dict:
-        """The server's full llama.cpp-style answer; the middle is `["content"]`."""
-        body = self._body(prefix, suffix, max_tokens, temperature, top_p, stop, extra, stream=False)
+        """The server's full llama.cpp-style answer; the middle is `["content"]`. `options` are more of
+        llama.cpp's /infill fields (n_indent, t_max_predict_ms, top_k, min_p, seed, cache_prompt, ...)."""
+        body = self._body(prefix, suffix, max_tokens, temperature, top_p, stop, extra, stream=False) | options
         return self._check(self._call("POST", "/infill", json=body)).json()
 
     def stream(
@@ -53,9 +55,10 @@ class InfillClient:
         top_p: float = 1.0,
         stop: Sequence[str] = (),
         extra: Sequence[tuple[str, str]] = (),
+        **options,
     ) -> Iterator[str]:
-        """Yield pieces of the middle as the server generates them."""
-        body = self._body(prefix, suffix, max_tokens, temperature, top_p, stop, extra, stream=True)
+        """Yield pieces of the middle as the server generates them (`options`: as for `infill`)."""
+        body = self._body(prefix, suffix, max_tokens, temperature, top_p, stop, extra, stream=True) | options
         try:
             with self._http.stream("POST", "/infill", json=body) as response:
                 if response.status_code >= 400:

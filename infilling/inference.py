@@ -3,17 +3,21 @@
 `codellama.generation` already builds Code Llama's PSM/SPM prompt (special ids for the
 infilling pieces, suffix and middle encoded without SentencePiece's dummy space), stops
 at `<EOT>` and returns only the middle. This module adds what infilling users need
-around it: a cursor position -> prefix/suffix split, editor "extra context" files, and
-the optional tree-sitter truncation and parse check.
+around it: a cursor position -> prefix/suffix split, editor "extra context" files, fitting
+an editor's request into the model's context the way llama.cpp does, the infilling markers
+of template-based clients, and the optional tree-sitter truncation and parse check.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+import re
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from codellama.generation import GenerationRequest, Generator, IsCancelled, OnText, SamplingParams
+from codellama.generation import GenerationRequest, Generator, SamplingParams, Sink
 from infilling.syntax import parses, truncate_middle
 
 log = logging.getLogger(__name__)
@@ -49,16 +53,15 @@ def infill(
     syntax_truncate: bool = False,
     check_syntax: bool = False,
     language: str = "python",
-    on_text: OnText | None = None,
-    is_cancelled: IsCancelled | None = None,
+    sinks: Sequence[Sink] | None = None,
 ) -> list[InfillResult]:
     """Fill every task's hole in one batched generate call.
 
     `syntax_truncate` cuts each middle where the file parses best (implies `check_syntax`).
-    Streamed deltas (`on_text`) are the raw middle, before truncation.
+    What `sinks[i]` hears is task i's raw middle, before truncation.
     """
     requests = [GenerationRequest(t.prefix, suffix=t.suffix, params=params, suffix_first=suffix_first) for t in tasks]
-    completions = generator.generate(requests, on_text=on_text, is_cancelled=is_cancelled)
+    completions = generator.generate(requests, sinks)
     results = []
     for task, done in zip(tasks, completions):
         middle, truncated, ok = done.text, False, None
@@ -99,4 +102,159 @@ def with_extra_context(prefix: str, extra: Sequence[tuple[str, str]]) -> str:
     return head + prefix
 
 
-__all__ = ["InfillResult", "InfillTask", "infill", "infilling_prompt_ids", "split_at_cursor", "with_extra_context"]
+# -- fitting an editor's request into the context (llama.cpp's /infill rules) ---------------------
+
+
+@dataclass(frozen=True)
+class FitLimits:
+    """How much of the context an infilling prompt may use.
+
+    `room`: tokens for the whole prompt (the context minus what the completion may need). `window`: the
+    share of it for the file around the cursor (llama.cpp's n_batch; at most half the room): up to 3/4 for
+    the text before the cursor, the rest for the text after it. Extra context chunks get the other part of
+    the room, however much of the window the file uses, so an editor's warm-up request (chunks only) and
+    its keystrokes keep the same chunks and share their KV in the prompt cache.
+    """
+
+    room: int
+    window: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.room < 8:
+            raise ValueError(f"only {self.room} tokens of the context are left for the prompt")
+
+
+@dataclass(frozen=True)
+class FittedInfill:
+    prompt_ids: list[int]
+    prefix: str  # what was kept, extra chunks included, as it went into the prompt
+    suffix: str
+    truncated: bool  # anything was left out
+    chunks_kept: int
+
+
+def fit_infill(
+    tokenizer,
+    prefix: str,
+    suffix: str,
+    limits: FitLimits,
+    *,
+    middle: str = "",
+    extra: Sequence[tuple[str, str]] = (),
+    suffix_first: bool = False,
+) -> FittedInfill:
+    """Code Llama's infilling prompt for an editor request, cut to fit as llama.cpp cuts it: the text before
+    the cursor loses lines from the top, the text after it from the bottom, and extra chunks go oldest
+    first (the last chunk is the newest). `middle` (llama.cpp's `prompt`: the cursor's line so far) is
+    always kept. Whole lines go, so consecutive keystrokes keep the same start and reuse the prompt cache.
+    """
+    count = _counter(tokenizer)
+    window = min(limits.window, limits.room // 2)
+    extra_room = limits.room - window
+    window -= 4  # <s> <PRE> <SUF> <MID>
+    n_middle = count(middle, True) if middle else 0
+    n_before, n_after = count(prefix, False) + n_middle, count(suffix, True)
+    after_quota = min(n_after, max(window // 4, window - n_before))
+    before = _keep_lines(prefix, lambda t: count(t, False) + n_middle <= window - after_quota, from_top=True)
+    after = _keep_lines(suffix, lambda t: count(t, True) <= after_quota, from_top=False)
+    core = tokenizer.infilling_prompt(before + middle, after, suffix_first=suffix_first)
+    if len(core) > limits.room:  # the cursor's own line alone is too long: keep its end
+        return _fit_by_chars(tokenizer, before + middle, limits.room, suffix_first)
+    spare, chunks = extra_room, []
+    for chunk in reversed(extra):  # newest first, while they fit in their part of the room
+        spare -= count(with_extra_context("", [chunk]), False)
+        if spare < 0:
+            break
+        chunks.insert(0, chunk)
+    while True:
+        kept = with_extra_context(before + middle, chunks)
+        ids = tokenizer.infilling_prompt(kept, after, suffix_first=suffix_first)
+        if len(ids) <= limits.room or not chunks:  # token counts of parts add up only nearly
+            break
+        chunks.pop(0)
+    truncated = before != prefix or after != suffix or len(chunks) < len(extra)
+    return FittedInfill(ids, kept, after, truncated, len(chunks))
+
+
+_COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _counter(tokenizer) -> Callable[[str, bool], int]:
+    """count(text, infilling): its token count, remembered. An editor sends the same file and chunks with
+    every keystroke, so fitting a keystroke's request mostly looks counts up instead of tokenizing."""
+    count = _COUNTERS.get(tokenizer)
+    if count is None:
+        ref = weakref.ref(tokenizer)
+
+        @functools.lru_cache(maxsize=2048)
+        def count(text: str, infilling: bool) -> int:
+            tok = ref()
+            return len(tok.encode_infilling(text) if infilling else tok.encode(text))
+
+        _COUNTERS[tokenizer] = count
+    return count
+
+
+def _keep_lines(text: str, fits: Callable[[str], bool], *, from_top: bool) -> str:
+    """The most whole lines of `text` that fit, dropped from the top (or the bottom); binary search."""
+    if fits(text):
+        return text
+    lines = text.splitlines(keepends=True)
+    kept = lambda k: "".join(lines[len(lines) - k :] if from_top else lines[:k])  # noqa: E731
+    lo, hi = 0, len(lines) - 1  # lo lines always fit (0 does: the quota covers an empty text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(kept(mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return kept(lo)
+
+
+def _fit_by_chars(tokenizer, before: str, room: int, suffix_first: bool) -> FittedInfill:
+    lo, hi = 0, len(before)
+    while lo < hi:  # the longest end of `before` that fits with no suffix
+        mid = (lo + hi + 1) // 2
+        if len(tokenizer.infilling_prompt(before[-mid:] if mid else "", "", suffix_first=suffix_first)) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    kept = before[len(before) - lo :]
+    ids = tokenizer.infilling_prompt(kept, "", suffix_first=suffix_first)
+    return FittedInfill(ids, kept, "", True, 0)
+
+
+# -- infilling markers in a plain prompt (template-based clients) --------------------------------
+
+CODE_LLAMA_MARKERS = ("<PRE>", "<SUF>", "<MID>")
+
+
+def split_fim_markers(prompt: str, markers: Sequence[str] = CODE_LLAMA_MARKERS) -> tuple[str, str] | None:
+    """(prefix, suffix) of a prompt written with Code Llama's infilling markers as text, or None.
+
+    Template-based clients (Continue, llm-vscode) write `<PRE> {prefix} <SUF>{suffix} <MID>`; tokenized as
+    plain text those markers mean nothing to the model. The space after `<PRE>` and those before `<SUF>`
+    and `<MID>` belong to the format (they are the markers' own leading spaces), not to the code; text
+    after `<MID>` is the start of the middle, so it joins the prefix.
+    """
+    pre, suf, mid = (re.escape(m) for m in markers)
+    match = re.fullmatch(rf"(?:<s>)?\s*{pre} ?(.*?) ?{suf}(.*?) ?{mid} ?(.*)", prompt, flags=re.DOTALL)
+    if match is None:
+        return None
+    prefix, suffix, middle = match.groups()
+    return prefix + middle, suffix
+
+
+__all__ = [
+    "CODE_LLAMA_MARKERS",
+    "FitLimits",
+    "FittedInfill",
+    "InfillResult",
+    "InfillTask",
+    "fit_infill",
+    "infill",
+    "infilling_prompt_ids",
+    "split_at_cursor",
+    "split_fim_markers",
+    "with_extra_context",
+]

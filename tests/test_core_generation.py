@@ -4,8 +4,17 @@ import pytest
 import torch
 
 from codellama.checkpoint import load_model
-from codellama.generation import GenerationRequest, HFGenerator, SamplingParams, truncate_at_stop
+from codellama.generation import GenerationRequest, HFGenerator, SamplingParams, Sink, truncate_at_stop
 from codellama.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A model this small only loses from intra-op threads, badly so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +63,35 @@ def test_finished_rows_leave_the_batch_and_the_others_are_unchanged(generator):
     assert widths[:2] == [3, 3] and widths[-1] == 1 and sorted(widths, reverse=True) == widths  # shrinks: 3, 2, 1
 
 
+class Recorder(Sink):
+    """A sink that keeps what it hears."""
+
+    def __init__(self, cancel_after: int | None = None):
+        self.pieces, self.completion, self.cancel_after = [], None, cancel_after
+
+    def text(self, delta):
+        self.pieces.append(delta)
+
+    def done(self, completion):
+        assert self.completion is None, "done twice"
+        self.completion = completion
+
+    def cancelled(self):
+        return self.cancel_after is not None and len(self.pieces) >= self.cancel_after
+
+
+def run(decoder, arrivals: dict[int, list[GenerationRequest]]) -> list[Recorder]:
+    """Step `decoder` until idle, adding arrivals[k] before step k; the recorders in arrival order."""
+    sinks, step = [], 0
+    while decoder.busy or any(k >= step for k in arrivals):
+        for request in arrivals.get(step, []):
+            sinks.append(Recorder())
+            decoder.add(request, sinks[-1])
+        decoder.step()
+        step += 1
+    return sinks
+
+
 @pytest.mark.parametrize("joiner", [PROMPTS[2], PROMPTS[1] * 3])  # shorter and longer than the running row
 def test_admitted_rows_join_a_running_batch_and_decode_as_alone(generator, joiner):
     first = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=20))
@@ -62,18 +100,12 @@ def test_admitted_rows_join_a_running_batch_and_decode_as_alone(generator, joine
         GenerationRequest(PROMPTS[3], params=SamplingParams(max_new_tokens=6, temperature=0.9, seed=3)),
     ]
     alone = [generator.generate([r])[0] for r in (first, *late)]
-    admits, done = [], {}
-
-    def admit(free):  # both arrive while the first request is decoding (its 3rd and 5th step)
-        admits.append(free)
-        return late[:1] if len(admits) == 3 else late[1:] if len(admits) == 5 else []
-
-    with forward_shapes(generator.model) as calls:
-        [out] = generator.generate([first], admit=admit, on_done=lambda i, c: done.setdefault(i, c))
+    with forward_shapes(generator.model) as calls:  # both arrive while the first one decodes
+        sinks = run(generator.decoder(), {0: [first], 3: late[:1], 5: late[1:]})
+    done = [s.completion for s in sinks]
     widths = [ids[0] for ids, _ in calls]
-    assert out.token_ids == alone[0].token_ids and set(done) == {0, 1, 2}
-    assert [done[i].token_ids for i in (1, 2)] == [alone[1].token_ids, alone[2].token_ids]
-    assert done[1].text == alone[1].text and done[2].finish_reason == alone[2].finish_reason
+    assert [d.token_ids for d in done] == [a.token_ids for a in alone]
+    assert [d.text for d in done] == [a.text for a in alone] and done[2].finish_reason == alone[2].finish_reason
     assert max(widths) >= 2  # the late rows decoded in the same forward passes as the first one
 
 
@@ -82,15 +114,10 @@ def test_the_batch_narrows_to_the_rows_still_decoding(generator):
     long_first = GenerationRequest(PROMPTS[1] * 3, params=SamplingParams(max_new_tokens=3))
     late = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=12))
     alone = generator.generate([late])[0]
-    done = {}
     with forward_shapes(generator.model) as calls:
-        generator.generate(
-            [long_first],
-            admit=lambda free: [late] if not done and len(calls) == 1 else [],
-            on_done=lambda i, c: done.setdefault(i, c),
-        )
+        _, joined = run(generator.decoder(), {0: [long_first], 1: [late]})
     widths = [mask[1] for _, mask in calls]
-    assert done[1].token_ids == alone.token_ids
+    assert joined.completion.token_ids == alone.token_ids
     # the last step's mask is exactly the late row's own prompt and tokens, not the long row's history
     assert widths[-1] == len(generator.prompt_ids(late)) + len(alone.token_ids) - 1 < max(widths)
 
@@ -100,13 +127,10 @@ def test_a_long_joining_prompt_is_prefilled_in_chunks_between_decode_steps(tiny_
     first = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=30))
     late = GenerationRequest(PROMPTS[1] * 3, params=SamplingParams(max_new_tokens=6))
     alone = [gen.generate([r])[0].token_ids for r in (first, late)]
-    done = {}
     with forward_shapes(gen.model) as calls:
-        [out] = gen.generate(
-            [first], admit=lambda free: [late] if len(calls) == 2 else [], on_done=lambda i, c: done.setdefault(i, c)
-        )
+        out, joined = run(gen.decoder(), {0: [first], 2: [late]})
     calls = [ids for ids, _ in calls]
-    assert out.token_ids == alone[0] and done[1].token_ids == alone[1]
+    assert out.completion.token_ids == alone[0] and joined.completion.token_ids == alone[1]
     chunks = [i for i, shape in enumerate(calls) if shape == (1, 16)]
     n_prompt = len(gen.prompt_ids(late))
     assert len(chunks) == n_prompt // 16  # the late prompt went in 16 tokens at a time (plus its remainder)
@@ -115,10 +139,10 @@ def test_a_long_joining_prompt_is_prefilled_in_chunks_between_decode_steps(tiny_
 
 
 def test_streaming_deltas_add_up_to_the_text(generator):
-    pieces = {}
+    sink = Recorder()
     request = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=16))
-    [done] = generator.generate([request], on_text=lambda i, d: pieces.setdefault(i, []).append(d))
-    assert "".join(pieces[0]) == done.text and len(pieces[0]) > 1
+    [done] = generator.generate([request], [sink])
+    assert "".join(sink.pieces) == done.text and len(sink.pieces) > 1 and sink.completion == done
 
 
 def test_stop_strings_cut_the_text(generator):
@@ -138,10 +162,11 @@ def test_sampling_is_seeded_and_cancellation_stops(generator):
     other = GenerationRequest(PROMPTS[1], params=SamplingParams(max_new_tokens=10, temperature=1.0, seed=99))
     c = generator.generate([other, GenerationRequest(PROMPTS[0], params=params)])[1]
     assert c.token_ids == a.token_ids  # independent of batch-mates
-    out = generator.generate(
-        [GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=50))] * 2, is_cancelled=lambda i: i == 1
-    )
+    request = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=50))
+    out = generator.generate([request] * 3, [Recorder(), Recorder(cancel_after=0), Recorder(cancel_after=3)])
     assert out[1].finish_reason == "cancelled" and out[1].token_ids == [] and out[0].finish_reason == "length"
+    assert out[2].finish_reason == "cancelled" and out[2].text == out[0].text[: len(out[2].text)]
+    assert 3 <= len(out[2].token_ids) <= 4  # it left at the step after it asked
 
 
 def test_context_overflow_is_a_clear_error_or_a_shorter_budget(generator):
@@ -182,3 +207,192 @@ def test_infilling_returns_the_middle_and_stops_at_eot(tiny_model_dir):
         )
         assert out.text == middle and out.finish_reason == "stop"
         assert out.token_ids == target[:-1]
+
+
+# -- stop rules, sampling filters, prompt cache, failure isolation ----------------------------------
+
+
+def test_indent_and_time_rules_are_llama_cpps():
+    from codellama.generation.stopping import check_stop, indent_cut
+
+    text = "foo()\n    bar()\n  baz()\nqux"
+    assert indent_cut(text, 4) == text.index("baz")  # cut at the under-indented line's first character
+    assert indent_cut(text, 2) == text.index("qux")
+    assert indent_cut("  x = 1 if y else 2", 8) is None  # the cursor's own line is never checked
+    assert indent_cut("a\n\n    b", 4) == 2  # a blank line counts as indentation 0, as in llama.cpp
+    params = SamplingParams(time_limit_ms=100)
+    assert check_stop("a\nb", 2, params, 150.0) == ("a\nb", None)  # past the limit, but no new newline
+    assert check_stop("a\nb\n", 3, params, 150.0) == ("a\nb\n", "time")
+    assert check_stop("a\nb\n", 3, params, 50.0) == ("a\nb\n", None)
+    stops = SamplingParams(stop=tuple(f"<{i}>" for i in range(7)))
+    assert check_stop("x<5>y<2>", 0, stops, 0.0) == ("x", "stop")
+
+
+def scripted(tiny_model_dir, text: str, prompt: str, monkeypatch, step_ms: float = 0.0):
+    """A generator whose model writes `text` after `prompt`, each forward pass `step_ms` on its clock."""
+    import types
+
+    from _generation_helpers import ScriptedModel
+
+    tok = load_tokenizer(tiny_model_dir)
+    script = tok.encode_infilling(text)
+    assert tok.decode_infilling(script) == text
+    n_prompt = len(tok.encode(prompt, bos=True))
+    model = ScriptedModel(load_model(tiny_model_dir), script, n_prompt, tok.eos_id, step_ms)
+    monkeypatch.setattr("codellama.generation.hf.time", types.SimpleNamespace(perf_counter=model.clock))
+    return HFGenerator(model, tok, batch_size=4)
+
+
+def test_n_indent_and_the_time_limit_stop_a_real_decode(tiny_model_dir, monkeypatch):
+    text = "if x:\n        y = 1\n        z = 2\n    w = 3\n" + "".join(f"v{i} = {i}\n" for i in range(30))
+    gen = scripted(tiny_model_dir, text, "def f(x):\n    ", monkeypatch, step_ms=20)
+    free, indented, timed = gen.generate(
+        [
+            GenerationRequest("def f(x):\n    ", params=SamplingParams(max_new_tokens=300)),
+            GenerationRequest("def f(x):\n    ", params=SamplingParams(max_new_tokens=300, n_indent=8)),
+            GenerationRequest("def f(x):\n    ", params=SamplingParams(max_new_tokens=300, time_limit_ms=150)),
+        ]
+    )
+    assert free.text == text and free.finish_reason == "stop"
+    # the line indented 4 (< 8) ends it; its indentation stays, as llama.cpp leaves it
+    assert (indented.text, indented.finish_reason) == ("if x:\n        y = 1\n        z = 2\n    ", "indent")
+    # token k comes 20 * (k - 1) ms after the first: past 150 ms from token 9 on; it stops at the first
+    # newline from there
+    tok = gen.tokenizer
+    first_newline = next(
+        k for k in range(9, len(free.token_ids) + 1) if "\n" in tok.decode_infilling(free.token_ids[k - 1 : k])
+    )
+    assert (timed.text, timed.finish_reason) == (tok.decode_infilling(free.token_ids[:first_newline]), "time")
+    assert timed.text.count("\n") < text.count("\n") // 4
+
+
+def test_top_k_and_min_p_filter_before_sampling(generator):
+    request = GenerationRequest(PROMPTS[1], params=SamplingParams(max_new_tokens=12))
+    greedy = generator.generate([request])[0].token_ids
+    for params in (dict(top_k=1), dict(min_p=1.0)):  # only the most likely token survives
+        p = SamplingParams(max_new_tokens=12, temperature=1.5, seed=5, **params)
+        assert generator.generate([GenerationRequest(PROMPTS[1], params=p)])[0].token_ids == greedy
+    wild = SamplingParams(max_new_tokens=12, temperature=1.5, seed=5)
+    assert generator.generate([GenerationRequest(PROMPTS[1], params=wild)])[0].token_ids != greedy
+
+
+def test_a_failing_row_fails_alone(generator):
+    class Exploding(Recorder):
+        def text(self, delta):
+            raise RuntimeError("the client's socket broke")
+
+    good = GenerationRequest(PROMPTS[0], params=SamplingParams(max_new_tokens=10))
+    alone = generator.generate([good])[0]
+    decoder = generator.decoder()
+    sinks = [Recorder(), Exploding(), Recorder(), Recorder()]
+    bad_ids = GenerationRequest("x", prompt_ids=(1, 10**6))  # not in the vocabulary
+    for request, sink in zip([good, good, bad_ids, GenerationRequest("a\ud800b")], sinks):
+        decoder.add(request, sink)
+    while decoder.busy:
+        decoder.step()
+    done = [s.completion for s in sinks]
+    assert [d.finish_reason for d in done] == ["length", "error", "error", "error"]
+    assert "socket broke" in done[1].error and "vocabulary" in done[2].error
+    assert done[0].token_ids == alone.token_ids  # the batch-mate is unharmed
+    with pytest.raises(ValueError, match="seed"):
+        SamplingParams(seed=1 << 64)
+
+
+def test_prompt_cache_reuses_the_longest_common_prefix(tiny_model_dir):
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    gen = HFGenerator(model, tok, batch_size=4, prefill_chunk=32, prompt_cache_bytes=64 << 20)
+    plain = HFGenerator(model, tok, batch_size=4)
+    file = PROMPTS[1] * 4
+    keystrokes = [file + "    x", file + "    x =", file + "    x = 1"]
+    params = SamplingParams(max_new_tokens=8)
+    expected = [plain.generate([GenerationRequest(k, params=params)])[0] for k in keystrokes]
+    got = []
+    for k in keystrokes:
+        with forward_shapes(model) as calls:
+            [out] = gen.generate([GenerationRequest(k, params=params, cache_prompt=True)])
+        got.append((out, [ids for ids, _ in calls]))
+    n_prompt = [len(gen.prompt_ids(GenerationRequest(k))) for k in keystrokes]
+    assert [o.token_ids for o, _ in got] == [e.token_ids for e in expected]  # same answers as without a cache
+    assert got[0][0].cached_tokens == 0
+    for (out, calls), n in zip(got[1:], n_prompt[1:]):
+        assert n - 6 <= out.cached_tokens < n  # all but the last few tokens came from the cache
+        assert calls[0] == (1, n - out.cached_tokens)  # and only the rest was fed
+    assert len(gen.prompt_cache.entries) == 1  # each keystroke replaced the one before
+    assert gen.prompt_cache.nbytes <= 64 << 20
+    # Rows that start together from cached prefixes of different lengths (and one from none) decode as alone.
+    gen.prompt_cache.store(gen.prompt_ids(GenerationRequest(PROMPTS[0] * 3)), _kv_of(gen, PROMPTS[0] * 3))
+    mixed = [file + "    y = 2", PROMPTS[0] * 3 + "    return a", "import json\n"]
+    sinks = [Recorder(cancel_after=None) for _ in mixed]
+    decoder = gen.decoder()
+    for text, sink in zip(mixed, sinks):
+        decoder.add(GenerationRequest(text, params=params, cache_prompt=True), sink)
+    decoder.add(GenerationRequest(file + "    z", params=params, cache_prompt=True), cancelled := Recorder(0))
+    while decoder.busy:
+        decoder.step()
+    alone = [plain.generate([GenerationRequest(t, params=params)])[0] for t in mixed]
+    assert [s.completion.token_ids for s in sinks] == [a.token_ids for a in alone]
+    cached = [s.completion.cached_tokens for s in sinks]
+    assert cached[0] > cached[1] > 10 > cached[2]  # from the keystrokes' entry, the stored one, (almost) none
+    assert cancelled.completion.finish_reason == "cancelled"
+
+
+def _kv_of(gen, text):
+    """The KV of a prompt, computed alone."""
+    decoder = gen.decoder()
+    keep = gen.prompt_cache
+    gen.prompt_cache = type(keep)(64 << 20)
+    decoder.add(GenerationRequest(text, params=SamplingParams(max_new_tokens=0), cache_prompt=True), Recorder())
+    while decoder.busy:
+        decoder.step()
+    [entry], gen.prompt_cache = gen.prompt_cache.entries, keep
+    return entry.layers
+
+
+def test_a_warm_up_request_fills_the_cache_and_a_cancelled_prefill_keeps_its_progress(tiny_model_dir):
+    gen = HFGenerator(
+        load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), prefill_chunk=16, prompt_cache_bytes=64 << 20
+    )
+    extra = PROMPTS[1] * 4
+    warm = GenerationRequest(extra, params=SamplingParams(max_new_tokens=0), cache_prompt=True)
+    [out] = gen.generate([warm])
+    assert (out.text, out.finish_reason) == ("", "length")
+    [entry] = gen.prompt_cache.entries
+    assert len(entry.tokens) == out.prompt_tokens  # the whole prompt is in the cache
+    # A long prompt cancelled after three chunks leaves those 3 x 16 tokens behind for the next request.
+    gen.prompt_cache.entries.clear()
+
+    class Impatient(Recorder):
+        def __init__(self, decoder):
+            super().__init__()
+            self.decoder = decoder
+
+        def cancelled(self):
+            return self.decoder.steps >= 3
+
+    decoder = gen.decoder()
+    decoder.add(GenerationRequest(extra * 2, cache_prompt=True), Impatient(decoder))
+    while decoder.busy:
+        decoder.step()
+    [entry] = gen.prompt_cache.entries
+    assert len(entry.tokens) == 48
+    [out] = gen.generate([GenerationRequest(extra * 2, params=SamplingParams(max_new_tokens=2), cache_prompt=True)])
+    assert out.cached_tokens == 48
+
+
+def test_the_prompt_cache_stays_within_its_bytes():
+    from codellama.generation.cache import PromptCache
+
+    def kv(n):  # 2 layers x (k, v) of [1 head, n, 4] float32 = 64 bytes per token
+        return [(torch.zeros(1, n, 4), torch.zeros(1, n, 4)) for _ in range(2)]
+
+    cache = PromptCache(max_bytes=64 * 100)
+    cache.store(list(range(60)), kv(60))
+    cache.store(list(range(1000, 1030)), kv(30))  # unrelated: both kept
+    assert len(cache.entries) == 2 and cache.nbytes == 64 * 90
+    cache.store(list(range(2000, 2050)), kv(50))  # over budget: the least recently used goes
+    assert [int(e.tokens[0]) for e in cache.entries] == [1000, 2000]
+    assert cache.lookup(list(range(1000, 1010)) + [7])[0] == 10
+    cache.store(list(range(1000, 1020)), kv(20))  # already held by an entry
+    assert len(cache.entries) == 2
+    cache.store(list(range(5000, 5200)), kv(200))  # larger than the whole budget: not kept
+    assert cache.nbytes <= 64 * 100
