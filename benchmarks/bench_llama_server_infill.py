@@ -93,7 +93,7 @@ def wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: flo
 
 
 def prompts(n: int, max_chars: int) -> list[tuple[str, str]]:
-    from infilling.benchmark import data_path, load_problems
+    from evals.infilling import data_path, load_problems
 
     problems = load_problems(data_path("single-line"))[:: max(1, 1033 // n)][:n]
     return [(p.prompt[-max_chars:], p.suffix[: max_chars // 2]) for p in problems]

@@ -61,7 +61,7 @@ def test_a_retrained_model_at_the_same_path_is_not_reported_with_old_completions
 
 
 def test_infilling_runs_are_keyed_on_the_weights_too(tiny_model_dir, tmp_path):
-    from infilling.benchmark import BenchmarkConfig, run_fingerprint
+    from evals.infilling import BenchmarkConfig, run_fingerprint
 
     model = tmp_path / "final"
     shutil.copytree(tiny_model_dir, model)
