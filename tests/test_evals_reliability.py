@@ -108,5 +108,5 @@ def test_a_model_smaller_than_its_tokenizer_is_one_line(tiny_model_dir, stdlib_t
     CodeLlamaTokenizer.train(stdlib_texts[:60], TrainOptions(vocab_size=3016)).save(model)  # 3,016 > 2,016 rows
     assert main(_humaneval(model, tmp_path / "he")) == 2
     err = capsys.readouterr().err
-    assert "tokenizer.model has 3016 pieces but the model's vocabulary is only 2016" in err and err.count("\n") == 1
+    assert "vocab_size 2016 is smaller than its tokenizer's 3016 ids" in err and err.count("\n") == 1
     assert not (tmp_path / "he").exists()
