@@ -293,12 +293,7 @@ class HFGenerator:
         return self.tokenizer.infilling_prompt(request.prompt, request.suffix, suffix_first=request.suffix_first)
 
     def stop_ids(self, request: GenerationRequest) -> set[int]:
-        ids = {self.tokenizer.eos_id}
-        try:
-            ids.add(self.tokenizer.eot_id)
-        except KeyError:  # a plain Llama 2 tokenizer has no <EOT>
-            pass
-        return ids
+        return set(self.tokenizer.end_ids)  # EOS, <EOT> (when the tokenizer has one), the base's end-of-text tokens
 
     def generate(
         self,
