@@ -177,6 +177,23 @@ def test_layout_and_files_round_trip(extended, tmp_path, stdlib_texts):
     assert tok.end_ids == {tok.vocab["<|im_end|>"], infill.eot_id, tok.vocab["<|endoftext|>"]}
 
 
+def test_sentencepiece_converted_tokenizer_json_keeps_the_no_dummy_prefix_rule(
+    tiny_tokenizer, tiny_tokenizer_dir, stdlib_texts
+):
+    """A Llama tokenizer.json (Metaspace, as TinyLlama ships it) encodes suffixes and middles like SentencePiece
+    without its dummy prefix: the HF backend uses a twin without the prepended "▁" and the decoder's Strip."""
+    hf = HFTokenizer.load(tiny_tokenizer_dir / "tokenizer.json")
+    sp = tiny_tokenizer
+    assert (hf.bos_id, hf.eos_id, hf.infilling) == (sp.bos_id, sp.eos_id, sp.infilling)
+    for text in [*stdlib_texts[:10], "x", " x", "  two spaces", "\n    return y\n", "tab\tand", "émoji 🐍"]:
+        assert hf.encode_infilling(text) == sp.encode_infilling(text)
+        assert hf.decode_infilling(sp.encode_infilling(text)) == text
+        assert hf.decode(sp.encode(text)) == text
+    for text in stdlib_texts[:10]:  # (leading spaces aside, where transformers' conversion differs)
+        assert hf.encode(text) == sp.encode(text)
+    assert hf.infilling_prompt("def f(", "):\n  pass") == sp.infilling_prompt("def f(", "):\n  pass")
+
+
 def test_chat_template_masks_exactly_the_assistant_turns(extended, tmp_path):
     from codellama.data.shards import TokenShards
 
