@@ -139,8 +139,8 @@ def test_tokenizer_train_and_extend_commands(tmp_path, llama2_tokenizer_path):
     [
         (["model", "info", "no-such-thing"], "neither a checkpoint directory nor a preset"),
         (["model", "init", "--preset", "huge", "--tokenizer", "x", "--out", "o"], "unknown preset 'huge'"),
-        (["model", "init", "--preset", "tiny", "--tokenizer", "missing.model", "--out", "o"], "no SentencePiece model"),
-        (["tokenizer", "extend", "--base", "missing.model", "--out", "o"], "no tokenizer model"),
+        (["model", "init", "--preset", "tiny", "--tokenizer", "missing.model", "--out", "o"], "tokenizer not found"),
+        (["tokenizer", "extend", "--base", "missing.model", "--out", "o"], "tokenizer not found"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, message, tmp_path, monkeypatch, capsys):

@@ -1,7 +1,7 @@
 """Real Llama-family bases: a byte-level BPE `tokenizer.json` and a tied-embedding Llama through every command.
 
 The tokenizers are trained here with the `tokenizers` library on a little stdlib code, in two variants
-(conftest.BPE_VARIANTS): "starcoder" has StarCoder's FIM tokens (reused by `tokenizer extend`), "chatml"
+(_bases_helpers.BPE_VARIANTS): "starcoder" has StarCoder's FIM tokens (reused by `tokenizer extend`), "chatml"
 has none (extend adds four special tokens) and a ChatML chat template, like SmolLM2. Nothing is downloaded.
 """
 
@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from _bases_helpers import write_tied_llama
 from _infill_helpers import EXAMPLES, taught_model_dir
 
 from codellama.chat import encode_dialog, prompt_text, prompt_tokens
@@ -172,9 +175,30 @@ def test_layout_and_files_round_trip(extended, tmp_path, stdlib_texts):
     clone = pickle.loads(pickle.dumps(tok))  # data workers get the tokenizer this way
     assert clone.fingerprint() == tok.fingerprint() and clone.encode(stdlib_texts[0]) == tok.encode(stdlib_texts[0])
     assert tok.fingerprint() != load_tokenizer(extended("starcoder")).fingerprint()
+    # Generation ends at EOS (<|im_end|>), <EOT> and the base's document end <|endoftext|>.
+    assert tok.end_ids == {tok.vocab["<|im_end|>"], infill.eot_id, tok.vocab["<|endoftext|>"]}
 
 
-def test_chat_template_masks_exactly_the_assistant_turns(extended):
+def test_sentencepiece_converted_tokenizer_json_keeps_the_no_dummy_prefix_rule(
+    tiny_tokenizer, tiny_tokenizer_dir, stdlib_texts
+):
+    """A Llama tokenizer.json (Metaspace, as TinyLlama ships it) encodes suffixes and middles like SentencePiece
+    without its dummy prefix: the HF backend uses a twin without the prepended "▁" and the decoder's Strip."""
+    hf = HFTokenizer.load(tiny_tokenizer_dir / "tokenizer.json")
+    sp = tiny_tokenizer
+    assert (hf.bos_id, hf.eos_id, hf.infilling) == (sp.bos_id, sp.eos_id, sp.infilling)
+    for text in [*stdlib_texts[:10], "x", " x", "  two spaces", "\n    return y\n", "tab\tand", "émoji 🐍"]:
+        assert hf.encode_infilling(text) == sp.encode_infilling(text)
+        assert hf.decode_infilling(sp.encode_infilling(text)) == text
+        assert hf.decode(sp.encode(text)) == text
+    for text in stdlib_texts[:10]:  # (leading spaces aside, where transformers' conversion differs)
+        assert hf.encode(text) == sp.encode(text)
+    assert hf.infilling_prompt("def f(", "):\n  pass") == sp.infilling_prompt("def f(", "):\n  pass")
+
+
+def test_chat_template_masks_exactly_the_assistant_turns(extended, tmp_path):
+    from codellama.data.shards import TokenShards
+
     tok = load_tokenizer(extended("chatml"))
     ids, mask = encode_dialog(tok, DIALOG)
     assert ids == tok.encode(tok.render_chat(DIALOG), special=True) and len(mask) == len(ids)
@@ -189,9 +213,28 @@ def test_chat_template_masks_exactly_the_assistant_turns(extended):
     prompt = prompt_tokens(tok, DIALOG[:2])
     assert tok.render(prompt).endswith("<|im_start|>user\nAdd 1 and 2.<|im_end|>\n<|im_start|>assistant\n")
     assert prompt == ids[: len(prompt)]
+    # `data prepare-chat` packs with the template and this mask.
+    chats, shards = tmp_path / "chats.jsonl", tmp_path / "chat-shards"
+    chats.write_text(json.dumps({"messages": DIALOG}) + "\n")
+    argv = ["data", "prepare-chat", "--input", str(chats), "--tokenizer", str(extended("chatml"))]
+    assert main([*argv, "--seq-len", "256", "--out", str(shards)]) == 0
+    packed = TokenShards(shards)
+    assert packed.index.meta["template"] == "chat-template" and packed.index.meta["answer_tokens"] == sum(mask)
+    assert packed[0][: len(ids)].tolist() == ids and packed.loss_mask(0)[: len(ids)].tolist() == mask
     # A tokenizer without a chat template is prompted in Llama 2's [INST] format.
     plain = load_tokenizer(extended("starcoder"))
     assert plain.chat_template is None and prompt_text(plain, DIALOG[:2]).startswith("[INST] <<SYS>>")
+
+
+def test_extend_a_sentencepiece_checkpoint(llama2_tokenizer_path, tmp_path):
+    """A Llama 2 checkpoint (tokenizer.model, 32,000 rows) gets Code Llama's 16 pieces and rows."""
+    base = write_tied_llama(tmp_path / "llama2", 32000, eos_id=2)
+    shutil.copy(llama2_tokenizer_path, base / "tokenizer.model")
+    assert main(["tokenizer", "extend", "--base", str(base), "--out", str(tmp_path / "out")]) == 0
+    tok = load_tokenizer(tmp_path / "out")
+    assert tok.backend == "sentencepiece" and tok.infilling.ids == (32007, 32008, 32009, 32010)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 32016
+    assert tok.end_ids == {2, 32010}
 
 
 def test_bad_tokenizer_inputs_are_one_line_errors(bpe_base, extended, tmp_path, capsys):
@@ -289,7 +332,8 @@ def test_every_branch_trains_and_keeps_the_tokenizer(trained, extended):
     for branch, final in trained.items():
         assert load_tokenizer(final).fingerprint() == tok.fingerprint(), branch
         assert (final / "infilling_tokens.json").is_file() and (final / "tokenizer_config.json").is_file()
-    shards = json.loads((trained["instruct"].parent / "instruct-shards" / "index.json").read_text())
+    packed = Path(yaml.safe_load((trained["instruct"].parent / "config.yaml").read_text())["data"])
+    shards = json.loads((packed / "index.json").read_text())
     assert shards["meta"]["template"] == "chat-template"
 
 
@@ -365,3 +409,37 @@ def test_instruct_data_prompts_use_the_bases_template(trained, tmp_path):
         main([*argv, "--question-tokens", "16", "--answer-tokens", "16", "--temperature", "0", "--out", str(out)]) == 0
     )
     assert (out / "dataset.jsonl").is_file() and read_jsonl(out / "questions.jsonl")
+
+
+@pytest.mark.slow
+def test_pipeline_on_a_bpe_checkpoint_base(bpe_base, stdlib_texts, tmp_path):
+    """`base.model` set to a checkpoint with a tokenizer.json: its tokenizer is extended, its embedding grown."""
+    import yaml
+
+    base = bpe_base("chatml")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, text in enumerate(stdlib_texts[:30]):
+        (src / f"m{i:02d}.py").write_text(text)
+    config = {
+        "base": {"model": str(base)},
+        "data": {"sources": [str(src)]},
+        "branches": {"code": TINY},
+        "eval": {
+            "humaneval": {"models": ["code"], "limit": 2, "max_new_tokens": 8},
+            "infilling": {"models": ["code"], "benchmarks": ["single-line"], "limit": 2, "max_new_tokens": 8},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    stages = "tokenizer,base,data,train-code,eval-code"
+    assert main(["pipeline", "--config", str(path), "--run", str(run), "--stages", stages]) == 0
+    state = json.loads((run / "state.json").read_text())["finished"]
+    n = load_tokenizer(base).vocab_size
+    assert state["tokenizer"]["outputs"]["infilling_ids"] == [n, n + 1, n + 2, n + 3]
+    model = json.loads((run / "base" / "config.json").read_text())
+    assert model["vocab_size"] == n + 4 and model["tie_word_embeddings"]
+    final = state["train-code"]["outputs"]["path"]
+    assert load_tokenizer(final).fingerprint() == load_tokenizer(run / "tokenizer").fingerprint()
+    assert state["eval-code"]["outputs"]["humaneval"]["problems"] == 2

@@ -480,11 +480,7 @@ class HFGenerator:
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.eos_id
         self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
-        self._stop_ids = {tokenizer.eos_id}
-        try:
-            self._stop_ids.add(tokenizer.eot_id)
-        except (KeyError, AttributeError):  # a plain Llama 2 tokenizer has no <EOT>
-            pass
+        self._stop_ids = set(tokenizer.end_ids)  # EOS, <EOT> (when there is one), the base's end-of-text tokens
 
     @classmethod
     def from_pretrained(

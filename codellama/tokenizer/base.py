@@ -120,6 +120,12 @@ class Tokenizer(ABC):
         return infill
 
     @property
+    def end_ids(self) -> set[int]:
+        """Ids that end a generation: EOS, the end-of-infill token, and the base's other end-of-text tokens."""
+        infill = self.infilling
+        return {self.eos_id} | ({infill.eot_id} if infill is not None else set())
+
+    @property
     def prefix_id(self) -> int:
         return self._infill().prefix_id
 

@@ -38,6 +38,9 @@ CONFIG_FILE = "tokenizer_config.json"
 # Files of a Hugging Face tokenizer directory that travel with it unchanged.
 EXTRA_FILES = ("special_tokens_map.json", "chat_template.jinja")
 EOS_FALLBACKS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
+# End-of-text and end-of-turn tokens: a chat base whose EOS is <|im_end|> still ends documents with
+# <|endoftext|>, and Llama 3's turns end with <|eot_id|>; generation stops at any of them.
+END_TOKENS = (*EOS_FALLBACKS, "<|im_end|>", "<|eot_id|>", "<|end|>")
 
 # StarCoder-style FIM tokens a base may already have (reused, with its end-of-text as <EOT>) ...
 STARCODER_FIM = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
@@ -235,6 +238,11 @@ class HFTokenizer(Tokenizer):
         if self._infilling is not None:
             ids.update(self._infilling.ids)
         return ids
+
+    @functools.cached_property
+    def end_ids(self) -> set[int]:
+        special = self.special_ids
+        return super().end_ids | {self.vocab[t] for t in END_TOKENS if self.vocab.get(t) in special}
 
     # -- encoding ----------------------------------------------------------------------------------
     def encode(self, text: str, *, bos: bool = False, eos: bool = False, special: bool = False) -> list[int]:
