@@ -179,6 +179,9 @@ def fit_infill(
 _COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_MEMO_CHARS = 64 << 10  # longer texts are counted each time: the memo stays within 256 x 64K chars
+
+
 def _counter(tokenizer) -> Callable[[str, bool], int]:
     """count(text, infilling): its token count, remembered. An editor sends the same file and chunks with
     every keystroke, so fitting a keystroke's request mostly looks counts up instead of tokenizing."""
@@ -186,10 +189,14 @@ def _counter(tokenizer) -> Callable[[str, bool], int]:
     if count is None:
         ref = weakref.ref(tokenizer)
 
-        @functools.lru_cache(maxsize=2048)
-        def count(text: str, infilling: bool) -> int:
+        def measure(text: str, infilling: bool) -> int:
             tok = ref()
             return len(tok.encode_infilling(text) if infilling else tok.encode(text))
+
+        memo = functools.lru_cache(maxsize=256)(measure)
+
+        def count(text: str, infilling: bool) -> int:
+            return memo(text, infilling) if len(text) <= _MEMO_CHARS else measure(text, infilling)
 
         _COUNTERS[tokenizer] = count
     return count

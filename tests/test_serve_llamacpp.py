@@ -233,6 +233,21 @@ def test_a_10k_token_llama_vim_request_is_trimmed_and_answered(random_server, st
     assert len(roomy.prompt_ids) <= 8000
 
 
+def test_a_warm_up_and_its_keystrokes_keep_the_same_chunks(tiny_tokenizer, stdlib_code):
+    """The chunks' share of the room does not depend on the file, so the prompt cache can serve them."""
+    chunks = [(f"c{i}.py", "".join(stdlib_code[3000 + 6 * i : 3006 + 6 * i])) for i in range(8)]
+    limits = FitLimits(room=384, window=2048)
+    warm = fit_infill(tiny_tokenizer, "", "", limits, extra=chunks)
+    file = "".join(stdlib_code[:300])
+    keystrokes = [fit_infill(tiny_tokenizer, file, file, limits, middle=m, extra=chunks) for m in ("    x", "    x =")]
+    assert 0 < warm.chunks_kept == keystrokes[0].chunks_kept == keystrokes[1].chunks_kept < 8
+    head = len(tiny_tokenizer.encode(with_extra_context("", chunks[-warm.chunks_kept :])))
+    for k in keystrokes:
+        assert k.prompt_ids[: head - 1] == warm.prompt_ids[: head - 1] and len(k.prompt_ids) <= 384
+    # and consecutive keystrokes share everything up to the cursor
+    assert keystrokes[0].prefix == keystrokes[1].prefix[: len(keystrokes[0].prefix)]
+
+
 def test_warm_up_request_answers_200_and_warms_the_cache(taught, stdlib_code):
     url, engine = taught
     chunks = [("util.py", "".join(stdlib_code[2000:2006])), ("db.py", "".join(stdlib_code[2006:2012]))]
