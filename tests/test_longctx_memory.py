@@ -15,16 +15,24 @@ import sys
 
 BUDGET_MB = 1250
 SCRIPT = r"""
-import json, os, resource, torch
+import json, os, torch
 from codellama.model import build_model
 from codellama.presets import get_preset
 
 model = build_model(get_preset("tiny").replace(vocab_size=2016), seed=0, attn_implementation="sdpa")
 assert model.config._attn_implementation == "sdpa"
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-# The current RSS, not the high-water mark: start-up may have peaked higher and would hide growth.
+def peak():
+    # The resident high-water mark since it was last reset (VmHWM, KiB); ru_maxrss cannot be reset.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+# The current RSS, not the high-water mark: start-up may have peaked higher and would hide growth;
+# then the mark is reset to here (writing 5 to clear_refs), so only the forward/backward can raise it.
 with open("/proc/self/statm") as f:
     base = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 grown = {}
 for n in (4096, 16384):
     ids = torch.randint(0, 2016, (1, n), generator=torch.Generator().manual_seed(0))
