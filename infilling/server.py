@@ -443,7 +443,8 @@ class Service:
         for prompt in prompts:
             ids, text, suffix = None, prompt, None
             if isinstance(prompt, list):  # token ids, maybe mixed with text
-                ids = [self.tokenizer.bos_id] if prompt and isinstance(prompt[0], str) else []
+                bos = self.tokenizer.bos_id  # None for bases without one (byte-level BPE)
+                ids = [bos] if prompt and isinstance(prompt[0], str) and bos is not None else []
                 for part in prompt:
                     ids += self.tokenizer.encode(part) if isinstance(part, str) else [part]
                 text = "".join(p for p in prompt if isinstance(p, str))

@@ -36,6 +36,7 @@ def code_run(code_shards, tiny_tokenizer_dir, tmp_path_factory):
     return config, train(config, progress=False)
 
 
+@pytest.mark.slow
 def test_code_branch_loss_falls_clearly(code_run):
     config, result = code_run
     assert (config.seq_len, config.optim.betas, config.optim.weight_decay) == (256, (0.9, 0.95), 0.1)
@@ -50,6 +51,7 @@ def test_code_branch_loss_falls_clearly(code_run):
     assert (result.final_dir / "tokenizer.model").is_file() and model.config.vocab_size == 2016
 
 
+@pytest.mark.slow
 def test_python_branch_continues_from_the_code_model(code_run, code_shards, tmp_path):
     _, code = code_run
     config = resolve_config(
@@ -62,6 +64,7 @@ def test_python_branch_continues_from_the_code_model(code_run, code_shards, tmp_
     assert (result.final_dir / "tokenizer.model").is_file()  # inherited from the base checkpoint
 
 
+@pytest.mark.slow
 def test_long_context_branch_sets_rope_and_trains_4x_longer(code_shards, tiny_tokenizer_dir, tmp_path):
     config = resolve_config(
         "long-context",
@@ -80,6 +83,7 @@ def test_long_context_branch_sets_rope_and_trains_4x_longer(code_shards, tiny_to
     assert records[-1]["tokens"] == 2 * 4096 and np.isfinite(result.last_loss)
 
 
+@pytest.mark.slow
 def test_instruct_branch_trains_on_answers_only(
     code_shards, tiny_tokenizer, tiny_tokenizer_dir, stdlib_texts, tmp_path
 ):

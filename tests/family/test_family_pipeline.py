@@ -13,6 +13,8 @@ import yaml
 
 from codellama.cli import main
 
+pytestmark = pytest.mark.slow  # every test here takes tens of seconds (training runs, subprocesses)
+
 TINY_OVERRIDES = ["max_steps=3", "checkpoint_every=2", "batch_tokens=512", "micro_batch_size=2", "seq_len=128"]
 
 

@@ -151,6 +151,7 @@ def test_bad_input_is_one_line_exit_2(args, message, tmp_path, monkeypatch, caps
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_and_unwritable_output(tiny_model_dir, tmp_path, capsys):
     import shutil
 

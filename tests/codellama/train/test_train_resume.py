@@ -15,6 +15,8 @@ from _train_helpers import REPO, final_weights, metric_losses, run_cli, write_co
 
 from codellama.train import state
 
+pytestmark = pytest.mark.slow  # every test here takes tens of seconds (training runs, subprocesses)
+
 STEPS = 10
 ARGS = [
     "--set",

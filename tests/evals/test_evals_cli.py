@@ -91,6 +91,7 @@ def test_require_isolation_refuses_without_bubblewrap(tmp_path):
     assert not Path(f"{samples}_results.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_endpoint_run_resumes_after_kill(small_problems, tmp_path):
     out = tmp_path / "run"
     cmd = [

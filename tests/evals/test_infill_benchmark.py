@@ -56,6 +56,7 @@ def test_canonical_solutions_pass_and_wrong_ones_fail(spread_subset, tmp_path):
     assert report["modes"]["canonical"]["pass@k"]["pass@1"] < 0.2
 
 
+@pytest.mark.slow
 def test_model_run_is_resumable_in_psm_and_spm(tiny_model_dir, tmp_path):
     from codellama.generation import HFGenerator
 

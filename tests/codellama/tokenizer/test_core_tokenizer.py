@@ -115,6 +115,7 @@ def test_load_rejects_garbage(tmp_path):
         CodeLlamaTokenizer.load(bad)
 
 
+@pytest.mark.slow
 def test_main_job_tokenizer_round_trips_every_stdlib_file():
     """The main job's tokenizer (the default config: every stdlib file, 4,016 pieces) loses no byte of any file."""
     import yaml

@@ -19,6 +19,8 @@ import json, os, torch
 from codellama.model import build_model
 from codellama.presets import get_preset
 
+pytestmark = pytest.mark.slow  # every test here takes tens of seconds (training runs, subprocesses)
+
 model = build_model(get_preset("tiny").replace(vocab_size=2016), seed=0, attn_implementation="sdpa")
 assert model.config._attn_implementation == "sdpa"
 def peak():

@@ -6,6 +6,8 @@ import pytest
 import torch
 from _train_helpers import final_weights, metric_losses, run_cli, write_code_shards
 
+pytestmark = pytest.mark.slow  # every test here takes tens of seconds (training runs, subprocesses)
+
 ARGS = [
     "--set",
     "max_steps=4",

@@ -54,6 +54,7 @@ MIXED = [  # completion builders; the verdicts differ by problem
 ]
 
 
+@pytest.mark.slow
 def test_mixed_file_matches_human_evals_own_harness(problems, pool, tmp_path):
     samples = [
         {"task_id": t, "completion": MIXED[(i * 3 + s) % len(MIXED)](p)}

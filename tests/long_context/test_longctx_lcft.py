@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test here takes tens of seconds (training runs, subprocesses)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _whole_file_shards(tokenizer, texts: list[str], out: Path, seq_len: int) -> Path:

@@ -169,6 +169,7 @@ def test_sampling_is_seeded_and_cancellation_stops(generator):
     assert 3 <= len(out[2].token_ids) <= 4  # it left at the step after it asked
 
 
+@pytest.mark.slow
 def test_context_overflow_is_a_clear_error_or_a_shorter_budget(generator):
     with pytest.raises(ValueError, match="exceeds the model's context"):
         generator.generate([GenerationRequest("x " * 600, params=SamplingParams(max_new_tokens=10))])
@@ -185,6 +186,7 @@ def test_context_overflow_is_a_clear_error_or_a_shorter_budget(generator):
     assert (long.text, long.finish_reason) == ("", "context") and short.finish_reason == "length"
 
 
+@pytest.mark.slow
 def test_infilling_returns_the_middle_and_stops_at_eot(tiny_model_dir):
     """Teach the tiny model one infilling example, then check generation reproduces it and stops at <EOT>."""
     model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)

@@ -73,6 +73,7 @@ def test_sliding_window_scores_each_token_once_with_at_most_window_context(model
         token_nll(model, row[None], window=8, stride=9)
 
 
+@pytest.mark.slow
 def test_long_ppl_cli_compares_models(tmp_path, tiny_model_dir, model, capsys):
     raised = tmp_path / "raised"
     rope_set(tiny_model_dir, raised, base=1e6)

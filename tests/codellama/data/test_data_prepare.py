@@ -43,6 +43,7 @@ def small_repo(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_prepare_on_the_stdlib_default(tiny_tokenizer_dir, tiny_tokenizer, tmp_path, capsys):
     out = tmp_path / "data"
     assert (
@@ -98,6 +99,7 @@ def test_prepare_on_the_stdlib_default(tiny_tokenizer_dir, tiny_tokenizer, tmp_p
     assert " <SUF>" in shown and ("PSM" in shown or "SPM" in shown)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_shards(tiny_tokenizer_dir, small_repo, tmp_path, capsys):
     args = [
         "data",
