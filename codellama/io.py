@@ -55,7 +55,8 @@ def check_writable(directory: str | os.PathLike) -> None:
         raise PermissionError(f"cannot write to {directory}: {exc.strerror or exc}") from None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether `pid` is a live process (ours counts as alive): its temporary files are still being written."""
     if pid == os.getpid():
         return True
     try:
@@ -67,7 +68,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory tree; a path already gone is fine."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -85,9 +87,9 @@ def remove_stale_temps(directory: str | os.PathLike, name: str | None = None) ->
         return removed
     for entry in entries:
         match = _OWNED_TEMP.match(entry.name) or _OLD.match(entry.name)
-        if not match or (name is not None and match.group("name") != name) or _alive(int(match.group("pid"))):
+        if not match or (name is not None and match.group("name") != name) or process_alive(int(match.group("pid"))):
             continue
-        _remove(entry)
+        remove_path(entry)
         removed.append(entry)
     if removed:
         log.info("removed %d leftover temporary output(s) of killed writes in %s", len(removed), directory)

@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from codellama.io import atomic_write_json, check_writable, read_json_file
+from codellama.io import atomic_write_json, check_writable, process_alive, read_json_file, remove_path
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,12 @@ class RunDir:
                 shutil.rmtree(self.path, ignore_errors=True)
             else:  # an empty directory (a mount point) given by the user: keep it, empty
                 for entry in list(self.path.iterdir()):
-                    _remove(entry)
+                    remove_path(entry)
             return
         if self.has_work():
             return
         for name in (self.marker, *self.scratch):
-            _remove(self.path / name)
+            remove_path(self.path / name)
         _remove_empty_dirs(self.path, keep_top=not self.created)
         log.info("the failed start left nothing behind in %s", self.path)
 
@@ -217,16 +217,7 @@ def _live_owner(name: str) -> bool:
     match = _OWNER_PID.match(name)
     if not match:
         return False
-    pid = int(match.group(1) or match.group(2))
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(int(match.group(1) or match.group(2)))
 
 
 def remove_temp_outputs(path: str | os.PathLike) -> list[Path]:
@@ -235,7 +226,7 @@ def remove_temp_outputs(path: str | os.PathLike) -> list[Path]:
     for root, dirs, files in os.walk(path):
         for name in [*dirs, *files]:
             if _is_temp(name) and not _live_owner(name):
-                _remove(Path(root) / name)
+                remove_path(Path(root) / name)
                 removed.append(Path(root) / name)
         dirs[:] = [d for d in dirs if not _is_temp(d)]
     if removed:
@@ -251,14 +242,6 @@ def _has_work(path: Path, ignore: set[str]) -> bool:
         if any(not _is_temp(f) and os.path.normpath(os.path.join(rel, f)) not in ignore for f in files):
             return True
     return False
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def _remove_empty_dirs(path: Path, *, keep_top: bool) -> None:

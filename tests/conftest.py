@@ -115,3 +115,14 @@ def bpe_base(stdlib_texts, tmp_path_factory):
         return bases[variant]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models only lose from intra-op threads, badly so on a busy machine: one thread for the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

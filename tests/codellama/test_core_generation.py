@@ -7,14 +7,7 @@ from codellama.checkpoint import load_model
 from codellama.generation import GenerationRequest, HFGenerator, SamplingParams, Sink, truncate_at_stop
 from codellama.tokenizer import load_tokenizer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A model this small only loses from intra-op threads, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import torch
 from _infill_helpers import EXAMPLES, taught_model_dir
 
 from infilling.server import ServerConfig, build_app, serve_in_thread
@@ -18,13 +17,7 @@ PREFIX2, MIDDLE2, SUFFIX2 = EXAMPLES[1]
 TIMEOUT = httpx.Timeout(60.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A model this small only loses from intra-op threads, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import torch
 from _infill_helpers import EXAMPLES, taught_model_dir
 
 from codellama.checkpoint import load_model, load_tokenizer
@@ -22,13 +21,7 @@ PREFIX, MIDDLE, SUFFIX = EXAMPLES[0]
 TIMEOUT = httpx.Timeout(120.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A model this small only loses from intra-op threads, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
