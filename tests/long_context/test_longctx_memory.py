@@ -13,13 +13,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a 16k-token forward and backward in a fresh process
+
 BUDGET_MB = 1250
 SCRIPT = r"""
 import json, os, torch
 from codellama.model import build_model
 from codellama.presets import get_preset
-
-pytestmark = pytest.mark.slow  # every test here takes tens of seconds (training runs, subprocesses)
 
 model = build_model(get_preset("tiny").replace(vocab_size=2016), seed=0, attn_implementation="sdpa")
 assert model.config._attn_implementation == "sdpa"
