@@ -105,7 +105,9 @@ class CheckedProgram:
 
     Passes when check() returns. Unlike a plain program string (which passes when it runs to its end), the
     test's check() is built and called by the sandbox, on values the candidate returned converted to plain
-    builtin ones, so the untrusted part cannot rewrite, skip or fool it (see the module docstring).
+    builtin ones, so the untrusted part cannot rewrite, skip or fool it (see the module docstring). The test
+    sees the code's names (helpers a prompt defines) but the real builtins; it must not rebind its own module
+    globals while check() runs (the sandbox takes any change to them for the program's doing).
     """
 
     code: str
