@@ -8,9 +8,9 @@ Protocol on fds 0 (in) / 1 (out): 4-byte big-endian length + JSON. The child nev
 its output to fd 1/2 (a pipe) and the record of a failure to fd 3 (another pipe).
 
 Proof of completion. Nothing in the child is secret: a program can read every object and frame of its own
-process, so a token kept there can be stolen. Instead the zygote listens on a fresh abstract unix socket per
-program and counts as proof only a connection (i) from the child's own pid (SO_PEERCRED, checked by the zygote,
-which the program cannot touch) that (ii) was opened by the harness frame of `_child` itself. (ii) holds
+process, so a token kept there can be stolen. Instead the zygote listens on an abstract unix socket and
+counts as proof only a connection (i) from the child's own pid (SO_PEERCRED, checked by the zygote, which
+the program cannot touch) that (ii) was opened by the harness frame of `_child` itself. (ii) holds
 because before the program starts the child installs an audit hook (PEP 578; it can be neither removed nor
 reached from Python) that refuses every AF_UNIX connect/sendto/sendmsg whose caller frame is not that one
 `_child` frame; that frame resumes only when exec() returned, and trace functions (the only way to move a
@@ -24,7 +24,9 @@ namespace ({}: `__name__` is not "__main__"); then the harness (not the program)
 fresh namespace whose builtins are the real ones, builds `check` from the test's own code object, and calls it
 with the candidate wrapped by `_guarded_call`: every value the candidate returns is converted to plain builtin
 values (lying __eq__, int/str/list subclasses, object arrays are unmasked or refused) and the tests' globals,
-builtins, imported modules, signal handlers and thread count are re-verified after every call and at the end.
+builtins, imported modules (every name the test's code looks up, sys.modules, __import__), signal handlers and
+thread count are re-verified after every call and at the end. The zygote compiles each test and snapshots
+what it uses once, before any fork.
 The functions that do this take everything they use from their arguments or from `_TOOLS` (captured before any
 program ran), never from globals, which the program can reach and change through frames.
 """
@@ -355,7 +357,7 @@ def _prepare_test(test: str, entry_point: str, imports) -> tuple:
         if len(_PREPARED) >= 1024:
             _PREPARED.clear()
         test_code = compile(test, "<test>", "exec", dont_inherit=True, optimize=0)
-        check_code, names, todo = None, set(), [test_code]
+        check_code, names, todo = None, {"__import__", "__build_class__"}, [test_code]  # (+ what opcodes use)
         while todo:
             code = todo.pop()
             names.update(code.co_names)
@@ -376,6 +378,8 @@ def _prepare_test(test: str, entry_point: str, imports) -> tuple:
         test_builtins = dict(builtins.__dict__)  # the real ones, copied before any program ran
         names = tuple(sorted(names))
         modules.append((test_builtins, tuple((n, test_builtins.get(n, _TOOLS["missing"])) for n in names), True))
+        imported = tuple((n, sys.modules.get(n, _TOOLS["missing"])) for n in imports)  # what `import` returns
+        modules.append((sys.modules, imported, True))
         _PREPARED[key] = (test_code, check_code, entry_point, test_builtins, names), tuple(modules)
     return _PREPARED[key]
 

@@ -27,9 +27,9 @@ What it still cannot stop (all in-process: the program runs in the same interpre
   - code that reads or writes raw process memory (numpy arrays over a raw address via __array_interface__,
     ctypes reloaded through importlib internals, a C extension of its own): it can forge anything in-process;
   - redefinitions of the helper functions a HumanEval prompt defines and its test calls (poly, encode_cyclic,
-    ...): they are the program's own code; and changes made through references the program keeps (a Random
-    instance's methods, a mutable value the test stored in a variable and the program changes from a later
-    call);
+    ...): they are the program's own code; changes below the names the test's code looks up (the internals
+    of a module function it calls, a Random instance's methods); a mutable value the test stored in a
+    variable, changed by a later call of the candidate;
   - answers computed from the test itself (the program can read check()'s constants): memorization, not a
     forged check;
   - with Python >= 3.13, frame locals are writable (PEP 667): program code running inside the guard's call
