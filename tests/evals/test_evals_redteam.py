@@ -245,6 +245,12 @@ FORGERIES = {  # name -> (task, completion, the same wrong answer without the tr
         "    frame.f_globals['abs'] = lambda value: 0.0\n    return 0.5\n",
         "    return 0.5\n",
     ),
+    "sys_modules_math_replaced": (
+        "HumanEval/32",
+        "    return 0.0\nimport math, sys, types\nfake = types.ModuleType('math')\nfake.__dict__.update(math.__dict__)\n"
+        "fake.fabs = lambda value: 0.0\nsys.modules['math'] = fake\n",
+        "    return 0.0\n",
+    ),
     "math_fabs_patched": (
         "HumanEval/32",
         "    return 0.0\nimport math\nmath.fabs = lambda value: 0.0\n",
@@ -266,7 +272,35 @@ def _address():
                 return value
         frame = frame.f_back
 """
+_DICTS = """
+import sys
+def _dicts_with(key):  # every dict reachable from the frames' variables (through tuples/lists) that has `key`
+    found, seen, frame = [], set(), sys._getframe()
+    def visit(value, depth):
+        if depth > 6 or id(value) in seen:
+            return
+        seen.add(id(value))
+        if type(value) is dict:
+            if key in value:
+                found.append(value)
+        elif type(value) in (tuple, list):
+            for item in value:
+                visit(item, depth + 1)
+    while frame is not None:
+        for value in list(frame.f_locals.values()):
+            visit(value, 0)
+        frame = frame.f_back
+    return found
+"""
 PROOF_ATTACKS = {
+    "tests_import_hook_replaced": (  # the builtins prepared for the tests: make their `import math` a fake
+        "HumanEval/32",
+        "    return 0.0\n" + _DICTS + "import builtins, math, types\n"
+        "fake = types.ModuleType('math')\nfake.__dict__.update(math.__dict__)\nfake.fabs = lambda value: 0.0\n"
+        "real = builtins.__import__\n"
+        "def _import(name, *args, **kwargs):\n    return fake if name == 'math' else real(name, *args, **kwargs)\n"
+        "for d in _dicts_with('__import__'):\n    d['__import__'] = _import\n",
+    ),
     "gc_rewires_the_audit_hook": (  # make our own frame the one the hook lets connect
         "HumanEval/0",
         "    return False\n" + _ADDRESS + "import gc\nfor o in gc.get_objects():\n"
@@ -373,4 +407,6 @@ def test_forged_passes_fail_in_the_sandbox(isolation):
             assert kinds[name] in ("failed", *(unreadable if "numpy" in name else ())), (name, verdicts[name])
     assert "sandbox:" in verdicts["eq_always_true"][1]
     assert "sandbox:" in verdicts["numpy_object_array_of_liars"][1] or unreadable
-    assert "changed" in verdicts["abs_injected_while_check_runs"][1] and "changed" in verdicts["math_fabs_patched"][1]
+    for name in ("abs_injected_while_check_runs", "math_fabs_patched", "sys_modules_math_replaced"):
+        assert "changed" in verdicts[name][1], verdicts[name]
+    assert "changed" in verdicts["tests_import_hook_replaced"][1]
