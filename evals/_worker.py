@@ -479,7 +479,6 @@ def _child(job, out_w, status_w, workdir):
             os.setuid(UID)
         os.mkdir(workdir, 0o700)
         os.chdir(workdir)
-        os.environ["HOME"] = workdir  # like a user's process (matplotlib & co. look for a home)
         for name, value in LIMITS.items():
             resource.setrlimit(getattr(resource, name), (value, value))
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))

