@@ -22,8 +22,8 @@ def test_evaluate_load_offline_runs_through_the_sandbox(monkeypatch):
         "import os\nopen(os.path.expanduser('~') + '/x', 'w')\ndef add(a, b):\n    return a + b",
     ]
     scores, results = metric.compute(predictions=[candidates], references=["assert add(2, 3) == 5"], k=[1, 4])
-    assert scores == {"pass@1": pytest.approx(0.5), "pass@4": 1.0}
+    assert scores == {"pass@1": pytest.approx(0.25), "pass@4": 1.0}
     kinds = [r[1]["kind"] for r in results[0]]
     assert kinds[:3] == ["passed", "failed", "error:EarlyExit(0)"]
-    assert kinds[3] == "passed"  # its home is its own private directory: the write lands there, not on the host
+    assert kinds[3].startswith("error:")  # no home directory inside the sandbox
     assert not os.path.exists(os.path.expanduser("~") + "/x")
