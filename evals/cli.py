@@ -6,7 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from codellama.commands.args import add_device_options, check_positive, fractions, ks, lengths, positive_int
+from codellama.commands.args import (
+    add_device_options,
+    check_positive,
+    fractions,
+    ks,
+    lengths,
+    model_dir,
+    positive_int,
+)
 from codellama.config import torch_dtype
 
 log = logging.getLogger(__name__)
@@ -87,7 +95,9 @@ def register(cli) -> None:
         help="generate HumanEval completions, run them sandboxed, report pass@k (resumable)",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="Hugging Face checkpoint directory (ours or any Llama model)")
+    src.add_argument(
+        "--model", type=model_dir, help="checkpoint directory (ours or any Llama model) or a named base"
+    )
     src.add_argument("--endpoint", help="OpenAI-compatible completions endpoint, e.g. http://host:8000/v1")
     p.add_argument("--endpoint-model", help="model name at the endpoint (default: the first it lists)")
     p.add_argument("--out", type=Path, required=True, help="run directory (rerun the command to resume)")
@@ -137,7 +147,7 @@ def register(cli) -> None:
         "--benchmark", default="single-line", choices=("single-line", "multi-line", "random-span", "random-span-light")
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="checkpoint directory")
+    src.add_argument("--model", type=model_dir, help="checkpoint directory or a named base")
     src.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8012/v1)")
     src.add_argument("--canonical", action="store_true", help="score the reference solutions (should be 100%%)")
     p.add_argument("--endpoint-model", help="model name at the endpoint (default: its first)")
@@ -421,6 +431,7 @@ def cmd_long_ppl(args: argparse.Namespace) -> int:
         label, sep, path = spec.partition("=")
         if not sep:
             label, path = Path(spec).name or spec, spec
+        path = str(model_dir(path))
         if label in models:
             raise ValueError(f"model label {label!r} given twice; name them LABEL=DIR")
         if not Path(path).is_dir():
@@ -457,7 +468,7 @@ def cmd_long_ppl(args: argparse.Namespace) -> int:
 
 
 def _model_source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, help="local checkpoint directory")
+    p.add_argument("--model", type=model_dir, help="local checkpoint directory or a named base")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of --model")
     p.add_argument("--endpoint-model", help="model name at the endpoint (default: its first)")
     add_device_options(p)

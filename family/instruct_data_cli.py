@@ -11,6 +11,8 @@ import json
 import logging
 from pathlib import Path
 
+from codellama.commands.args import model_spec
+
 log = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
@@ -38,8 +40,12 @@ def register(cli) -> None:
         epilog=EXAMPLES,
         help="questions -> dedup -> unit tests -> solutions -> sandbox -> chat dataset",
     )
-    p.add_argument("--question-model", required=True, help="checkpoint directory or OpenAI-compatible URL (.../v1)")
-    p.add_argument("--solver-model", required=True, help="checkpoint directory or OpenAI-compatible URL (.../v1)")
+    p.add_argument(
+        "--question-model", type=model_spec, required=True, help="checkpoint, named base or OpenAI-compatible URL (.../v1)"
+    )
+    p.add_argument(
+        "--solver-model", type=model_spec, required=True, help="checkpoint, named base or OpenAI-compatible URL (.../v1)"
+    )
     p.add_argument("--question-model-name", help="model name at the question endpoint (default: its first)")
     p.add_argument("--solver-model-name", help="model name at the solver endpoint (default: its first)")
     p.add_argument("--questions", type=int, default=100, help="questions to generate, before dedup (default 100)")

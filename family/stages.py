@@ -66,12 +66,23 @@ def _edge_means(losses: list[float]) -> tuple[float, float]:
     return sum(losses[:k]) / k, sum(losses[-k:]) / k
 
 
+def _base_spec(cfg: PipelineConfig) -> str:
+    """base.model with a named base (`smollm2-135m`) replaced by its cached checkpoint directory."""
+    from codellama.bases import BASES, resolve_base
+
+    spec = cfg.base.model
+    if spec in BASES and not Path(spec).is_dir():
+        return str(resolve_base(spec))
+    return spec
+
+
 def _tokenizer_base(cfg: PipelineConfig) -> str | None:
     """The tokenizer to extend: the configured one, else a base checkpoint's own (None: train one)."""
     if cfg.tokenizer.base:
         return cfg.tokenizer.base
-    if is_checkpoint(cfg.base.model) and tokenizer_file(cfg.base.model) is not None:
-        return cfg.base.model
+    spec = _base_spec(cfg)
+    if is_checkpoint(spec) and tokenizer_file(spec) is not None:
+        return spec
     return None
 
 
@@ -110,7 +121,7 @@ def run_base(ctx: RunContext) -> dict:
 
     cfg, out = _cfg(ctx), ctx.run_dir / "base"
     tokenizer = load_tokenizer(ctx.outputs["tokenizer"]["path"])
-    spec = cfg.base.model
+    spec = _base_spec(cfg)
     old_vocab = None  # ids the base's own tokenizer had (new tokens past it start at the mean embedding)
     if not (out / "config.json").is_file():
         shutil.rmtree(out, ignore_errors=True)

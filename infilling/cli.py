@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from codellama.commands.args import add_device_options, check_positive
+from codellama.commands.args import add_device_options, check_positive, model_dir
 from codellama.config import torch_dtype
 
 SERVE_EXAMPLES = """examples:
@@ -34,7 +34,7 @@ def register(cli) -> None:
     p = cli.command(
         "serve", help="serve a model for editors: llama.cpp /infill and OpenAI /v1/completions", epilog=SERVE_EXAMPLES
     )
-    p.add_argument("--model", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--model", type=model_dir, required=True, help="checkpoint directory or a named base")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8012)
     p.add_argument("--name", help="model name reported by /v1/models (default: the directory name)")
@@ -69,7 +69,7 @@ def register(cli) -> None:
 
     p = cli.command("infill", help="fill in code at a cursor position of a file", epilog=INFILL_EXAMPLES)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="checkpoint directory (generate in this process)")
+    src.add_argument("--model", type=model_dir, help="checkpoint directory or named base (generate in this process)")
     src.add_argument("--server", help="URL of a running `codellama serve`")
     p.add_argument("--file", type=Path, required=True)
     p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")

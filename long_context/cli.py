@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from codellama.commands.args import positive_int
+from codellama.commands.args import model_dir, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def register(cli) -> None:
         "  codellama rope set --scaling yarn --max-context 2048 runs/tiny runs/tiny-yarn\n"
         "  codellama rope set --scaling dynamic --factor 4 runs/tiny runs/tiny-ntk",
     )
-    p.add_argument("model", type=Path, help="checkpoint directory")
+    p.add_argument("model", type=model_dir, help="checkpoint directory or a named base")
     p.add_argument("out", type=Path, help="new checkpoint directory (must not exist)")
     p.add_argument("--base", type=float, help="RoPE base period (rope_theta), e.g. 1e6")
     p.add_argument("--max-context", type=positive_int, help="max_position_embeddings, e.g. 16384")

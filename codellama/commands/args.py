@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from codellama.config import DTYPES
 
@@ -75,3 +76,26 @@ def ks(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("--k values must be >= 1")
     return tuple(sorted(values))
+
+
+def _named_base(text: str) -> Path | None:
+    """The cached checkpoint of a named base (converted on first use), or None when TEXT names none."""
+    from codellama.bases import BASES, resolve_base
+
+    if text not in BASES or Path(text).expanduser().is_dir():
+        return None
+    try:
+        return resolve_base(text)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def model_dir(text: str) -> Path:
+    """A checkpoint directory, or a named base such as `smollm2-135m` (see `codellama base list`)."""
+    return _named_base(text) or Path(text)
+
+
+def model_spec(text: str) -> str:
+    """Like `model_dir`, for options that also take a preset name: a named base becomes its directory."""
+    resolved = _named_base(text)
+    return str(resolved) if resolved else text

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from codellama.commands.args import add_set_option
+from codellama.commands.args import add_set_option, model_dir
 
 PREPARE_EXAMPLES = """examples:
   codellama data prepare --tokenizer runs/tok --out runs/data            # the Python stdlib, seq 4096, FIM 0.9
@@ -55,7 +55,7 @@ def register(cli) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
     p.add_argument(
         "--tokenizer",
-        type=Path,
+        type=model_dir,
         required=True,
         help="tokenizer or checkpoint directory, tokenizer.model or tokenizer.json (a Llama 2 tokenizer.model "
         "gets Code Llama's pieces added; a tokenizer.json needs `codellama tokenizer extend` first)",
@@ -104,7 +104,7 @@ def register(cli) -> None:
     p.add_argument("--input", type=Path, required=True, help="JSONL of dialogs ({messages} or {instruction, response})")
     p.add_argument(
         "--tokenizer",
-        type=Path,
+        type=model_dir,
         required=True,
         help="tokenizer or checkpoint directory, tokenizer.model or tokenizer.json (its chat template is used)",
     )

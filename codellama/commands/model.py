@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from codellama.commands.args import model_spec
 from codellama.config import DTYPES, torch_dtype
 from codellama.io import ensure_new_output_dir
 
@@ -40,7 +41,7 @@ def register(cli) -> None:
         help="shape, parameter count, vocab, RoPE base and context of a model",
         epilog="examples:\n  codellama model info runs/tiny\n  codellama model info llama2-70b --json",
     )
-    p.add_argument("model", help="checkpoint directory or preset name")
+    p.add_argument("model", type=model_spec, help="checkpoint directory, named base or preset name")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 

