@@ -86,8 +86,10 @@ def main() -> None:
     model = load_model(path, dtype=getattr(torch, args.dtype)).eval()
     tokenizer = load_tokenizer(path)
     prompts = humaneval_prompts(args.prompts)
-    print(f"{path.name}: {args.prompts} HumanEval prompts, <= {args.new_tokens} new tokens, greedy, {args.dtype}, "
-          f"batch {args.batch}, {torch.get_num_threads()} threads")
+    print(
+        f"{path.name}: {args.prompts} HumanEval prompts, <= {args.new_tokens} new tokens, greedy, {args.dtype}, "
+        f"batch {args.batch}, {torch.get_num_threads()} threads"
+    )
 
     ours(model, tokenizer, prompts[:2], args.batch, 4)  # warm-up (allocator, kernels) for both sides
     runs = {

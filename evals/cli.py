@@ -95,9 +95,7 @@ def register(cli) -> None:
         help="generate HumanEval completions, run them sandboxed, report pass@k (resumable)",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--model", type=model_dir, help="checkpoint directory (ours or any Llama model) or a named base"
-    )
+    src.add_argument("--model", type=model_dir, help="checkpoint directory (ours or any Llama model) or a named base")
     src.add_argument("--endpoint", help="OpenAI-compatible completions endpoint, e.g. http://host:8000/v1")
     p.add_argument("--endpoint-model", help="model name at the endpoint (default: the first it lists)")
     p.add_argument("--out", type=Path, required=True, help="run directory (rerun the command to resume)")

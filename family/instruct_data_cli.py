@@ -41,10 +41,16 @@ def register(cli) -> None:
         help="questions -> dedup -> unit tests -> solutions -> sandbox -> chat dataset",
     )
     p.add_argument(
-        "--question-model", type=model_spec, required=True, help="checkpoint, named base or OpenAI-compatible URL (.../v1)"
+        "--question-model",
+        type=model_spec,
+        required=True,
+        help="checkpoint, named base or OpenAI-compatible URL (.../v1)",
     )
     p.add_argument(
-        "--solver-model", type=model_spec, required=True, help="checkpoint, named base or OpenAI-compatible URL (.../v1)"
+        "--solver-model",
+        type=model_spec,
+        required=True,
+        help="checkpoint, named base or OpenAI-compatible URL (.../v1)",
     )
     p.add_argument("--question-model-name", help="model name at the question endpoint (default: its first)")
     p.add_argument("--solver-model-name", help="model name at the solver endpoint (default: its first)")
