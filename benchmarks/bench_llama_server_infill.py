@@ -99,7 +99,8 @@ def prompts(n: int, max_chars: int) -> list[tuple[str, str]]:
     return [(p.prompt[-max_chars:], p.suffix[: max_chars // 2]) for p in problems]
 
 
-def infill(http: httpx.Client, prefix: str, suffix: str, n_predict: int) -> tuple[str, float]:
+def infill(http: httpx.Client, prefix: str, suffix: str, n_predict: int) -> tuple[str, float, int]:
+    """(completion, seconds, prompt tokens the server evaluated)."""
     body = {
         "input_prefix": prefix,
         "input_suffix": suffix,
@@ -112,8 +113,51 @@ def infill(http: httpx.Client, prefix: str, suffix: str, n_predict: int) -> tupl
     }
     start = time.perf_counter()
     r = http.post("/infill", json=body)
-    r.raise_for_status()
-    return r.json()["content"], time.perf_counter() - start
+    if r.status_code != 200:  # e.g. llama-server refuses a prompt longer than its context instead of trimming it
+        raise SystemExit(f"{http.base_url}/infill answered {r.status_code}: {r.text[:300]}")
+    seconds = time.perf_counter() - start
+    return r.json()["content"], seconds, r.json().get("tokens_evaluated", -1)
+
+
+def explain_disagreements(model_dir: Path, rows: list[dict], n_predict: int) -> list[dict]:
+    """For each disagreement on a prompt of the same length, decode greedily in-process (fp32) twice:
+    - with Code Llama's layout (what `codellama serve` sends): the gap between the top two logits at the first
+      token where our text leaves llama-server's (a gap near 0 would be a float near-tie);
+    - with llama.cpp's /infill layout, whose suffix gets SentencePiece's dummy-prefix space (Meta's reference
+      encodes the suffix without it): does that reproduce llama-server's completion (leading space aside)?"""
+    import torch
+
+    from codellama.checkpoint import load_model
+    from codellama.tokenizer import load_tokenizer
+
+    model, tok = load_model(model_dir, dtype=torch.float32).eval(), load_tokenizer(model_dir)
+    out = []
+    for r in rows:
+        ours = tok.infilling_prompt(r["prefix"], r["suffix"])
+        llama = [tok.bos_id, tok.prefix_id, *tok.encode(r["prefix"]), tok.suffix_id, *tok.encode(r["suffix"])]
+        llama.append(tok.middle_id)
+        gap, texts = None, {}
+        for name, prompt in (("ours", ours), ("llama", llama)):
+            ids = list(prompt)
+            with torch.inference_mode():
+                for _ in range(n_predict):
+                    top = model(torch.tensor([ids])).logits[0, -1].topk(2)
+                    if int(top.indices[0]) in tok.end_ids:
+                        break
+                    ids.append(int(top.indices[0]))
+                    text = tok.decode(ids[len(prompt) :])
+                    if name == "ours" and gap is None and not r["llama"].lstrip().startswith(text.lstrip()):
+                        gap = float(top.values[0] - top.values[1])
+            texts[name] = tok.decode(ids[len(prompt) :])
+        same_prompt = ours == llama
+        out.append(
+            {
+                "gap": gap,
+                "llama_layout_reproduces": texts["llama"].lstrip() == r["llama"].lstrip(),
+                "layouts_identical": same_prompt,
+            }
+        )
+    return out
 
 
 def main() -> int:
@@ -172,11 +216,14 @@ def main() -> int:
                 result = {name: infill(client, prefix, suffix, args.n_predict) for client, name in order}
                 rows.append(
                     {
-                        "prefix_tail": prefix[-80:],
+                        "prefix": prefix,
+                        "suffix": suffix,
                         "llama": result["llama"][0],
                         "ours": result["ours"][0],
                         "llama_s": result["llama"][1],
                         "ours_s": result["ours"][1],
+                        "llama_prompt_tokens": result["llama"][2],
+                        "ours_prompt_tokens": result["ours"][2],
                     }
                 )
     finally:
@@ -195,12 +242,29 @@ def main() -> int:
     t_ours = statistics.median(r["ours_s"] for r in rows)
     print(f"model {model_dir} as {args.type} GGUF ({gguf_path.stat().st_size / 2**20:.1f} MiB), {n} prompts")
     print(f"exact agreement       {exact}/{n} = {exact / n:.2%}")
+    same = [r for r in rows if r["llama_prompt_tokens"] == r["ours_prompt_tokens"]]
+    agree_same = sum(r["llama"] == r["ours"] for r in same)
+    print(
+        f"same prompt length    {len(same)}/{n} (the others were cut differently to fit the context); "
+        f"exact agreement among them {agree_same}/{len(same)}"
+    )
     print(f"first-line agreement  {first_line}/{n} = {first_line / n:.2%}")
     print(
         f"median s/request      llama-server {t_llama:.3f}, codellama serve {t_ours:.3f} (ratio {t_ours / t_llama:.2f})"
     )
+    differ = [r for r in same if r["llama"] != r["ours"]]
+    if differ:
+        why = explain_disagreements(model_dir, differ, args.n_predict)
+        gaps = ", ".join("?" if w["gap"] is None else f"{w['gap']:.3f}" for w in why)
+        print(f"disagreements on same-length prompts: {len(differ)}; our top-2 logit gap where they part: {gaps}")
+        print(
+            f"  llama.cpp's layout (dummy-prefix space on the suffix) decoded here reproduces llama-server in "
+            f"{sum(w['llama_layout_reproduces'] for w in why)}/{len(why)}"
+        )
+        for r, w in zip(differ, why):
+            r.update(w)
     for r in [r for r in rows if r["llama"] != r["ours"]][:5]:
-        print(f"--- differs after {r['prefix_tail']!r}\n  llama-server: {r['llama']!r}\n  codellama:    {r['ours']!r}")
+        print(f"--- differs after {r['prefix'][-80:]!r}\n  llama-server: {r['llama']!r}\n  codellama:    {r['ours']!r}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)

@@ -81,13 +81,17 @@ def _key(record: dict) -> tuple[str, int]:
     return record["task_id"], int(record["sample"])
 
 
-def generate_missing(
-    out: Path, problems: dict[str, Problem], config: RunConfig, generator, *, chunk_size: int = 8
-) -> None:
-    """Generate every (task, sample) not yet in samples.jsonl, appending each chunk as it finishes."""
+def generate_missing(out: Path, problems: dict[str, Problem], config: RunConfig, generator) -> None:
+    """Generate every (task, sample) not yet in samples.jsonl, appending each one as soon as it is made.
+
+    A local model gets 256 requests per call and each sample is written the moment its row ends, so
+    continuous batching keeps the batch full (a short answer's row goes to the next prompt at once) instead
+    of waiting, batch by batch, for the longest answer. An endpoint gets as many requests at a time as its client
+    runs at once, written when they return. Either way an interrupted run loses only what was in flight.
+    """
     from tqdm.auto import tqdm
 
-    from codellama.generation import GenerationRequest, SamplingParams
+    from codellama.generation import GenerationRequest, SamplingParams, Sink
 
     done = {_key(r) for r in read_jsonl(out / SAMPLES_FILE)}
     todo = [(tid, s) for tid in problems for s in range(config.samples) if (tid, s) not in done]
@@ -98,7 +102,26 @@ def generate_missing(
     log.info("generating %d samples (%d already done)", len(todo), len(done))
     chat = config.prompt == "chat"
     tokenizer = getattr(generator, "tokenizer", None)  # a local model's chat format; None: [INST] for endpoints
+    chunk_size = 256 if tokenizer is not None else getattr(generator, "max_workers", 8)
     prompts = {tid: chat_prompt(problems[tid], tokenizer) if chat else problems[tid].prompt for tid, _ in todo}
+
+    class Record(Sink):
+        """Appends its sample to samples.jsonl when its row ends (called from the generating thread)."""
+
+        def __init__(self, tid: str, sample: int):
+            self.tid, self.sample = tid, sample
+
+        def done(self, completion) -> None:
+            text = truncate_at_stops(completion.text, config.stops)
+            record = {
+                "task_id": self.tid,
+                "sample": self.sample,
+                "completion": completion_from_answer(problems[self.tid], text) if chat else text,
+                "finish_reason": completion.finish_reason,
+            }
+            append_jsonl(out / SAMPLES_FILE, {**record, "answer": text} if chat else record)
+            bar.update(1)
+
     with tqdm(total=len(todo), desc="generating", unit="sample") as bar:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
@@ -115,16 +138,12 @@ def generate_missing(
                 )
                 for tid, s in chunk
             ]
-            for (tid, s), completion in zip(chunk, generator.generate(requests)):
-                text = truncate_at_stops(completion.text, config.stops)
-                record = {
-                    "task_id": tid,
-                    "sample": s,
-                    "completion": completion_from_answer(problems[tid], text) if chat else text,
-                    "finish_reason": completion.finish_reason,
-                }
-                append_jsonl(out / SAMPLES_FILE, {**record, "answer": text} if chat else record)
-            bar.update(len(chunk))
+            records = [Record(tid, s) for tid, s in chunk]
+            if tokenizer is not None:
+                generator.generate(requests, records)  # each row's sample is written when it ends
+            else:  # without sinks an endpoint is asked plainly (no streaming)
+                for record, completion in zip(records, generator.generate(requests)):
+                    record.done(completion)
 
 
 def execute_missing(out: Path, problems: dict[str, Problem], pool: SandboxPool) -> None:
@@ -206,13 +225,7 @@ def run_humaneval(
             have = {_key(r) for r in read_jsonl(out / SAMPLES_FILE)}
             if any((tid, s) not in have for tid in problems for s in range(config.samples)):
                 generator = make_generator()
-                generate_missing(
-                    out,
-                    problems,
-                    config,
-                    generator,
-                    chunk_size=getattr(generator, "batch_size", None) or getattr(generator, "max_workers", 8),
-                )
+                generate_missing(out, problems, config, generator)
             execute_missing(out, problems, pool)
             wanted = {(tid, s) for tid in problems for s in range(config.samples)}
             records = {_key(r): r for r in read_jsonl(out / RESULTS_FILE)}
