@@ -281,7 +281,9 @@ def execute_samples(
 # -- the NLL of the true middle ----------------------------------------------------------------
 
 
-def middle_nll_rows(tokenizer, problem: InfillingProblem) -> dict[str, tuple[list[int], list[int]]]:
+def middle_nll_rows(
+    tokenizer, problem: InfillingProblem, modes: Sequence[str] = NLL_MODES
+) -> dict[str, tuple[list[int], list[int]]]:
     """(context, target) ids per NLL mode; the target is the same ids in every mode.
 
     The middle is encoded once, as FIM training data encodes a middle (`encode_infilling`: no dummy
@@ -289,11 +291,21 @@ def middle_nll_rows(tokenizer, problem: InfillingProblem) -> dict[str, tuple[lis
     PSM/SPM contexts are the infilling prompts generation uses; prefix-only is BOS + the prefix.
     """
     target = tokenizer.encode_infilling(problem.canonical_solution)
-    return {
-        "psm": (tokenizer.infilling_prompt(problem.prompt, problem.suffix), target),
-        "spm": (tokenizer.infilling_prompt(problem.prompt, problem.suffix, suffix_first=True), target),
-        PREFIX: (prefix_prompt_ids(tokenizer, problem.prompt), target),
-    }
+    rows = {}
+    for mode in modes:
+        if mode == PREFIX:
+            rows[mode] = (prefix_prompt_ids(tokenizer, problem.prompt), target)
+        else:
+            rows[mode] = (
+                tokenizer.infilling_prompt(problem.prompt, problem.suffix, suffix_first=mode == "spm"),
+                target,
+            )
+    return rows
+
+
+def nll_modes(tokenizer) -> tuple[str, ...]:
+    """The NLL modes a tokenizer allows: all three, or prefix-only for a base without infilling tokens yet."""
+    return NLL_MODES if tokenizer.infilling is not None else (PREFIX,)
 
 
 def score_middle_nll(
@@ -327,8 +339,8 @@ def score_middle_nll(
             part = todo[start : start + chunk]
             keys, rows = [], []
             for p in part:
-                for mode, row in middle_nll_rows(tokenizer, p).items():
-                    if mode in modes and (mode, p.task_id) not in done:
+                for mode, row in middle_nll_rows(tokenizer, p, modes).items():
+                    if (mode, p.task_id) not in done:
                         keys.append((mode, p.task_id))
                         rows.append(row)
             for (mode, task_id), nll in zip(keys, target_nll(model, rows, batch_tokens=batch_tokens)):
@@ -422,7 +434,12 @@ def run_benchmark(
     with rundir.claim(out_dir, "infilling", run_fingerprint(config, data), allow=ALLOWED_CHANGES, hint=hint):
         t0 = time.perf_counter()
         # First: a minute of teacher forcing gives the continuous score before hours of generation.
-        scored = score_middle_nll(model, generator.tokenizer, problems, out_dir) if config.nll else 0
+        scored = 0
+        if config.nll:
+            modes = nll_modes(generator.tokenizer)
+            if modes != NLL_MODES:
+                log.warning("the tokenizer has no infilling tokens: the middle NLL is scored prefix-only")
+            scored = score_middle_nll(model, generator.tokenizer, problems, out_dir, modes=modes)
         nll_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         generated = generate_samples(generator, problems, config, out_dir)
@@ -499,6 +516,7 @@ __all__ = [
     "generate_samples",
     "load_problems",
     "middle_nll_rows",
+    "nll_modes",
     "prefix_prompt_ids",
     "run_benchmark",
     "score_middle_nll",

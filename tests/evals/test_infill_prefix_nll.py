@@ -291,3 +291,16 @@ def test_cli_mode_all_with_nll_prints_the_gaps(tiny_model_dir, tmp_path, capsys)
     assert "PREFIX" in out and "PSM-PREFIX" in out and "pass@1 95% interval" in out
     report = json.loads(Path(tmp_path / "cli" / "report.json").read_text())
     assert set(report["modes"]) == {"psm", "spm", "prefix"} and report["nll"]["modes"]["prefix"]["problems"] == 2
+
+
+def test_a_base_without_infilling_tokens_gets_the_prefix_baseline_and_its_nll(bpe_base, tmp_path):
+    """The "base" control of a FIM study: no <PRE>/<SUF>/<MID> yet, so prefix-only is all it can be asked."""
+    from codellama.generation import HFGenerator
+
+    gen = HFGenerator.from_pretrained(bpe_base("chatml"), batch_size=4)
+    assert gen.tokenizer.infilling is None
+    config = BenchmarkConfig(modes=("prefix",), nll=True, limit=2, max_new_tokens=4, ks=(1,), model="base")
+    report = run_benchmark(config, tmp_path / "base", gen)
+    assert set(report["modes"]) == {"prefix"} and report["modes"]["prefix"]["samples"] == 2
+    assert set(report["nll"]["modes"]) == {"prefix"} and report["nll"]["paired"] == {}
+    assert report["nll"]["modes"]["prefix"]["problems"] == 2
