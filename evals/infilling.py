@@ -209,9 +209,6 @@ def generate_samples(
 
     path = out_dir / "samples.jsonl"
     done = {_key(r) for r in read_jsonl(path)}
-    params = SamplingParams(
-        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed
-    )
     todo = [
         (mode, p, s)
         for mode in config.modes
@@ -223,37 +220,46 @@ def generate_samples(
         return 0
     with tqdm(total=len(todo), desc="generating", unit="sample") as bar:
         for mode in config.modes:
-            rows = [(p, s) for m, p, s in todo if m == mode]
-            for start in range(0, len(rows), chunk):
-                part = rows[start : start + chunk]
-                if mode == CANONICAL:
-                    records = [
-                        {"completion": p.canonical_solution, "finish_reason": "stop", "truncated": False}
-                        for p, _ in part
-                    ]
-                elif mode == PREFIX:
-                    records = _prefix_records(generator, part, params)
-                else:
-                    results = infill(
-                        generator,
-                        [InfillTask(p.prompt, p.suffix) for p, _ in part],
-                        params,
-                        suffix_first=mode == "spm",
-                        syntax_truncate=config.syntax_truncate,
-                    )
-                    records = [
-                        {
-                            "completion": r.middle,
-                            "finish_reason": r.finish_reason,
-                            "truncated": r.truncated,
-                            "completion_tokens": r.completion_tokens,
-                        }
-                        for r in results
-                    ]
-                for (p, s), rec in zip(part, records):
-                    append_jsonl(path, {"task_id": p.task_id, "mode": mode, "sample": s, **rec})
-                bar.update(len(part))
+            for sample in range(config.samples):
+                # Sample s of every problem has its own seed (as HumanEval runs do): a seeded request is
+                # deterministic, so one seed for all samples would make k samples one sample k times.
+                params = SamplingParams(
+                    max_new_tokens=config.max_new_tokens,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    seed=config.seed * 1_000_003 + sample,
+                )
+                rows = [(p, s) for m, p, s in todo if m == mode and s == sample]
+                for start in range(0, len(rows), chunk):
+                    part = rows[start : start + chunk]
+                    for (p, s), rec in zip(part, _generate_part(generator, mode, part, params, config)):
+                        append_jsonl(path, {"task_id": p.task_id, "mode": mode, "sample": s, **rec})
+                    bar.update(len(part))
     return len(todo)
+
+
+def _generate_part(generator, mode: str, part, params: SamplingParams, config: BenchmarkConfig) -> list[dict]:
+    """The sample records of (problem, sample) pairs in one mode."""
+    if mode == CANONICAL:
+        return [{"completion": p.canonical_solution, "finish_reason": "stop", "truncated": False} for p, _ in part]
+    if mode == PREFIX:
+        return _prefix_records(generator, part, params)
+    results = infill(
+        generator,
+        [InfillTask(p.prompt, p.suffix) for p, _ in part],
+        params,
+        suffix_first=mode == "spm",
+        syntax_truncate=config.syntax_truncate,
+    )
+    return [
+        {
+            "completion": r.middle,
+            "finish_reason": r.finish_reason,
+            "truncated": r.truncated,
+            "completion_tokens": r.completion_tokens,
+        }
+        for r in results
+    ]
 
 
 def execute_samples(
@@ -451,7 +457,7 @@ def run_benchmark(
     hint = "a rerun continues the same model with the same settings; use another --out for a new model or settings"
     with rundir.claim(out_dir, "infilling", run_fingerprint(config, data), allow=ALLOWED_CHANGES, hint=hint):
         t0 = time.perf_counter()
-        # First: a minute of teacher forcing gives the continuous score before hours of generation.
+        # First: teacher forcing is cheap next to generation, so the continuous score is there early.
         scored = 0
         if config.nll:
             modes = nll_modes(generator.tokenizer)

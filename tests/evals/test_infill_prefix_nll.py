@@ -310,3 +310,16 @@ def test_a_base_without_infilling_tokens_gets_the_prefix_baseline_and_its_nll(bp
     assert set(report["modes"]) == {"prefix"} and report["modes"]["prefix"]["samples"] == 2
     assert set(report["nll"]["modes"]) == {"prefix"} and report["nll"]["paired"] == {}
     assert report["nll"]["modes"]["prefix"]["problems"] == 2
+
+
+def test_sampled_runs_give_each_sample_its_own_seed(tiny_model_dir, tmp_path):
+    """pass@k needs k different samples: one seed for all of them made k copies of one sample."""
+    from codellama.generation import HFGenerator
+
+    gen = HFGenerator.from_pretrained(tiny_model_dir, batch_size=8)
+    config = BenchmarkConfig(modes=("psm", "prefix"), samples=3, temperature=1.0, limit=1, max_new_tokens=6, ks=(1,))
+    run_benchmark(config, tmp_path / "sampled", gen)
+    samples = read_jsonl(tmp_path / "sampled" / "samples.jsonl")
+    for mode in ("psm", "prefix"):
+        texts = [s["completion"] for s in samples if s["mode"] == mode]
+        assert len(texts) == 3 and len(set(texts)) == 3, texts
