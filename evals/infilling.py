@@ -356,36 +356,46 @@ def score_middle_nll(
     return scored
 
 
+def nll_by_problem(out_dir: str | os.PathLike, mode: str, task_ids: Iterable[str] | None = None) -> dict:
+    """{task_id: (NLL per token of its middle, tokens)} in one mode of a run directory's nll.jsonl.
+
+    For comparisons across runs: e.g. the per-problem PSM - prefix gap of a FIM model against the same gap
+    of its base, paired with `evals.intervals.compare` (a base shows some gap too: the suffix is text).
+    """
+    wanted = set(task_ids) if task_ids is not None else None
+    return {
+        r["task_id"]: (r["nll"] / r["tokens"], r["tokens"])
+        for r in read_jsonl(Path(out_dir) / NLL_FILE)
+        if r["mode"] == mode and r["tokens"] > 0 and (wanted is None or r["task_id"] in wanted)
+    }
+
+
 def summarize_nll(problems: Sequence[InfillingProblem], out_dir: str | os.PathLike) -> dict:
     """Token-weighted mean NLL per mode with a 95% bootstrap interval over problems, and the paired
     differences PSM - prefix and SPM - prefix (below 0 with the interval: the suffix helps)."""
     wanted = {p.task_id for p in problems}
-    by_mode: dict[str, dict[str, dict]] = {}
-    for r in read_jsonl(Path(out_dir) / NLL_FILE):
-        if r["task_id"] in wanted and r["tokens"] > 0:
-            by_mode.setdefault(r["mode"], {})[r["task_id"]] = r
+    by_mode = {mode: nll_by_problem(out_dir, mode, wanted) for mode in NLL_MODES}
     report: dict = {"modes": {}, "paired": {}}
-    for mode in NLL_MODES:
-        recs = list(by_mode.get(mode, {}).values())
-        if not recs:
+    for mode, scores in by_mode.items():
+        if not scores:
             continue
-        tokens = [r["tokens"] for r in recs]
-        iv = bootstrap_mean([r["nll"] / r["tokens"] for r in recs], weights=tokens)
+        tokens = [n for _, n in scores.values()]
+        iv = bootstrap_mean([v for v, _ in scores.values()], weights=tokens)
         report["modes"][mode] = {
             "mean": round(iv.mean, 6),
             "low": round(iv.low, 6),
             "high": round(iv.high, 6),
             "tokens": sum(tokens),
-            "problems": len(recs),
+            "problems": len(scores),
         }
-    base = by_mode.get(PREFIX, {})
+    base = by_mode[PREFIX]
     for mode in MODES:
-        recs = by_mode.get(mode, {})
-        if any(tid in base for tid in recs):
+        scores = by_mode[mode]
+        if any(tid in base for tid in scores):
             report["paired"][f"{mode}-{PREFIX}"] = compare(
-                {t: r["nll"] / r["tokens"] for t, r in recs.items()},
-                {t: r["nll"] / r["tokens"] for t, r in base.items()},
-                weights={t: r["tokens"] for t, r in recs.items()},
+                {t: v for t, (v, _) in scores.items()},
+                {t: v for t, (v, _) in base.items()},
+                weights={t: n for t, (_, n) in scores.items()},
             )
     return report
 
@@ -540,6 +550,7 @@ __all__ = [
     "generate_samples",
     "load_problems",
     "middle_nll_rows",
+    "nll_by_problem",
     "nll_modes",
     "pass_at_1_by_problem",
     "prefix_prompt_ids",
