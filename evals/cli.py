@@ -79,9 +79,18 @@ INFILLING_EXAMPLES = """examples:
   codellama eval infilling --benchmark single-line --model runs/7b --out runs/eval-sl
   codellama eval infilling --benchmark random-span-light --endpoint http://127.0.0.1:8012/v1 --mode spm --out runs/eval-rs
   codellama eval infilling --benchmark multi-line --canonical --limit 200 --out runs/check-ml   # data + sandbox check
+  # does the model use the suffix? PSM, SPM and the prefix-only (left-to-right) baseline, plus the NLL
+  # of the true middle under each prompt, with 95% intervals and the paired PSM-prefix / SPM-prefix gaps
+  codellama eval infilling --model runs/fim --mode all --nll --limit 150 --out runs/eval-fim
+  # a base without infilling tokens yet (the control): the left-to-right baseline and its middle NLL
+  codellama eval infilling --model smollm2-135m --mode prefix --nll --limit 150 --out runs/eval-base
 
+--mode prefix gives the model only the code before the hole (BOS + prefix, no infilling tokens) and
+cuts its completion to the true middle's number of lines (the first line on single-line).
+--nll scores the true middle's tokens by teacher forcing (local --model only): nll.jsonl.
 The run directory is resumable: rerun the same command after an interruption and finished
-samples are skipped. It holds samples.jsonl, results.jsonl, report.json and report.png.
+samples are skipped; adding --nll or more modes to a finished run adds only the missing work.
+It holds samples.jsonl, results.jsonl, report.json and report.png.
 """
 
 
@@ -150,7 +159,17 @@ def register(cli) -> None:
     src.add_argument("--canonical", action="store_true", help="score the reference solutions (should be 100%%)")
     p.add_argument("--endpoint-model", help="model name at the endpoint (default: its first)")
     p.add_argument("--out", type=Path, required=True, help="run directory (resumed if it holds the same run)")
-    p.add_argument("--mode", choices=("psm", "spm", "both"), default="both", help="infilling prompt order")
+    p.add_argument(
+        "--mode",
+        choices=("psm", "spm", "prefix", "both", "all"),
+        default="both",
+        help="prompt: psm, spm, prefix (left-to-right baseline), both (psm+spm, default), all (the three)",
+    )
+    p.add_argument(
+        "--nll",
+        action="store_true",
+        help="also score the NLL per token of the true middle under PSM, SPM and prefix-only (local --model)",
+    )
     p.add_argument("--samples", type=int, default=1, help="samples per problem and mode (pass@k needs k of them)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -165,6 +184,36 @@ def register(cli) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size (local model)")
     add_device_options(p)
     p.set_defaults(func=cmd_eval_infilling)
+
+    p = cli.command(
+        "code-loss",
+        parent="eval",
+        help="held-out code loss: mean NLL per token over whole source files, with a 95% interval",
+        epilog="examples:\n"
+        "  # the test loss that shows whether FIM training cost left-to-right quality\n"
+        "  codellama eval code-loss --model runs/fim --source heldout/ --out runs/loss-fim\n"
+        "  codellama eval code-loss --model runs/no-fim --source heldout/ --out runs/loss-nofim\n"
+        "  codellama eval code-loss --model smollm2-135m --source a.py b.py --max-tokens 100k --context 1k \\\n"
+        "      --out runs/loss-base\n"
+        "each file is BOS + its text, cut into windows of the model's context (or --context); the mean is\n"
+        "token-weighted, the interval a bootstrap over files. Writes OUT/report.json (per-file NLL too).",
+    )
+    p.add_argument("--model", type=model_dir, required=True, help="checkpoint directory or a named base")
+    p.add_argument(
+        "--source",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="PATH",
+        help="held-out source files or directories (their .py files); repeatable",
+    )
+    p.add_argument("--max-tokens", type=positive_int, help="score at most this many tokens, e.g. 200k")
+    p.add_argument("--context", type=positive_int, help="window in tokens (default: the model's positions)")
+    p.add_argument("--batch-tokens", type=positive_int, default=8192, help="tokens per forward batch (default 8192)")
+    add_device_options(p)
+    p.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
+    p.set_defaults(func=cmd_code_loss)
 
     p = cli.command(
         "key-retrieval",
@@ -239,6 +288,9 @@ def _print_report(report: dict, where: Path) -> None:
     for warning in report.get("warnings", []):
         print(f"WARNING: {warning}")
     scores = "  ".join(f"{k} = {100 * v:.2f}%" for k, v in report["pass@k"].items()) or "no pass@k (k > samples)"
+    interval = report.get("pass@1_interval")
+    if interval and "pass@1" in report["pass@k"]:
+        scores += f"  (pass@1 95% interval {100 * interval[0]:.2f}-{100 * interval[1]:.2f}%)"
     prompt = report.get("run", {}).get("prompt")
     print(
         f"{scores}   ({report['problems']} problems, {report['samples']} samples, "
@@ -309,12 +361,15 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
 
     check_positive(args.limit, "--limit")
     check_positive(args.batch_size, "--batch-size")
-    if args.endpoint and args.mode == "both":
+    if args.endpoint and args.mode in ("both", "all"):
         raise ValueError(
             "an endpoint picks the prompt order itself (the completions API has no PSM/SPM switch): "
-            "pass --mode psm or --mode spm to match how it was started (`codellama serve --spm`)"
+            "pass --mode psm, spm or prefix to match how it was started (`codellama serve --spm`)"
         )
-    modes = (CANONICAL,) if args.canonical else (("psm", "spm") if args.mode == "both" else (args.mode,))
+    if args.nll and not args.model:
+        raise ValueError("--nll needs a local --model: an endpoint or --canonical gives no log-likelihoods")
+    named = {"both": ("psm", "spm"), "all": ("psm", "spm", "prefix")}
+    modes = (CANONICAL,) if args.canonical else named.get(args.mode, (args.mode,))
     model = "canonical" if args.canonical else str(args.model.resolve() if args.model else args.endpoint)
     config = BenchmarkConfig(
         benchmark=args.benchmark,
@@ -329,6 +384,7 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
         ks=args.k,
         model=model,
         timeout=args.timeout,
+        nll=args.nll,
     )
     if args.data is not None and not args.data.is_file():
         raise FileNotFoundError(f"benchmark file not found: {args.data}")
@@ -351,9 +407,25 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
     print(f"HumanEval {report['benchmark']} infilling, {report['problems']} problems, model {report['model']}")
     for mode, summary in report["modes"].items():
         scores = "  ".join(f"{k} {100 * v:.1f}%" for k, v in summary["pass@k"].items())
+        interval = summary.get("pass@1_interval")
+        if interval and "pass@1" in summary["pass@k"]:
+            scores += f"  (pass@1 95% interval {100 * interval[0]:.1f}-{100 * interval[1]:.1f}%)"
         print(f"  {mode.upper():<9} {scores}   ({summary['samples']} samples; {summary['failure_kinds']})")
         for warning in summary.get("warnings", []):
             print(f"  WARNING: {warning}")
+    for name, v in report.get("pass@1_paired", {}).items():
+        print(
+            f"  {name.upper():<10} pass@1 {100 * v['mean']:+.1f} points "
+            f"[95%: {100 * v['low']:+.1f}, {100 * v['high']:+.1f}] over {v['problems']} problems"
+        )
+    nll = report.get("nll")
+    if nll:
+        print("  NLL per token of the true middle (95% interval over problems):")
+        for mode, v in nll["modes"].items():
+            print(f"    {mode.upper():<10} {v['mean']:.4f} [{v['low']:.4f}, {v['high']:.4f}]  ({v['tokens']} tokens)")
+        for name, v in nll["paired"].items():
+            verdict = "suffix helps" if v["high"] < 0 else "suffix hurts" if v["low"] > 0 else "no clear difference"
+            print(f"    {name.upper():<10} {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]  ({verdict})")
     run = report["this_run"]
     if run["executed"]:
         print(
@@ -361,6 +433,34 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
             f"({run['executed_per_second']} per second)"
         )
     print(f"report: {args.out / 'report.json'} and {args.out / 'report.png'}")
+    return 0
+
+
+# -- held-out code loss ------------------------------------------------------------------------
+def cmd_code_loss(args: argparse.Namespace) -> int:
+    from codellama.io import atomic_directory, atomic_write_json, ensure_new_output_dir
+    from evals.code_loss import REPORT_FILE, CodeLossConfig, code_loss, read_texts, source_files
+
+    config = CodeLossConfig(context=args.context, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens)
+    if not args.model.is_dir():
+        raise FileNotFoundError(f"model directory not found: {args.model}")
+    ensure_new_output_dir(args.out)
+    names, texts = read_texts(source_files(args.source))
+    if not texts:
+        raise ValueError(f"no UTF-8 source files in {', '.join(map(str, args.source))}")
+    from codellama.checkpoint import load_model
+    from codellama.tokenizer import load_tokenizer
+
+    model = load_model(args.model, dtype=torch_dtype(args.dtype, args.device), device=args.device)
+    report = code_loss(model, load_tokenizer(args.model), texts, names=names, config=config)
+    report = {"model": str(args.model), **report}
+    with atomic_directory(args.out) as tmp:
+        atomic_write_json(tmp / REPORT_FILE, report)
+    nll = report["nll"]
+    print(
+        f"code loss {nll['mean']:.4f} nats/token [95%: {nll['low']:.4f}, {nll['high']:.4f}] (ppl {report['ppl']:.3f}) "
+        f"over {report['files']} files, {report['tokens']} tokens; report: {args.out / REPORT_FILE}"
+    )
     return 0
 
 
