@@ -79,9 +79,16 @@ INFILLING_EXAMPLES = """examples:
   codellama eval infilling --benchmark single-line --model runs/7b --out runs/eval-sl
   codellama eval infilling --benchmark random-span-light --endpoint http://127.0.0.1:8012/v1 --mode spm --out runs/eval-rs
   codellama eval infilling --benchmark multi-line --canonical --limit 200 --out runs/check-ml   # data + sandbox check
+  # does the model use the suffix? PSM, SPM and the prefix-only (left-to-right) baseline, plus the NLL
+  # of the true middle under each prompt, with 95% intervals and the paired PSM-prefix / SPM-prefix gaps
+  codellama eval infilling --model runs/fim --mode all --nll --limit 150 --out runs/eval-fim
 
+--mode prefix gives the model only the code before the hole (BOS + prefix, no infilling tokens) and
+cuts its completion to the true middle's number of lines (the first line on single-line).
+--nll scores the true middle's tokens by teacher forcing (local --model only): nll.jsonl.
 The run directory is resumable: rerun the same command after an interruption and finished
-samples are skipped. It holds samples.jsonl, results.jsonl, report.json and report.png.
+samples are skipped; adding --nll or more modes to a finished run adds only the missing work.
+It holds samples.jsonl, results.jsonl, report.json and report.png.
 """
 
 
@@ -150,7 +157,17 @@ def register(cli) -> None:
     src.add_argument("--canonical", action="store_true", help="score the reference solutions (should be 100%%)")
     p.add_argument("--endpoint-model", help="model name at the endpoint (default: its first)")
     p.add_argument("--out", type=Path, required=True, help="run directory (resumed if it holds the same run)")
-    p.add_argument("--mode", choices=("psm", "spm", "both"), default="both", help="infilling prompt order")
+    p.add_argument(
+        "--mode",
+        choices=("psm", "spm", "prefix", "both", "all"),
+        default="both",
+        help="prompt: psm, spm, prefix (left-to-right baseline), both (psm+spm, default), all (the three)",
+    )
+    p.add_argument(
+        "--nll",
+        action="store_true",
+        help="also score the NLL per token of the true middle under PSM, SPM and prefix-only (local --model)",
+    )
     p.add_argument("--samples", type=int, default=1, help="samples per problem and mode (pass@k needs k of them)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -239,6 +256,9 @@ def _print_report(report: dict, where: Path) -> None:
     for warning in report.get("warnings", []):
         print(f"WARNING: {warning}")
     scores = "  ".join(f"{k} = {100 * v:.2f}%" for k, v in report["pass@k"].items()) or "no pass@k (k > samples)"
+    interval = report.get("pass@1_interval")
+    if interval and "pass@1" in report["pass@k"]:
+        scores += f"  (pass@1 95% interval {100 * interval[0]:.2f}-{100 * interval[1]:.2f}%)"
     prompt = report.get("run", {}).get("prompt")
     print(
         f"{scores}   ({report['problems']} problems, {report['samples']} samples, "
@@ -309,12 +329,15 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
 
     check_positive(args.limit, "--limit")
     check_positive(args.batch_size, "--batch-size")
-    if args.endpoint and args.mode == "both":
+    if args.endpoint and args.mode in ("both", "all"):
         raise ValueError(
             "an endpoint picks the prompt order itself (the completions API has no PSM/SPM switch): "
-            "pass --mode psm or --mode spm to match how it was started (`codellama serve --spm`)"
+            "pass --mode psm, spm or prefix to match how it was started (`codellama serve --spm`)"
         )
-    modes = (CANONICAL,) if args.canonical else (("psm", "spm") if args.mode == "both" else (args.mode,))
+    if args.nll and not args.model:
+        raise ValueError("--nll needs a local --model: an endpoint or --canonical gives no log-likelihoods")
+    named = {"both": ("psm", "spm"), "all": ("psm", "spm", "prefix")}
+    modes = (CANONICAL,) if args.canonical else named.get(args.mode, (args.mode,))
     model = "canonical" if args.canonical else str(args.model.resolve() if args.model else args.endpoint)
     config = BenchmarkConfig(
         benchmark=args.benchmark,
@@ -329,6 +352,7 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
         ks=args.k,
         model=model,
         timeout=args.timeout,
+        nll=args.nll,
     )
     if args.data is not None and not args.data.is_file():
         raise FileNotFoundError(f"benchmark file not found: {args.data}")
@@ -351,9 +375,20 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
     print(f"HumanEval {report['benchmark']} infilling, {report['problems']} problems, model {report['model']}")
     for mode, summary in report["modes"].items():
         scores = "  ".join(f"{k} {100 * v:.1f}%" for k, v in summary["pass@k"].items())
+        interval = summary.get("pass@1_interval")
+        if interval and "pass@1" in summary["pass@k"]:
+            scores += f"  (pass@1 95% interval {100 * interval[0]:.1f}-{100 * interval[1]:.1f}%)"
         print(f"  {mode.upper():<9} {scores}   ({summary['samples']} samples; {summary['failure_kinds']})")
         for warning in summary.get("warnings", []):
             print(f"  WARNING: {warning}")
+    nll = report.get("nll")
+    if nll:
+        print("  NLL per token of the true middle (95% interval over problems):")
+        for mode, v in nll["modes"].items():
+            print(f"    {mode.upper():<9} {v['mean']:.4f} [{v['low']:.4f}, {v['high']:.4f}]  ({v['tokens']} tokens)")
+        for name, v in nll["paired"].items():
+            verdict = "suffix helps" if v["high"] < 0 else "suffix hurts" if v["low"] > 0 else "no clear difference"
+            print(f"    {name.upper():<9} {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]  ({verdict})")
     run = report["this_run"]
     if run["executed"]:
         print(

@@ -3,7 +3,13 @@
 A run directory is resumable like a HumanEval run: every generated sample is appended to
 samples.jsonl and every executed one to results.jsonl as soon as it is done, so a rerun
 with the same settings skips finished work. Each problem is scored in PSM and/or SPM
-(Code Llama's two infilling prompt orders); pass@k uses evals' unbiased estimator.
+(Code Llama's two infilling prompt orders) and/or `prefix`: the left-to-right baseline that
+sees only the code before the hole (what infilling must beat to show it uses the suffix).
+pass@k uses evals' unbiased estimator, with a bootstrap interval over problems for pass@1.
+
+With `nll` the run also scores the true middle's negative log-likelihood per token under PSM,
+SPM and prefix-only prompts (nll.jsonl, resumable too): the continuous sign that a model uses
+the suffix long before its pass@1 moves.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codellama import rundir
-from codellama.generation import SamplingParams
+from codellama.generation import GenerationRequest, SamplingParams
 from codellama.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
 from evals.execution import build_infilling_program, result_record
+from evals.intervals import bootstrap_mean, paired_difference
+from evals.nll import target_nll
 from evals.report import figure_png, summarize
 from evals.sandbox import SandboxConfig, SandboxPool
 from infilling.inference import InfillTask, infill
@@ -36,7 +44,10 @@ BENCHMARKS = {
     "random-span-light": "HumanEval-RandomSpanInfillingLight.jsonl.gz",
 }
 MODES = ("psm", "spm")
+PREFIX = "prefix"  # the left-to-right baseline: the code before the hole only, no infilling markers
+NLL_MODES = (*MODES, PREFIX)
 CANONICAL = "canonical"  # pseudo-mode: score the reference middles (validates data + sandbox)
+NLL_FILE = "nll.jsonl"
 
 
 @dataclass(frozen=True)
@@ -63,13 +74,14 @@ class BenchmarkConfig:
     ks: tuple[int, ...] = (1, 10, 100)
     model: str = ""  # what generated the samples (recorded, checked on resume)
     timeout: float = 3.0  # seconds per program in the sandbox
+    nll: bool = False  # also score the true middle's NLL under PSM, SPM and prefix-only (local model only)
 
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {self.benchmark!r} (choose from {', '.join(BENCHMARKS)})")
-        bad = [m for m in self.modes if m not in MODES + (CANONICAL,)]
+        bad = [m for m in self.modes if m not in NLL_MODES + (CANONICAL,)]
         if bad or not self.modes:
-            raise ValueError(f"modes must be among {', '.join(MODES)} (got {', '.join(self.modes) or 'none'})")
+            raise ValueError(f"modes must be among {', '.join(NLL_MODES)} (got {', '.join(self.modes) or 'none'})")
         if self.samples < 1:
             raise ValueError("samples must be >= 1")
         if self.samples > 1 and self.temperature == 0 and CANONICAL not in self.modes:
@@ -114,11 +126,68 @@ def build_program(problem: InfillingProblem, completion: str) -> str:
     return build_infilling_program(problem.prompt, completion, problem.suffix, problem.test, problem.entry_point)
 
 
+def prefix_prompt_ids(tokenizer, prefix: str) -> list[int]:
+    """The prefix-only prompt: BOS (when the base has one) and the code before the hole, no FIM markers.
+
+    Plain `encode` (not a chat rendering): text that spells a special token stays text, as in training.
+    """
+    return tokenizer.encode(prefix, bos=True)
+
+
+def cut_prefix_completion(completion: str, middle: str) -> str:
+    """A left-to-right completion cut to the hole's extent in lines, so it is judged like an infill.
+
+    A prefix-only model does not know where the hole ends, so it is given the true middle's number
+    of lines (the usual post-processing of a left-to-right baseline in the infilling literature):
+    a hole of whole lines (the single- and multi-line benchmarks) keeps that many whole lines and
+    always ends with a newline, as the hole does; a hole that ends inside a line (random-span)
+    keeps as many line breaks as the middle has, and the rest of the line after the last.
+    Single-line is the one-line case: the first line. The rule knows the answer's length, which
+    favours the baseline, so infilling beating it is a conservative result.
+    """
+    lines = completion.split("\n")
+    breaks = middle.count("\n")
+    if middle.endswith("\n"):
+        return "".join(line + "\n" for line in lines[:breaks])
+    return "\n".join(lines[: breaks + 1])
+
+
+def _prefix_records(generator, part, params: SamplingParams) -> list[dict]:
+    """Generate the prefix-only baseline for (problem, sample) pairs and cut each completion to its hole."""
+    tokenizer = getattr(generator, "tokenizer", None)  # a local model; an endpoint gets the plain text
+    requests = []
+    for p, _ in part:
+        first_line_only = p.canonical_solution.count("\n") == (1 if p.canonical_solution.endswith("\n") else 0)
+        requests.append(
+            GenerationRequest(
+                p.prompt,
+                params=dataclasses.replace(params, stop=("\n",)) if first_line_only else params,
+                prompt_ids=tuple(prefix_prompt_ids(tokenizer, p.prompt)) if tokenizer is not None else None,
+            )
+        )
+    records = []
+    for (p, _), done in zip(part, generator.generate(requests)):
+        cut = cut_prefix_completion(done.text, p.canonical_solution)
+        records.append(
+            {
+                "completion": cut,
+                "finish_reason": done.finish_reason,
+                "truncated": cut != done.text,
+                "completion_tokens": len(done.token_ids),
+                "uncut": done.text,
+            }
+        )
+    return records
+
+
 def _key(record: dict) -> tuple[str, str, int]:
     return record["mode"], record["task_id"], record["sample"]
 
 
-RESUMABLE_CHANGES = ("limit", "ks", "timeout")  # a rerun may score more problems, other k, a longer timeout
+# A rerun may score more problems, other k, a longer timeout, or add the NLL scores.
+RESUMABLE_CHANGES = ("limit", "ks", "timeout", "nll")
+# Records are keyed by mode, so a rerun may also add (or drop) modes: allowed with a warning.
+ALLOWED_CHANGES = ("settings.modes",)
 
 
 def run_fingerprint(config: BenchmarkConfig, data: str | os.PathLike | None = None) -> dict:
@@ -162,6 +231,8 @@ def generate_samples(
                         {"completion": p.canonical_solution, "finish_reason": "stop", "truncated": False}
                         for p, _ in part
                     ]
+                elif mode == PREFIX:
+                    records = _prefix_records(generator, part, params)
                 else:
                     results = infill(
                         generator,
@@ -207,6 +278,107 @@ def execute_samples(
     return len(todo), time.perf_counter() - start
 
 
+# -- the NLL of the true middle ----------------------------------------------------------------
+
+
+def middle_nll_rows(tokenizer, problem: InfillingProblem) -> dict[str, tuple[list[int], list[int]]]:
+    """(context, target) ids per NLL mode; the target is the same ids in every mode.
+
+    The middle is encoded once, as FIM training data encodes a middle (`encode_infilling`: no dummy
+    leading space), and scored without the <EOT> after it (the prefix-only prompt has no such token).
+    PSM/SPM contexts are the infilling prompts generation uses; prefix-only is BOS + the prefix.
+    """
+    target = tokenizer.encode_infilling(problem.canonical_solution)
+    return {
+        "psm": (tokenizer.infilling_prompt(problem.prompt, problem.suffix), target),
+        "spm": (tokenizer.infilling_prompt(problem.prompt, problem.suffix, suffix_first=True), target),
+        PREFIX: (prefix_prompt_ids(tokenizer, problem.prompt), target),
+    }
+
+
+def score_middle_nll(
+    model,
+    tokenizer,
+    problems: Sequence[InfillingProblem],
+    out_dir: str | os.PathLike,
+    *,
+    modes: Sequence[str] = NLL_MODES,
+    batch_tokens: int = 8192,
+    chunk: int = 64,
+) -> int:
+    """Score every (mode, problem) not yet in OUT/nll.jsonl, appending as it goes; returns how many.
+
+    A record: {"task_id", "mode", "tokens", "nll"} with `nll` the summed NLL (nats) of the middle's tokens.
+    """
+    bad = [m for m in modes if m not in NLL_MODES]
+    if bad:
+        raise ValueError(f"NLL modes must be among {', '.join(NLL_MODES)} (got {', '.join(bad)})")
+    path = Path(out_dir) / NLL_FILE
+    done = {(r["mode"], r["task_id"]) for r in read_jsonl(path)}
+    todo = [p for p in problems if any((m, p.task_id) not in done for m in modes)]
+    if not todo:
+        return 0
+    from tqdm.auto import tqdm
+
+    scored = 0
+    with tqdm(total=len(todo), desc="middle NLL", unit="problem") as bar:
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            keys, rows = [], []
+            for p in part:
+                for mode, row in middle_nll_rows(tokenizer, p).items():
+                    if mode in modes and (mode, p.task_id) not in done:
+                        keys.append((mode, p.task_id))
+                        rows.append(row)
+            for (mode, task_id), nll in zip(keys, target_nll(model, rows, batch_tokens=batch_tokens)):
+                append_jsonl(path, {"task_id": task_id, "mode": mode, "tokens": len(nll), "nll": float(sum(nll))})
+            scored += len(keys)
+            bar.update(len(part))
+    return scored
+
+
+def summarize_nll(problems: Sequence[InfillingProblem], out_dir: str | os.PathLike) -> dict:
+    """Token-weighted mean NLL per mode with a 95% bootstrap interval over problems, and the paired
+    differences PSM - prefix and SPM - prefix (below 0 with the interval: the suffix helps)."""
+    wanted = {p.task_id for p in problems}
+    by_mode: dict[str, dict[str, dict]] = {}
+    for r in read_jsonl(Path(out_dir) / NLL_FILE):
+        if r["task_id"] in wanted and r["tokens"] > 0:
+            by_mode.setdefault(r["mode"], {})[r["task_id"]] = r
+    report: dict = {"modes": {}, "paired": {}}
+    for mode in NLL_MODES:
+        recs = list(by_mode.get(mode, {}).values())
+        if not recs:
+            continue
+        tokens = [r["tokens"] for r in recs]
+        iv = bootstrap_mean([r["nll"] / r["tokens"] for r in recs], weights=tokens)
+        report["modes"][mode] = {
+            "mean": round(iv.mean, 6),
+            "low": round(iv.low, 6),
+            "high": round(iv.high, 6),
+            "tokens": sum(tokens),
+            "problems": len(recs),
+        }
+    base = by_mode.get(PREFIX, {})
+    for mode in MODES:
+        recs = by_mode.get(mode, {})
+        shared = [tid for tid in recs if tid in base]
+        if not shared:
+            continue
+        iv = paired_difference(
+            [recs[t]["nll"] / recs[t]["tokens"] for t in shared],
+            [base[t]["nll"] / base[t]["tokens"] for t in shared],
+            weights=[recs[t]["tokens"] for t in shared],
+        )
+        report["paired"][f"{mode}-{PREFIX}"] = {
+            "mean": round(iv.mean, 6),
+            "low": round(iv.low, 6),
+            "high": round(iv.high, 6),
+            "problems": len(shared),
+        }
+    return report
+
+
 def summarize_run(problems: Sequence[InfillingProblem], config: BenchmarkConfig, out_dir: Path) -> dict:
 
     wanted = {p.task_id for p in problems}
@@ -224,6 +396,8 @@ def summarize_run(problems: Sequence[InfillingProblem], config: BenchmarkConfig,
         summary = summarize([r for r in records if r["mode"] == mode], config.ks, expected_tasks=wanted)
         summary.pop("per_problem")
         report["modes"][mode] = summary
+    if config.nll:
+        report["nll"] = summarize_nll(problems, out_dir)
     return report
 
 
@@ -235,19 +409,28 @@ def run_benchmark(
     data: str | os.PathLike | None = None,
     workers: int | None = None,
 ) -> dict:
-    """Generate (resumably), execute (resumably), and write report.json + report.png."""
+    """Score the middle NLL (with `config.nll`), generate, execute (all resumably); write report.json + .png."""
     out_dir = Path(out_dir)
     problems = load_problems(data or data_path(config.benchmark), config.limit)
     if generator is None and any(m != CANONICAL for m in config.modes):
         raise ValueError("a model or endpoint is needed to generate (or score the canonical solutions)")
+    model = getattr(generator, "model", None)
+    if config.nll and (model is None or getattr(generator, "tokenizer", None) is None):
+        raise ValueError("the middle NLL needs a local model (--model): an endpoint gives no log-likelihoods")
     hint = "a rerun continues the same model with the same settings; use another --out for a new model or settings"
-    with rundir.claim(out_dir, "infilling", run_fingerprint(config, data), hint=hint):
+    with rundir.claim(out_dir, "infilling", run_fingerprint(config, data), allow=ALLOWED_CHANGES, hint=hint):
+        t0 = time.perf_counter()
+        # First: a minute of teacher forcing gives the continuous score before hours of generation.
+        scored = score_middle_nll(model, generator.tokenizer, problems, out_dir) if config.nll else 0
+        nll_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         generated = generate_samples(generator, problems, config, out_dir)
         gen_s = time.perf_counter() - t0
         executed, exec_s = execute_samples(problems, out_dir, timeout=config.timeout, workers=workers)
         report = summarize_run(problems, config, out_dir)
         report["this_run"] = {
+            "nll_scored": scored,
+            "nll_seconds": round(nll_s, 2),
             "generated": generated,
             "generation_seconds": round(gen_s, 2),
             "executed": executed,
@@ -260,38 +443,64 @@ def run_benchmark(
 
 
 def render_png(report: dict) -> bytes:
-    """pass@k per prompt mode, side by side."""
+    """pass@k per prompt mode, side by side (pass@1 with its interval); with NLL scores, a second panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     modes = report["modes"]
+    nll = (report.get("nll") or {}).get("modes") or {}
     ks = sorted({k for m in modes.values() for k in m["pass@k"]}, key=lambda k: int(k.split("@")[1]))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 2 if nll else 1, figsize=(11 if nll else 7, 4), squeeze=False)
+    ax = axes[0][0]
     width = 0.8 / max(1, len(modes))
     for j, (mode, summary) in enumerate(modes.items()):
         xs = [i + j * width for i in range(len(ks))]
-        bars = ax.bar(xs, [100 * summary["pass@k"].get(k, 0) for k in ks], width, label=mode.upper())
+        values = [100 * summary["pass@k"].get(k, 0) for k in ks]
+        interval = summary.get("pass@1_interval")
+        errors = None
+        if interval and "pass@1" in ks:
+            errors = [[0.0] * len(ks), [0.0] * len(ks)]
+            i = ks.index("pass@1")
+            errors[0][i] = max(0.0, values[i] - 100 * interval[0])
+            errors[1][i] = max(0.0, 100 * interval[1] - values[i])
+        bars = ax.bar(xs, values, width, yerr=errors, capsize=3, label=mode.upper())
         ax.bar_label(bars, fmt="%.1f%%")
     ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(ks))], ks)
     ax.set_ylim(0, 105)
-    ax.set_ylabel("%")
+    ax.set_ylabel("% (pass@1: 95% interval over problems)")
     ax.set_title(f"HumanEval {report['benchmark']} infilling: {report['problems']} problems")
     ax.legend()
+    if nll:
+        ax = axes[0][1]
+        names = list(nll)
+        means = [nll[m]["mean"] for m in names]
+        errors = [[nll[m]["mean"] - nll[m]["low"] for m in names], [nll[m]["high"] - nll[m]["mean"] for m in names]]
+        bars = ax.bar([m.upper() for m in names], means, yerr=errors, capsize=4, color="tab:purple")
+        ax.bar_label(bars, fmt="%.3f")
+        ax.set_ylabel("nats per token (95% interval)")
+        ax.set_title("NLL of the true middle (lower: the model expects it)")
 
     return figure_png(fig, unsandboxed=any(m.get("warnings") for m in modes.values()))
 
 
 __all__ = [
     "BENCHMARKS",
+    "NLL_MODES",
+    "PREFIX",
     "BenchmarkConfig",
     "InfillingProblem",
     "build_program",
+    "cut_prefix_completion",
     "data_path",
     "execute_samples",
     "generate_samples",
     "load_problems",
+    "middle_nll_rows",
+    "prefix_prompt_ids",
     "run_benchmark",
+    "score_middle_nll",
+    "summarize_nll",
     "summarize_run",
 ]

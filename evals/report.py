@@ -8,11 +8,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from codellama.io import atomic_write_bytes, atomic_write_json
+from evals.intervals import bootstrap_mean
 from evals.passk import DEFAULT_KS, mean_pass_at_k
 
 
 def summarize(records: Sequence[dict], ks: Iterable[int] = DEFAULT_KS, *, expected_tasks: Iterable[str] = ()) -> dict:
-    """Aggregate result records (task_id, passed, kind, isolation[, warning]) into the report dict."""
+    """Aggregate result records (task_id, passed, kind, isolation[, warning]) into the report dict.
+
+    `pass@1_interval` is the 95% bootstrap interval over problems of pass@1 (each problem's fraction of
+    passing samples; 0 or 1 when greedy): how far the score could move on another draw of problems.
+    """
     per_task: dict[str, dict] = defaultdict(lambda: {"n": 0, "passed": 0, "kinds": Counter()})
     for r in records:
         t = per_task[r["task_id"]]
@@ -22,8 +27,10 @@ def summarize(records: Sequence[dict], ks: Iterable[int] = DEFAULT_KS, *, expect
     counts = [(t["n"], t["passed"]) for t in per_task.values()]
     ns = [n for n, _ in counts]
     warnings = sorted({r["warning"] for r in records if r.get("warning")})
+    interval = bootstrap_mean([c / n for n, c in counts]) if counts else None
     return {
         "pass@k": mean_pass_at_k(counts, ks),
+        "pass@1_interval": [round(interval.low, 6), round(interval.high, 6)] if interval else None,
         "problems": len(per_task),
         "samples": len(records),
         "samples_per_problem": {"min": min(ns, default=0), "max": max(ns, default=0)},
