@@ -133,7 +133,9 @@ class EvalSettings:
 
 @dataclass
 class ControlSettings:
-    """The extra models and scores that make the report's claims testable (off = a shorter run)."""
+    """The extra models and scores that make the report's claims testable (off = a shorter run).
+
+    The base and the no-FIM model are scored wherever the code model is (eval.*.models naming "code")."""
 
     no_fim: bool = False  # train-code-nofim: train-code's documents, budget, seed and recipe at FIM rate 0
     base: bool = False  # eval-base: the untouched base, scored like the code model

@@ -444,7 +444,7 @@ def make_eval_stage(model: str) -> Stage:
             return generator_cache["g"]
 
         he = cfg.eval.humaneval
-        if model in he.models:
+        if _scored(model, he):
             style = _prompt_style(model, model_dir)
             results["humaneval"] = _humaneval(out / "humaneval", model_dir, he, generator, cfg.seed, prompt=style)
         if cfg.controls.chat and model in ("code", "instruct"):
@@ -452,12 +452,12 @@ def make_eval_stage(model: str) -> Stage:
                 out / "humaneval-chat", model_dir, he, generator, cfg.seed, prompt="chat", sampled=False
             )
         inf = cfg.eval.infilling
-        if model in inf.models:
+        if _scored(model, inf):
             results["infilling"] = _infilling(out / "infilling", model_dir, inf, generator, cfg.seed)
         lc = cfg.eval.long_context
-        if model in lc.models:
+        if _scored(model, lc):
             results.update(_long_context(out, model_dir, lc, _ppl_lengths(cfg), cfg.seed))
-        if model in cfg.eval.code_loss.models:
+        if _scored(model, cfg.eval.code_loss):
             heldout = ctx.outputs["data"]["documents"]["files"]["heldout"]
             results["code_loss"] = _code_loss(out / "code-loss", model_dir, heldout, cfg.eval.code_loss)
         return results
@@ -466,7 +466,7 @@ def make_eval_stage(model: str) -> Stage:
         cfg = _cfg(ctx)
         parts = []
         he = cfg.eval.humaneval
-        if model in he.models:
+        if _scored(model, he):
             n = he.limit or 164
             parts.append(
                 f"HumanEval {n} problems greedy x {he.max_new_tokens} tokens"
@@ -476,22 +476,28 @@ def make_eval_stage(model: str) -> Stage:
         if cfg.controls.chat and model in ("code", "instruct"):
             parts.append(f"HumanEval {he.limit or 164} problems with chat-format prompts")
         inf = cfg.eval.infilling
-        if model in inf.models:
+        if _scored(model, inf):
             modes = "+".join(m.upper() for m in inf.modes)
             parts.append(
                 f"infilling {', '.join(inf.benchmarks)} (<= {inf.limit or 'all'} problems, {modes})"
                 + (", middle NLL" if inf.nll else "")
             )
         lc = cfg.eval.long_context
-        if model in lc.models:
+        if _scored(model, lc):
             parts.append(f"long-ppl at {_ppl_lengths(cfg)}, key retrieval at {lc.key_retrieval_lengths}")
         cl = cfg.eval.code_loss
-        if model in cl.models:
+        if _scored(model, cl):
             parts.append(f"held-out code loss (<= {cl.max_tokens or 'all'} tokens, rows of {cl.seq_len})")
         return {"what": "; ".join(parts) or "nothing configured"}
 
     depends = (MODEL_STAGES[model],) + (("data",) if model == "base" else ())
     return Stage(name, run, plan, description=f"score the {model} model", depends=depends)
+
+
+def _scored(model: str, section) -> bool:
+    """Whether an eval section scores a model: the ones it names, and the controls (the base, the no-FIM
+    model) wherever the code model is scored, so each comparison has both sides."""
+    return model in section.models or (model in ("base", "code-nofim") and "code" in section.models)
 
 
 def _prompt_style(model: str, model_dir: str) -> str:
