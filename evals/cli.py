@@ -184,6 +184,36 @@ def register(cli) -> None:
     p.set_defaults(func=cmd_eval_infilling)
 
     p = cli.command(
+        "code-loss",
+        parent="eval",
+        help="held-out code loss: mean NLL per token over whole source files, with a 95% interval",
+        epilog="examples:\n"
+        "  # the test loss that shows whether FIM training cost left-to-right quality\n"
+        "  codellama eval code-loss --model runs/fim --source heldout/ --out runs/loss-fim\n"
+        "  codellama eval code-loss --model runs/no-fim --source heldout/ --out runs/loss-nofim\n"
+        "  codellama eval code-loss --model smollm2-135m --source a.py b.py --max-tokens 100k --context 1k \\\n"
+        "      --out runs/loss-base\n"
+        "each file is BOS + its text, cut into windows of the model's context (or --context); the mean is\n"
+        "token-weighted, the interval a bootstrap over files. Writes OUT/report.json (per-file NLL too).",
+    )
+    p.add_argument("--model", type=model_dir, required=True, help="checkpoint directory or a named base")
+    p.add_argument(
+        "--source",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="PATH",
+        help="held-out source files or directories (their .py files); repeatable",
+    )
+    p.add_argument("--max-tokens", type=positive_int, help="score at most this many tokens, e.g. 200k")
+    p.add_argument("--context", type=positive_int, help="window in tokens (default: the model's positions)")
+    p.add_argument("--batch-tokens", type=positive_int, default=8192, help="tokens per forward batch (default 8192)")
+    add_device_options(p)
+    p.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
+    p.set_defaults(func=cmd_code_loss)
+
+    p = cli.command(
         "key-retrieval",
         parent="eval",
         help="Code Llama's key retrieval: find a function's return value in a long Python file",
@@ -385,10 +415,10 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
     if nll:
         print("  NLL per token of the true middle (95% interval over problems):")
         for mode, v in nll["modes"].items():
-            print(f"    {mode.upper():<9} {v['mean']:.4f} [{v['low']:.4f}, {v['high']:.4f}]  ({v['tokens']} tokens)")
+            print(f"    {mode.upper():<10} {v['mean']:.4f} [{v['low']:.4f}, {v['high']:.4f}]  ({v['tokens']} tokens)")
         for name, v in nll["paired"].items():
             verdict = "suffix helps" if v["high"] < 0 else "suffix hurts" if v["low"] > 0 else "no clear difference"
-            print(f"    {name.upper():<9} {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]  ({verdict})")
+            print(f"    {name.upper():<10} {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]  ({verdict})")
     run = report["this_run"]
     if run["executed"]:
         print(
@@ -396,6 +426,34 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
             f"({run['executed_per_second']} per second)"
         )
     print(f"report: {args.out / 'report.json'} and {args.out / 'report.png'}")
+    return 0
+
+
+# -- held-out code loss ------------------------------------------------------------------------
+def cmd_code_loss(args: argparse.Namespace) -> int:
+    from codellama.io import atomic_directory, atomic_write_json, ensure_new_output_dir
+    from evals.code_loss import REPORT_FILE, CodeLossConfig, code_loss, read_texts, source_files
+
+    config = CodeLossConfig(context=args.context, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens)
+    if not args.model.is_dir():
+        raise FileNotFoundError(f"model directory not found: {args.model}")
+    ensure_new_output_dir(args.out)
+    names, texts = read_texts(source_files(args.source))
+    if not texts:
+        raise ValueError(f"no UTF-8 source files in {', '.join(map(str, args.source))}")
+    from codellama.checkpoint import load_model
+    from codellama.tokenizer import load_tokenizer
+
+    model = load_model(args.model, dtype=torch_dtype(args.dtype, args.device), device=args.device)
+    report = code_loss(model, load_tokenizer(args.model), texts, names=names, config=config)
+    report = {"model": str(args.model), **report}
+    with atomic_directory(args.out) as tmp:
+        atomic_write_json(tmp / REPORT_FILE, report)
+    nll = report["nll"]
+    print(
+        f"code loss {nll['mean']:.4f} nats/token [95%: {nll['low']:.4f}, {nll['high']:.4f}] (ppl {report['ppl']:.3f}) "
+        f"over {report['files']} files, {report['tokens']} tokens; report: {args.out / REPORT_FILE}"
+    )
     return 0
 
 

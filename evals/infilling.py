@@ -318,6 +318,7 @@ def score_middle_nll(
     todo = [p for p in problems if any((m, p.task_id) not in done for m in modes)]
     if not todo:
         return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
     scored = 0
