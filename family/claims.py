@@ -329,8 +329,10 @@ def rope_extends_context(results: dict) -> Claim:
         rows.append([method, *cells, "–" if kr is None else f"{100 * kr:.0f}%"])
     comparisons = _keep(*comps)
     what = (
-        f"perplexity of {rope.get('samples', '?')} windows ({rope.get('corpus', '?')}) at 1x, 2x and 4x the "
-        f"fine-tuning length {ft:,}, paired over windows"
+        f"perplexity of {rope.get('samples', '?')} windows ({rope.get('corpus', '?')}) at "
+        f"{', '.join(f'{n:,}' for n in lengths)} tokens (fine-tuning length {ft:,}), paired over windows; "
+        f"linear, dynamic NTK and YaRN stretch the code model's trained context "
+        f"{rope.get('trained_context', 0):,} by {rope.get('scaling_factor', 1):g}x without training"
     )
     title = "A raised RoPE base extends the usable context"
     return Claim(

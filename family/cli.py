@@ -19,7 +19,8 @@ EXAMPLES = """examples:
 Built-in configs (--config NAME): tiny (a tiny model from scratch: the smoke run) and smollm2 (the
 Code Llama recipe on SmolLM2-135M-Instruct with its controls: the base, code training without FIM,
 RoPE scaling vs the raised base, chat-format HumanEval); `default` is the one run without --config.
-A YAML file given to --config goes on top of the default config.
+A YAML file given to --config goes on top of the default config, or of the built-in config named by
+its `extends: NAME` key (e.g. `extends: tiny`).
 
 Interrupted at any stage, the same command resumes at the unfinished stage (finished stages are
 skipped; training resumes from its last checkpoint, evaluation from its last finished sample).

@@ -1,7 +1,8 @@
 """The family run's configuration: typed dataclasses, with named configs in configs/NAME.yaml.
 
 `--config NAME` picks a built-in config (`tiny`: the smoke run from scratch; `smollm2`: the recipe on a
-real pretrained base); `--config FILE` puts a user's YAML on top of the default one. `--set key=value`
+real pretrained base); `--config FILE` puts a user's YAML on top of the default one, or on top of the
+built-in config its `extends: NAME` key names. `--set key=value`
 overrides go last, through the toolkit's one configuration mechanism (`codellama.config`): unknown keys
 and wrongly typed values are one-line errors naming the key.
 """
@@ -202,7 +203,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     elif not Path(name).exists() and Path(name).suffix not in (".yaml", ".yml", ".json"):
         raise ValueError(f"--config {name}: no such file, and not a built-in config ({', '.join(named_configs())})")
     else:
-        raw = deep_merge(yaml.safe_load(default_config_path().read_text()), load_yaml(path))
+        user = load_yaml(path)
+        extends = str(user.pop("extends", "default"))  # the built-in config the file changes
+        if extends != "default" and extends not in named_configs():
+            raise ValueError(f"{path}: extends {extends!r}, not a built-in config ({', '.join(named_configs())})")
+        raw = deep_merge(yaml.safe_load(config_path(extends).read_text()), user)
     apply_overrides(raw, overrides)
     config = build(PipelineConfig, raw).validate()
     config.source = str(path or "default") + (f" with --set {' '.join(overrides)}" if overrides else "")

@@ -36,6 +36,7 @@ from codellama.rope import set_rope, trained_context
 from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, load_tokenizer, save_tokenizer_dir, tokenizer_file
 from codellama.train.config import resolve_config
 from codellama.train.loop import CONFIG_FILE, train_branch
+from evals.code_loss import CodeLossConfig, code_loss
 from evals.infilling import NLL_FILE, BenchmarkConfig, run_benchmark
 from evals.run import RunConfig, run_humaneval
 from evals.sandbox import LazySandboxPool
@@ -649,8 +650,6 @@ def _long_context(out: Path, model_dir: str, lc, lengths: list[int], seed: int) 
 
 def _code_loss(out: Path, model_dir: str, heldout: str, settings) -> dict:
     """The held-out files' left-to-right loss (the first files in path order, up to max_tokens)."""
-    from evals.code_loss import CodeLossConfig, code_loss
-
     report_path = out / "report.json"
     if report_path.is_file():
         return json.loads(report_path.read_text())

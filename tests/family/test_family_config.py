@@ -99,3 +99,15 @@ def test_row_chunks_fit_a_row_and_join_back():
     assert row_chunks("a\n" + long_line + "b\n", count, 64) == ["a\n", long_line, "b\n"]
     rows = chunk_rows([{"path": "m.py", "text": text, "language": "python"}], count, 64)
     assert [r["path"] for r in rows[:2]] == ["m.py#0", "m.py#1"] and rows[0]["language"] == "python"
+
+
+def test_a_config_file_extends_a_built_in_one(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: smollm2\ncontrols: {rope_scaling: false}\n")
+    cfg = load_config(path)
+    assert cfg.base.model == "smollm2-135m" and cfg.controls.no_fim and not cfg.controls.rope_scaling
+    path.write_text("extends: tiny\nseed: 3\n")
+    assert load_config(path).to_dict() == {**load_config("tiny").to_dict(), "seed": 3}
+    path.write_text("extends: huge\n")
+    assert main(["pipeline", "--config", str(path), "--dry-run"]) == 2
+    assert "extends 'huge', not a built-in config" in capsys.readouterr().err

@@ -25,6 +25,7 @@ def controls_config(tmp_path_factory, stdlib_texts, bpe_base):
     for i, text in enumerate(stdlib_texts[:60]):
         (src / f"m{i:03d}.py").write_text(text)
     config = {
+        "extends": "tiny",  # the smoke run, whatever the default config is
         "base": {"model": str(bpe_base("chatml"))},
         "data": {"sources": [str(src)], "fim_unit": "row", "heldout_fraction": 0.15},
         "branches": {b: list(TINY) for b in ("code", "python", "long-context", "instruct")},
