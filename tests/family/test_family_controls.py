@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from codellama.cli import main
-from codellama.data.shards import ShardIndex
+from codellama.data.shards import ShardIndex, TokenShards
 from family.claims import NOT_MEASURED, NOT_SUPPORTED, SUPPORTED
 
 pytestmark = pytest.mark.slow  # a whole family run (six models, every score): a few minutes
@@ -73,6 +73,14 @@ def test_family_with_controls(controls_config, tmp_path):
     assert code_idx.meta["stats"]["fim_fraction"] > 0.5 and nofim_idx.meta["stats"]["fim_fraction"] == 0
     assert models["code-nofim"]["train"]["tokens"] == models["code"]["train"]["tokens"] > 0
     assert models["code-nofim"]["base"] == models["code"]["base"]
+    # Row-sized FIM units: every FIM example lies inside one row (its <PRE> ... <EOT> never spans two rows).
+    pre, _, mid, eot = state["tokenizer"]["outputs"]["infilling_ids"]
+    rows = TokenShards(data["code"]["path"])
+    counts = [
+        (int((row == pre).sum()), int((row == mid).sum()), int((row == eot).sum()))
+        for row in map(rows.__getitem__, range(len(rows)))
+    ]
+    assert sum(c[0] for c in counts) > len(rows) // 2 and all(p == m == e for p, m, e in counts)
 
     # The held-out files: seen by no training stage's documents, scored by the code loss of base / no-FIM / FIM.
     files = data["documents"]["files"]
