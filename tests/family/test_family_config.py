@@ -111,3 +111,20 @@ def test_a_config_file_extends_a_built_in_one(tmp_path, capsys):
     path.write_text("extends: huge\n")
     assert main(["pipeline", "--config", str(path), "--dry-run"]) == 2
     assert "extends 'huge', not a built-in config" in capsys.readouterr().err
+
+
+def test_per_problem_values_for_paired_intervals():
+    from family.stages import _ppl_lengths, _scored, per_problem_nll, per_problem_pass
+
+    records = [
+        {"task_id": "b/1", "passed": True},
+        {"task_id": "a/0", "passed": False},
+        {"task_id": "b/1", "passed": False},
+    ]
+    assert per_problem_pass(records) == {"a/0": 0.0, "b/1": 0.5}
+    nll = [{"task_id": "x", "tokens": 4, "nll": 6.0}, {"task_id": "y", "tokens": 0, "nll": 0.0}]
+    assert per_problem_nll(nll) == {"x": [1.5, 4]}  # an empty middle has no NLL per token
+    cfg = load_config("tiny", ["eval.long_context.ppl_factors=[1,4]", "eval.long_context.ppl_lengths=[128,1024]"])
+    assert _ppl_lengths(cfg) == [128, 1024, 4096]  # tiny long-context rows are 1,024 tokens
+    assert _scored("base", cfg.eval.humaneval) and _scored("code-nofim", cfg.eval.infilling)
+    assert not _scored("base", load_config("tiny", ["eval.humaneval.models=[python]"]).eval.humaneval)
