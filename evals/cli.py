@@ -411,6 +411,11 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
         print(f"  {mode.upper():<9} {scores}   ({summary['samples']} samples; {summary['failure_kinds']})")
         for warning in summary.get("warnings", []):
             print(f"  WARNING: {warning}")
+    for name, v in report.get("pass@1_paired", {}).items():
+        print(
+            f"  {name.upper():<10} pass@1 {100 * v['mean']:+.1f} points "
+            f"[95%: {100 * v['low']:+.1f}, {100 * v['high']:+.1f}] over {v['problems']} problems"
+        )
     nll = report.get("nll")
     if nll:
         print("  NLL per token of the true middle (95% interval over problems):")

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from codellama import rundir
 from codellama.generation import GenerationRequest, SamplingParams
 from codellama.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
 from evals.execution import build_infilling_program, result_record
-from evals.intervals import bootstrap_mean, paired_difference
+from evals.intervals import bootstrap_mean, compare
 from evals.nll import target_nll
 from evals.report import figure_png, summarize
 from evals.sandbox import SandboxConfig, SandboxPool
@@ -281,7 +281,9 @@ def execute_samples(
 # -- the NLL of the true middle ----------------------------------------------------------------
 
 
-def middle_nll_rows(tokenizer, problem: InfillingProblem) -> dict[str, tuple[list[int], list[int]]]:
+def middle_nll_rows(
+    tokenizer, problem: InfillingProblem, modes: Sequence[str] = NLL_MODES
+) -> dict[str, tuple[list[int], list[int]]]:
     """(context, target) ids per NLL mode; the target is the same ids in every mode.
 
     The middle is encoded once, as FIM training data encodes a middle (`encode_infilling`: no dummy
@@ -289,11 +291,21 @@ def middle_nll_rows(tokenizer, problem: InfillingProblem) -> dict[str, tuple[lis
     PSM/SPM contexts are the infilling prompts generation uses; prefix-only is BOS + the prefix.
     """
     target = tokenizer.encode_infilling(problem.canonical_solution)
-    return {
-        "psm": (tokenizer.infilling_prompt(problem.prompt, problem.suffix), target),
-        "spm": (tokenizer.infilling_prompt(problem.prompt, problem.suffix, suffix_first=True), target),
-        PREFIX: (prefix_prompt_ids(tokenizer, problem.prompt), target),
-    }
+    rows = {}
+    for mode in modes:
+        if mode == PREFIX:
+            rows[mode] = (prefix_prompt_ids(tokenizer, problem.prompt), target)
+        else:
+            rows[mode] = (
+                tokenizer.infilling_prompt(problem.prompt, problem.suffix, suffix_first=mode == "spm"),
+                target,
+            )
+    return rows
+
+
+def nll_modes(tokenizer) -> tuple[str, ...]:
+    """The NLL modes a tokenizer allows: all three, or prefix-only for a base without infilling tokens yet."""
+    return NLL_MODES if tokenizer.infilling is not None else (PREFIX,)
 
 
 def score_middle_nll(
@@ -327,8 +339,8 @@ def score_middle_nll(
             part = todo[start : start + chunk]
             keys, rows = [], []
             for p in part:
-                for mode, row in middle_nll_rows(tokenizer, p).items():
-                    if mode in modes and (mode, p.task_id) not in done:
+                for mode, row in middle_nll_rows(tokenizer, p, modes).items():
+                    if (mode, p.task_id) not in done:
                         keys.append((mode, p.task_id))
                         rows.append(row)
             for (mode, task_id), nll in zip(keys, target_nll(model, rows, batch_tokens=batch_tokens)):
@@ -363,24 +375,35 @@ def summarize_nll(problems: Sequence[InfillingProblem], out_dir: str | os.PathLi
     base = by_mode.get(PREFIX, {})
     for mode in MODES:
         recs = by_mode.get(mode, {})
-        shared = [tid for tid in recs if tid in base]
-        if not shared:
-            continue
-        iv = paired_difference(
-            [recs[t]["nll"] / recs[t]["tokens"] for t in shared],
-            [base[t]["nll"] / base[t]["tokens"] for t in shared],
-            weights=[recs[t]["tokens"] for t in shared],
-        )
-        report["paired"][f"{mode}-{PREFIX}"] = {
-            "mean": round(iv.mean, 6),
-            "low": round(iv.low, 6),
-            "high": round(iv.high, 6),
-            "problems": len(shared),
-        }
+        if any(tid in base for tid in recs):
+            report["paired"][f"{mode}-{PREFIX}"] = compare(
+                {t: r["nll"] / r["tokens"] for t, r in recs.items()},
+                {t: r["nll"] / r["tokens"] for t, r in base.items()},
+                weights={t: r["tokens"] for t, r in recs.items()},
+            )
     return report
 
 
+def pass_at_1_by_problem(out_dir: str | os.PathLike, mode: str, task_ids: Iterable[str] | None = None) -> dict:
+    """Each problem's pass@1 (its fraction of passing samples) in one mode of a run directory.
+
+    What a paired comparison needs: `evals.intervals.compare` of two of these (two modes, or the same mode
+    of two models' runs) gives the pass@1 gap over the problems both scored, with its interval.
+    """
+    wanted = set(task_ids) if task_ids is not None else None
+    counts: dict[str, list[int]] = {}
+    for r in read_jsonl(Path(out_dir) / "results.jsonl"):
+        if r["mode"] == mode and (wanted is None or r["task_id"] in wanted):
+            c = counts.setdefault(r["task_id"], [0, 0])
+            c[0] += 1
+            c[1] += bool(r["passed"])
+    return {tid: passed / n for tid, (n, passed) in counts.items()}
+
+
 def summarize_run(problems: Sequence[InfillingProblem], config: BenchmarkConfig, out_dir: Path) -> dict:
+    """report.json: per mode pass@k, its pass@1 95% interval and verdicts (`modes`); with the prefix
+    baseline, the paired pass@1 gaps PSM - prefix and SPM - prefix (`pass@1_paired`); with `nll`, the
+    middle NLL per mode and its paired gaps (`nll`: {"modes": ..., "paired": ...})."""
 
     wanted = {p.task_id for p in problems}
     records = [r for r in read_jsonl(out_dir / "results.jsonl") if r["task_id"] in wanted]
@@ -397,6 +420,13 @@ def summarize_run(problems: Sequence[InfillingProblem], config: BenchmarkConfig,
         summary = summarize([r for r in records if r["mode"] == mode], config.ks, expected_tasks=wanted)
         summary.pop("per_problem")
         report["modes"][mode] = summary
+    if PREFIX in config.modes:  # does infilling beat the left-to-right baseline on the same problems?
+        base = pass_at_1_by_problem(out_dir, PREFIX, wanted)
+        report["pass@1_paired"] = {}
+        for mode in (m for m in MODES if m in config.modes):
+            scores = pass_at_1_by_problem(out_dir, mode, wanted)
+            if any(t in base for t in scores):
+                report["pass@1_paired"][f"{mode}-{PREFIX}"] = compare(scores, base)
     if config.nll:
         report["nll"] = summarize_nll(problems, out_dir)
     return report
@@ -422,7 +452,12 @@ def run_benchmark(
     with rundir.claim(out_dir, "infilling", run_fingerprint(config, data), allow=ALLOWED_CHANGES, hint=hint):
         t0 = time.perf_counter()
         # First: a minute of teacher forcing gives the continuous score before hours of generation.
-        scored = score_middle_nll(model, generator.tokenizer, problems, out_dir) if config.nll else 0
+        scored = 0
+        if config.nll:
+            modes = nll_modes(generator.tokenizer)
+            if modes != NLL_MODES:
+                log.warning("the tokenizer has no infilling tokens: the middle NLL is scored prefix-only")
+            scored = score_middle_nll(model, generator.tokenizer, problems, out_dir, modes=modes)
         nll_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         generated = generate_samples(generator, problems, config, out_dir)
@@ -499,6 +534,8 @@ __all__ = [
     "generate_samples",
     "load_problems",
     "middle_nll_rows",
+    "nll_modes",
+    "pass_at_1_by_problem",
     "prefix_prompt_ids",
     "run_benchmark",
     "score_middle_nll",

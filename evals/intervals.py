@@ -111,4 +111,27 @@ def paired_difference(
     return _bootstrap(xa - xb, w, level, resamples, seed)
 
 
-__all__ = ["Interval", "bootstrap_mean", "paired_difference"]
+def compare(
+    a: dict[str, float],
+    b: dict[str, float],
+    *,
+    weights: dict[str, float] | None = None,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Paired difference a - b over the problems both score (keyed by problem id), as a report entry:
+    {"mean", "low", "high", "problems"}. E.g. per-problem pass@1 of two models, or of PSM and prefix-only."""
+    shared = [k for k in a if k in b]
+    if not shared:
+        raise ValueError("the two score sets share no problems")
+    iv = paired_difference(
+        [a[k] for k in shared],
+        [b[k] for k in shared],
+        weights=[weights[k] for k in shared] if weights is not None else None,
+        level=level,
+        seed=seed,
+    )
+    return {"mean": round(iv.mean, 6), "low": round(iv.low, 6), "high": round(iv.high, 6), "problems": len(shared)}
+
+
+__all__ = ["Interval", "bootstrap_mean", "compare", "paired_difference"]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from evals.intervals import bootstrap_mean, paired_difference
+from evals.intervals import bootstrap_mean, compare, paired_difference
 from evals.report import summarize
 
 
@@ -82,3 +82,13 @@ def test_reports_carry_a_pass_at_1_interval_over_problems():
     everything = summarize([dict(r, passed=True, kind="passed") for r in records], ks=(1,))
     assert everything["pass@1_interval"] == [1.0, 1.0]
     assert summarize([], ks=(1,))["pass@1_interval"] is None
+
+
+def test_compare_pairs_runs_by_problem_id():
+    """Two runs (or modes) scored on overlapping problems: only the shared ones are paired."""
+    fim = {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0}
+    base = {"b": 0.0, "c": 0.0, "d": 1.0, "e": 1.0}
+    gap = compare(fim, base)
+    assert gap["problems"] == 3 and gap["mean"] == pytest.approx(1 / 3) and gap["low"] <= 1 / 3 <= gap["high"]
+    with pytest.raises(ValueError, match="share no problems"):
+        compare({"a": 1.0}, {"b": 1.0})

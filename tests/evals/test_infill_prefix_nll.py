@@ -255,6 +255,11 @@ def test_all_modes_with_nll_through_a_real_model_resume_and_extend(tiny_model_di
         nll = full["nll"]["modes"][mode]
         assert nll["problems"] == 3 and nll["low"] <= nll["mean"] <= nll["high"]
     assert set(full["nll"]["paired"]) == {"psm-prefix", "spm-prefix"}
+    for name, gap in full["pass@1_paired"].items():
+        mode = name.split("-")[0]
+        expected = full["modes"][mode]["pass@k"]["pass@1"] - full["modes"]["prefix"]["pass@k"]["pass@1"]
+        assert gap["mean"] == pytest.approx(expected) and gap["problems"] == 3
+    assert set(full["pass@1_paired"]) == {"psm-prefix", "spm-prefix"}
     again = run_benchmark(BenchmarkConfig(modes=("psm", "spm", "prefix"), nll=True, **settings), out, gen)
     assert again["this_run"]["generated"] == again["this_run"]["nll_scored"] == again["this_run"]["executed"] == 0
     assert again["nll"] == full["nll"] and again["modes"] == full["modes"]
@@ -289,5 +294,19 @@ def test_cli_mode_all_with_nll_prints_the_gaps(tiny_model_dir, tmp_path, capsys)
     assert main([*argv, "--max-tokens", "4", "--k", "1", "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
     assert "PREFIX" in out and "PSM-PREFIX" in out and "pass@1 95% interval" in out
+    assert "SPM-PREFIX pass@1 +0.0 points" in out
     report = json.loads(Path(tmp_path / "cli" / "report.json").read_text())
     assert set(report["modes"]) == {"psm", "spm", "prefix"} and report["nll"]["modes"]["prefix"]["problems"] == 2
+
+
+def test_a_base_without_infilling_tokens_gets_the_prefix_baseline_and_its_nll(bpe_base, tmp_path):
+    """The "base" control of a FIM study: no <PRE>/<SUF>/<MID> yet, so prefix-only is all it can be asked."""
+    from codellama.generation import HFGenerator
+
+    gen = HFGenerator.from_pretrained(bpe_base("chatml"), batch_size=4)
+    assert gen.tokenizer.infilling is None
+    config = BenchmarkConfig(modes=("prefix",), nll=True, limit=2, max_new_tokens=4, ks=(1,), model="base")
+    report = run_benchmark(config, tmp_path / "base", gen)
+    assert set(report["modes"]) == {"prefix"} and report["modes"]["prefix"]["samples"] == 2
+    assert set(report["nll"]["modes"]) == {"prefix"} and report["nll"]["paired"] == {}
+    assert report["nll"]["modes"]["prefix"]["problems"] == 2
