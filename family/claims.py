@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from evals.intervals import Interval, bootstrap_mean, paired_difference
+from evals.intervals import Interval, bootstrap_mean, compare, paired_difference
 
 SUPPORTED, NOT_SUPPORTED, NOT_MEASURED = "supported", "not supported at this budget", "not measured"
 INFILL_BENCH = "single-line"  # the benchmark the infilling claim is judged on (the issue's criterion)
@@ -102,17 +102,11 @@ def paired(
     seed: int = 0,
 ) -> Comparison | None:
     """a - b over the units (problem ids) both score; None when they share none."""
-    shared = sorted(set(a) & set(b))
-    if not shared:
+    if not set(a) & set(b):
         return None
-    iv = paired_difference(
-        [a[k] for k in shared],
-        [b[k] for k in shared],
-        weights=[weights[k] for k in shared] if weights else None,
-        seed=seed,
-    )
-    holds = iv.low > 0 if want == "above 0" else iv.high < 0
-    return Comparison(label, iv.mean, iv.low, iv.high, iv.n, unit, want, holds, units)
+    iv = compare(a, b, weights=weights, seed=seed)
+    holds = iv["low"] > 0 if want == "above 0" else iv["high"] < 0
+    return Comparison(label, iv["mean"], iv["low"], iv["high"], iv["problems"], unit, want, holds, units)
 
 
 def within(

@@ -37,7 +37,7 @@ from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, load_tokenizer
 from codellama.train.config import resolve_config
 from codellama.train.loop import CONFIG_FILE, train_branch
 from evals.code_loss import CodeLossConfig, code_loss
-from evals.infilling import NLL_FILE, BenchmarkConfig, run_benchmark
+from evals.infilling import NLL_FILE, BenchmarkConfig, pass_at_1_by_problem, run_benchmark
 from evals.run import RunConfig, run_humaneval
 from evals.sandbox import LazySandboxPool
 from family.config import PipelineConfig
@@ -596,11 +596,10 @@ def _infilling(out: Path, model_dir: str, inf, generator, seed: int) -> dict:
             nll=inf.nll,
         )
         report = run_benchmark(config, out / bench, generator())
-        records = list(read_jsonl(out / bench / "results.jsonl"))
         results[bench] = {
             mode: {
                 "pass@1": r["pass@k"].get("pass@1"),
-                "per_problem": per_problem_pass(x for x in records if x["mode"] == mode),
+                "per_problem": dict(sorted(pass_at_1_by_problem(out / bench, mode).items())),
             }
             for mode, r in report["modes"].items()
         }
