@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from codellama.checkpoint import load_config, load_model, save_checkpoint
+from codellama.config import torch_dtype
 from codellama.convert import convert_meta_to_hf
 from codellama.data.chat import read_chat_jsonl
 from codellama.data.fim import FimOptions
@@ -628,7 +629,8 @@ def per_problem_nll(records) -> dict[str, list[float]]:
 def _long_context(out: Path, model_dir: str, lc, lengths: list[int], seed: int) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
-    ppl = evaluate_models({"model": model_dir}, lengths=lengths, samples=lc.ppl_samples)
+    dtype = torch_dtype(lc.dtype)
+    ppl = evaluate_models({"model": model_dir}, lengths=lengths, samples=lc.ppl_samples, dtype=dtype)
     atomic_write_json(out / "long_ppl.json", ppl)
     plot_long_ppl(ppl, out / "long_ppl.png")
     points = ppl["models"]["model"]["points"]
@@ -636,7 +638,7 @@ def _long_context(out: Path, model_dir: str, lc, lengths: list[int], seed: int) 
     tokenizer = load_tokenizer(model_dir)
     prompts = build_prompts(tokenizer, lc.key_retrieval_lengths, lc.key_retrieval_positions, [seed])
     longest = max(p.prompt_tokens for p in prompts) + 16
-    generator = HFGenerator(load_model(model_dir), tokenizer, batch_size=4, max_context=longest)
+    generator = HFGenerator(load_model(model_dir, dtype=dtype), tokenizer, batch_size=4, max_context=longest)
     kr = run_key_retrieval(generator, prompts)
     atomic_write_json(out / "key_retrieval.json", kr)
     plot_key_retrieval(kr, out / "key_retrieval.png")
@@ -664,11 +666,11 @@ def _code_loss(out: Path, model_dir: str, heldout: str, settings) -> dict:
 
 
 # -- long context: RoPE scaling against the raised base --------------------------------------------
-def _rope_model(method: str, code_dir: str, lcft_dir: str, factor: float):
+def _rope_model(method: str, code_dir: str, lcft_dir: str, factor: float, dtype: torch.dtype):
     """The model a method scores: the LCFT model (raised base), or the code model with its RoPE scaled in memory."""
     if method == "raised-base":
-        return load_model(lcft_dir)
-    model = load_model(code_dir)
+        return load_model(lcft_dir, dtype=dtype)
+    model = load_model(code_dir, dtype=dtype)
     if method in ROPE_SCALING:
         set_rope(model, scaling={"rope_type": ROPE_SCALING[method], "factor": factor})
     return model
@@ -706,7 +708,7 @@ def run_rope(ctx: RunContext) -> dict:
         if path.is_file():  # resume: a finished method is not scored again
             methods[method] = json.loads(path.read_text())
             continue
-        model = _rope_model(method, code_dir, lcft_dir, factor)
+        model = _rope_model(method, code_dir, lcft_dir, factor, torch_dtype(lc.dtype))
         model.eval()
         with torch.inference_mode():
             nll = [

@@ -72,7 +72,7 @@ def test_smollm2_dry_run(capsys):
     for stage in ("train-code-nofim", "eval-base", "eval-code-nofim", "eval-rope", "report"):
         assert f"  {stage} " in out
     assert "PSM+SPM+PREFIX), middle NLL" in out and "held-out code loss" in out
-    assert "5% of the files" in out and "[4096, 8192, 16384]" in out
+    assert "5% of the files" in out and "[1024, 2048, 4096]" in out
 
 
 def test_heldout_split_is_a_stable_hash_of_the_path():

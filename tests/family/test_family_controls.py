@@ -47,6 +47,7 @@ def controls_config(tmp_path_factory, stdlib_texts, bpe_base):
                 "ppl_factors": [1, 2],
                 "key_retrieval_lengths": [160],
                 "key_retrieval_positions": [0.5],
+                "dtype": "bfloat16",
             },
             "code_loss": {"models": ["code"], "seq_len": 128, "max_tokens": 3000},
         },
