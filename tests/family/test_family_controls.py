@@ -1,6 +1,6 @@
-"""The family with every control on, from a tiny byte-level BPE base (as SmolLM2 ships): the no-FIM control on
-train-code's documents and budget, the untouched base, a held-out split, RoPE scaling against the raised base,
-chat-format HumanEval, and a report that judges each claim with intervals."""
+"""The smollm2 config (every control on) at tiny budgets, from a tiny byte-level BPE base (as SmolLM2 ships): the
+no-FIM control on train-code's documents and budget, the untouched base, a held-out split, RoPE scaling against
+the raised base, chat-format HumanEval, and a report that judges each claim with intervals."""
 
 import json
 from pathlib import Path
@@ -24,34 +24,20 @@ def controls_config(tmp_path_factory, stdlib_texts, bpe_base):
     src.mkdir()
     for i, text in enumerate(stdlib_texts[:60]):
         (src / f"m{i:03d}.py").write_text(text)
+    # The real recipe's config (row-sized FIM units, a held-out split, PSM/SPM/prefix with the middle NLL,
+    # bf16 long-context scoring, every control on) at tiny budgets, on a tiny BPE base instead of SmolLM2.
     config = {
-        "extends": "tiny",  # the smoke run, whatever the default config is
+        "extends": "smollm2",
         "base": {"model": str(bpe_base("chatml"))},
-        "data": {"sources": [str(src)], "fim_unit": "row", "heldout_fraction": 0.15},
+        "data": {"sources": [str(src)], "heldout_fraction": 0.15},
         "branches": {b: list(TINY) for b in ("code", "python", "long-context", "instruct")},
         "instruct_data": {"questions": 2, "solutions_per_question": 1, "max_new_tokens": 24, "stdlib_pairs": 40},
         "eval": {
             "humaneval": {"models": ["code", "instruct"], "limit": 3, "max_new_tokens": 16},
-            "infilling": {
-                "models": ["code"],
-                "benchmarks": ["single-line"],
-                "limit": 3,
-                "max_new_tokens": 12,
-                "modes": ["psm", "spm", "prefix"],
-                "nll": True,
-            },
-            "long_context": {
-                "models": [],
-                "ppl_samples": 2,
-                "ppl_lengths": [],
-                "ppl_factors": [1, 2],
-                "key_retrieval_lengths": [160],
-                "key_retrieval_positions": [0.5],
-                "dtype": "bfloat16",
-            },
-            "code_loss": {"models": ["code"], "seq_len": 128, "max_tokens": 3000},
+            "infilling": {"models": ["code"], "benchmarks": ["single-line"], "limit": 3, "max_new_tokens": 12},
+            "long_context": {"ppl_factors": [1, 2], "key_retrieval_lengths": [160]},
+            "code_loss": {"seq_len": 128, "max_tokens": 3000},
         },
-        "controls": {"no_fim": True, "base": True, "rope_scaling": True, "chat": True},
     }
     config["branches"]["long-context"] += ["seq_len=256", "rope.max_context=256"]
     path = root / "config.yaml"
