@@ -156,6 +156,7 @@ class PipelineConfig:
     instruct_data: InstructDataSettings = field(default_factory=InstructDataSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     controls: ControlSettings = field(default_factory=ControlSettings)
+    notes: str = ""  # why this recipe and these budgets: printed under the report's Recipe table
     source: str = field(default="default", init=False)  # where the config came from (for the report)
 
     def to_dict(self) -> dict:

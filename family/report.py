@@ -91,6 +91,23 @@ def _markdown(results: dict, plots: dict[str, Path], claims: list[Claim] = ()) -
         )
     if "loss_curves" in plots:
         lines += ["", f"![loss curves]({plots['loss_curves'].name})"]
+    recipe = results.get("recipe") or {}
+    if recipe:
+        lines += [
+            "",
+            "## Recipe",
+            "",
+            "| model | row length | tokens per step | steps | tokens | peak lr | warm-up steps | RoPE base | FIM rate |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in recipe.items():
+            rope = "–" if r["rope_base"] is None else f"{r['rope_base']:g}"
+            lines.append(
+                f"| {name} | {r['seq_len']:,} | {r['batch_tokens']:,} | {r['steps']:,} | {r['tokens']:,} | "
+                f"{r['lr']:g} | {r['warmup_steps']} | {rope} | {r['fim_rate']:g} |"
+            )
+    if results.get("notes"):
+        lines += ["", results["notes"]]
 
     he = {n: m["humaneval"] for n, m in models.items() if m.get("humaneval")}
     if he:

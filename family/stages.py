@@ -59,7 +59,7 @@ TRAIN_STAGES = {
 # Where each branch starts from (Code Llama: Python, long-context and instruct all continue the code model).
 BRANCH_FROM = {"python": "code", "long-context": "code", "instruct": "code"}
 # The stage whose output holds each model (the controls included).
-MODEL_STAGES = {"base": "base", "code-nofim": "train-code-nofim", **TRAIN_STAGES}
+MODEL_STAGES = {"base": "base", "code": "train-code", "code-nofim": "train-code-nofim", **TRAIN_STAGES}
 # The long-context comparison: the code model under each RoPE scaling (no training) against the LCFT model.
 ROPE_METHODS = ("untouched", "linear", "dynamic-ntk", "yarn", "raised-base")
 ROPE_SCALING = {"linear": "linear", "dynamic-ntk": "dynamic", "yarn": "yarn"}
@@ -784,9 +784,33 @@ def run_report(ctx: RunContext) -> dict:
         "stages": {s: {"seconds": r["seconds"]} for s, r in state.items()},
         "summary": f"Scale `{cfg.scale}`, base `{cfg.base.model}`, tokenizer "
         f"{ctx.outputs['tokenizer']['vocab_size']} pieces; config: {cfg.source}.",
+        "recipe": _recipe_table(cfg, models),
+        "notes": cfg.notes.strip(),
     }
     paths = write_report(results, ctx.run_dir / "report")
     return {k: str(v) for k, v in paths.items()}
+
+
+def _recipe_table(cfg: PipelineConfig, models: dict) -> dict:
+    """What each trained model's recipe was (the report's Recipe table): rows, budget, schedule, RoPE, data."""
+    table = {}
+    for name in models:
+        if name == "base":
+            continue
+        branch = "code" if name == "code-nofim" else name
+        r = _recipe(cfg, branch)
+        fim = 0.0 if name in ("code-nofim", "python", "instruct") else cfg.data.fim_rate
+        table[name] = {
+            "seq_len": r.seq_len,
+            "batch_tokens": r.tokens_per_step,
+            "steps": r.steps,
+            "tokens": r.steps * r.tokens_per_step,
+            "lr": r.optim.lr,
+            "warmup_steps": r.schedule.warmup_steps,
+            "rope_base": r.rope.base,
+            "fim_rate": fim,
+        }
+    return table
 
 
 def build_stages(cfg: PipelineConfig) -> list[Stage]:

@@ -100,6 +100,12 @@ def test_family_with_controls(controls_config, tmp_path):
     assert rope["methods"]["raised-base"]["rope_parameters"]["rope_theta"] == 1_000_000
     assert all(len(m["nll"]) == 2 and len(m["nll"][0]) == 2 for m in rope["methods"].values())
 
+    # The recipe of each trained model, and the config's notes on why.
+    recipe = results["recipe"]
+    assert recipe["code-nofim"]["fim_rate"] == 0 and recipe["code"]["fim_rate"] == 0.9
+    assert recipe["code-nofim"]["tokens"] == recipe["code"]["tokens"] and "base" not in recipe
+    assert recipe["long-context"]["rope_base"] == 1_000_000 and results["notes"].startswith("Why this recipe")
+
     # The report: one section per claim with a table, a plot and a verdict drawn from the numbers.
     report = (run / "report" / "report.md").read_text()
     verdicts = {c["key"]: c["verdict"] for c in results["claims"]}
