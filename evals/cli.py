@@ -82,6 +82,8 @@ INFILLING_EXAMPLES = """examples:
   # does the model use the suffix? PSM, SPM and the prefix-only (left-to-right) baseline, plus the NLL
   # of the true middle under each prompt, with 95% intervals and the paired PSM-prefix / SPM-prefix gaps
   codellama eval infilling --model runs/fim --mode all --nll --limit 150 --out runs/eval-fim
+  # a base without infilling tokens yet (the control): the left-to-right baseline and its middle NLL
+  codellama eval infilling --model smollm2-135m --mode prefix --nll --limit 150 --out runs/eval-base
 
 --mode prefix gives the model only the code before the hole (BOS + prefix, no infilling tokens) and
 cuts its completion to the true middle's number of lines (the first line on single-line).

@@ -209,9 +209,6 @@ def generate_samples(
 
     path = out_dir / "samples.jsonl"
     done = {_key(r) for r in read_jsonl(path)}
-    params = SamplingParams(
-        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed
-    )
     todo = [
         (mode, p, s)
         for mode in config.modes
@@ -223,37 +220,46 @@ def generate_samples(
         return 0
     with tqdm(total=len(todo), desc="generating", unit="sample") as bar:
         for mode in config.modes:
-            rows = [(p, s) for m, p, s in todo if m == mode]
-            for start in range(0, len(rows), chunk):
-                part = rows[start : start + chunk]
-                if mode == CANONICAL:
-                    records = [
-                        {"completion": p.canonical_solution, "finish_reason": "stop", "truncated": False}
-                        for p, _ in part
-                    ]
-                elif mode == PREFIX:
-                    records = _prefix_records(generator, part, params)
-                else:
-                    results = infill(
-                        generator,
-                        [InfillTask(p.prompt, p.suffix) for p, _ in part],
-                        params,
-                        suffix_first=mode == "spm",
-                        syntax_truncate=config.syntax_truncate,
-                    )
-                    records = [
-                        {
-                            "completion": r.middle,
-                            "finish_reason": r.finish_reason,
-                            "truncated": r.truncated,
-                            "completion_tokens": r.completion_tokens,
-                        }
-                        for r in results
-                    ]
-                for (p, s), rec in zip(part, records):
-                    append_jsonl(path, {"task_id": p.task_id, "mode": mode, "sample": s, **rec})
-                bar.update(len(part))
+            for sample in range(config.samples):
+                # Sample s of every problem has its own seed (as HumanEval runs do): a seeded request is
+                # deterministic, so one seed for all samples would make k samples one sample k times.
+                params = SamplingParams(
+                    max_new_tokens=config.max_new_tokens,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    seed=config.seed * 1_000_003 + sample,
+                )
+                rows = [(p, s) for m, p, s in todo if m == mode and s == sample]
+                for start in range(0, len(rows), chunk):
+                    part = rows[start : start + chunk]
+                    for (p, s), rec in zip(part, _generate_part(generator, mode, part, params, config)):
+                        append_jsonl(path, {"task_id": p.task_id, "mode": mode, "sample": s, **rec})
+                    bar.update(len(part))
     return len(todo)
+
+
+def _generate_part(generator, mode: str, part, params: SamplingParams, config: BenchmarkConfig) -> list[dict]:
+    """The sample records of (problem, sample) pairs in one mode."""
+    if mode == CANONICAL:
+        return [{"completion": p.canonical_solution, "finish_reason": "stop", "truncated": False} for p, _ in part]
+    if mode == PREFIX:
+        return _prefix_records(generator, part, params)
+    results = infill(
+        generator,
+        [InfillTask(p.prompt, p.suffix) for p, _ in part],
+        params,
+        suffix_first=mode == "spm",
+        syntax_truncate=config.syntax_truncate,
+    )
+    return [
+        {
+            "completion": r.middle,
+            "finish_reason": r.finish_reason,
+            "truncated": r.truncated,
+            "completion_tokens": r.completion_tokens,
+        }
+        for r in results
+    ]
 
 
 def execute_samples(
@@ -350,36 +356,46 @@ def score_middle_nll(
     return scored
 
 
+def nll_by_problem(out_dir: str | os.PathLike, mode: str, task_ids: Iterable[str] | None = None) -> dict:
+    """{task_id: (NLL per token of its middle, tokens)} in one mode of a run directory's nll.jsonl.
+
+    For comparisons across runs: e.g. the per-problem PSM - prefix gap of a FIM model against the same gap
+    of its base, paired with `evals.intervals.compare` (a base shows some gap too: the suffix is text).
+    """
+    wanted = set(task_ids) if task_ids is not None else None
+    return {
+        r["task_id"]: (r["nll"] / r["tokens"], r["tokens"])
+        for r in read_jsonl(Path(out_dir) / NLL_FILE)
+        if r["mode"] == mode and r["tokens"] > 0 and (wanted is None or r["task_id"] in wanted)
+    }
+
+
 def summarize_nll(problems: Sequence[InfillingProblem], out_dir: str | os.PathLike) -> dict:
     """Token-weighted mean NLL per mode with a 95% bootstrap interval over problems, and the paired
     differences PSM - prefix and SPM - prefix (below 0 with the interval: the suffix helps)."""
     wanted = {p.task_id for p in problems}
-    by_mode: dict[str, dict[str, dict]] = {}
-    for r in read_jsonl(Path(out_dir) / NLL_FILE):
-        if r["task_id"] in wanted and r["tokens"] > 0:
-            by_mode.setdefault(r["mode"], {})[r["task_id"]] = r
+    by_mode = {mode: nll_by_problem(out_dir, mode, wanted) for mode in NLL_MODES}
     report: dict = {"modes": {}, "paired": {}}
-    for mode in NLL_MODES:
-        recs = list(by_mode.get(mode, {}).values())
-        if not recs:
+    for mode, scores in by_mode.items():
+        if not scores:
             continue
-        tokens = [r["tokens"] for r in recs]
-        iv = bootstrap_mean([r["nll"] / r["tokens"] for r in recs], weights=tokens)
+        tokens = [n for _, n in scores.values()]
+        iv = bootstrap_mean([v for v, _ in scores.values()], weights=tokens)
         report["modes"][mode] = {
             "mean": round(iv.mean, 6),
             "low": round(iv.low, 6),
             "high": round(iv.high, 6),
             "tokens": sum(tokens),
-            "problems": len(recs),
+            "problems": len(scores),
         }
-    base = by_mode.get(PREFIX, {})
+    base = by_mode[PREFIX]
     for mode in MODES:
-        recs = by_mode.get(mode, {})
-        if any(tid in base for tid in recs):
+        scores = by_mode[mode]
+        if any(tid in base for tid in scores):
             report["paired"][f"{mode}-{PREFIX}"] = compare(
-                {t: r["nll"] / r["tokens"] for t, r in recs.items()},
-                {t: r["nll"] / r["tokens"] for t, r in base.items()},
-                weights={t: r["tokens"] for t, r in recs.items()},
+                {t: v for t, (v, _) in scores.items()},
+                {t: v for t, (v, _) in base.items()},
+                weights={t: n for t, (_, n) in scores.items()},
             )
     return report
 
@@ -451,7 +467,7 @@ def run_benchmark(
     hint = "a rerun continues the same model with the same settings; use another --out for a new model or settings"
     with rundir.claim(out_dir, "infilling", run_fingerprint(config, data), allow=ALLOWED_CHANGES, hint=hint):
         t0 = time.perf_counter()
-        # First: a minute of teacher forcing gives the continuous score before hours of generation.
+        # First: teacher forcing is cheap next to generation, so the continuous score is there early.
         scored = 0
         if config.nll:
             modes = nll_modes(generator.tokenizer)
@@ -534,6 +550,7 @@ __all__ = [
     "generate_samples",
     "load_problems",
     "middle_nll_rows",
+    "nll_by_problem",
     "nll_modes",
     "pass_at_1_by_problem",
     "prefix_prompt_ids",

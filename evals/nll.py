@@ -71,7 +71,11 @@ def target_nll(
                     seq = [*rows[i][0], *rows[i][1]]
                     ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
                     mask[r, : len(seq)] = 1
-                hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                # Rows of one length need no padding mask: plain causal attention keeps SDPA's memory-efficient
+                # kernel (an explicit mask over an 8k-token window would materialise 8k x 8k scores per head).
+                same = all(lengths[i] == width for i in batch)
+                attention = None if same else mask.to(device)
+                hidden = model.model(input_ids=ids.to(device), attention_mask=attention).last_hidden_state
                 # Target token j of row r sits at position len(context) + j and is predicted at the one before.
                 picks_r, picks_p, targets = [], [], []
                 for r, i in enumerate(batch):

@@ -21,11 +21,13 @@ from evals.infilling import (
     data_path,
     load_problems,
     middle_nll_rows,
+    nll_by_problem,
     prefix_prompt_ids,
     run_benchmark,
     score_middle_nll,
     summarize_nll,
 )
+from evals.intervals import compare
 from evals.nll import target_nll
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -151,6 +153,13 @@ def test_a_model_that_reads_the_suffix_has_psm_and_spm_nll_below_prefix_only(suf
     score_middle_nll(tiny[0], tok, problems, tmp_path / "random")
     untrained = summarize_nll(problems, tmp_path / "random")["modes"]
     assert all(v["mean"] > 0.7 * math.log(tok.vocab_size) for v in untrained.values())
+    # Across runs: the reader's per-problem PSM - prefix gap against the untrained model's.
+    gaps = {}
+    for run in ("reader", "random"):
+        psm, prefix = (nll_by_problem(tmp_path / run, m) for m in ("psm", "prefix"))
+        gaps[run] = {t: psm[t][0] - prefix[t][0] for t in psm}
+    gap = compare(gaps["reader"], gaps["random"])
+    assert gap["mean"] < -0.05 and gap["high"] < 0
 
 
 def test_nll_records_resume(tiny, tmp_path):
@@ -310,3 +319,16 @@ def test_a_base_without_infilling_tokens_gets_the_prefix_baseline_and_its_nll(bp
     assert set(report["modes"]) == {"prefix"} and report["modes"]["prefix"]["samples"] == 2
     assert set(report["nll"]["modes"]) == {"prefix"} and report["nll"]["paired"] == {}
     assert report["nll"]["modes"]["prefix"]["problems"] == 2
+
+
+def test_sampled_runs_give_each_sample_its_own_seed(tiny_model_dir, tmp_path):
+    """pass@k needs k different samples: one seed for all of them made k copies of one sample."""
+    from codellama.generation import HFGenerator
+
+    gen = HFGenerator.from_pretrained(tiny_model_dir, batch_size=8)
+    config = BenchmarkConfig(modes=("psm", "prefix"), samples=3, temperature=1.0, limit=1, max_new_tokens=6, ks=(1,))
+    run_benchmark(config, tmp_path / "sampled", gen)
+    samples = read_jsonl(tmp_path / "sampled" / "samples.jsonl")
+    for mode in ("psm", "prefix"):
+        texts = [s["completion"] for s in samples if s["mode"] == mode]
+        assert len(texts) == 3 and len(set(texts)) == 3, texts
