@@ -118,11 +118,14 @@ def within(
     lower_is_better: bool,
     weights=None,
     units: str = "problems",
-) -> Comparison:
+) -> Comparison | None:
     """Whether the treated model's mean is within the control's 95% interval or better than it.
 
-    The numbers shown are the paired difference treated - control (over the units both score)."""
+    The numbers shown are the paired difference treated - control (over the units both score); None when
+    they share none."""
     shared = sorted(set(treated) & set(control))
+    if not shared:
+        return None
     w_c = [weights[k] for k in sorted(control)] if weights else None
     control_iv = bootstrap_mean([control[k] for k in sorted(control)], weights=w_c)
     t_mean = _mean([treated[k] for k in shared], [weights[k] for k in shared] if weights else None)
@@ -280,6 +283,7 @@ def fim_costs_little(results: dict) -> Claim:
         )
     what = "held-out code loss (files no training stage saw) and greedy HumanEval pass@1, FIM vs the no-FIM control"
     title = "FIM costs little left to right"
+    comps = _keep(*comps)
     return Claim(
         "fim_costs_little",
         title,

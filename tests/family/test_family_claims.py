@@ -150,3 +150,10 @@ def test_report_has_a_section_per_claim_with_its_plot(tmp_path):
 
     claims = json.loads(paths["results"].read_text())["claims"]
     assert [c["verdict"] for c in claims] == [SUPPORTED, NOT_MEASURED, SUPPORTED, SUPPORTED]
+
+
+def test_scores_on_different_problems_are_not_compared():
+    a = {"models": {"code": {"humaneval": {"per_problem": {"t/1": 1.0}}}}}
+    a["models"]["code-nofim"] = {"humaneval": {"per_problem": {"t/2": 0.0}}}
+    claim = fim_costs_little(a)
+    assert claim.comparisons == [] and claim.verdict == NOT_MEASURED and len(claim.rows) == 2
