@@ -332,3 +332,16 @@ def test_sampled_runs_give_each_sample_its_own_seed(tiny_model_dir, tmp_path):
     for mode in ("psm", "prefix"):
         texts = [s["completion"] for s in samples if s["mode"] == mode]
         assert len(texts) == 3 and len(set(texts)) == 3, texts
+
+
+def test_prefix_mode_through_an_endpoint(tmp_path, capsys):
+    """A served model gets the plain prefix as a completions prompt (no suffix); its answer is cut the same way."""
+    from tests._evals_helpers import scripted_completions_server
+
+    problems = load_problems(data_path("single-line"), limit=3)
+    answers = {p.prompt: p.canonical_solution + "    return 0\n" for p in problems}
+    with scripted_completions_server(lambda prompt: answers[prompt]) as (url, requests):
+        argv = ["eval", "infilling", "--endpoint", url, "--mode", "prefix", "--limit", "3", "--k", "1"]
+        assert main([*argv, "--out", str(tmp_path / "remote")]) == 0
+    assert len(requests) == 3 and all("suffix" not in r and r["prompt"] in answers for r in requests)
+    assert "PREFIX    pass@1 100.0%" in capsys.readouterr().out
