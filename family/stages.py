@@ -442,7 +442,9 @@ def make_eval_stage(model: str) -> Stage:
 
         def generator():
             if "g" not in generator_cache:
-                generator_cache["g"] = HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip")
+                generator_cache["g"] = HFGenerator.from_pretrained(
+                    model_dir, batch_size=16, overflow="skip", dtype=torch_dtype(cfg.eval.dtype)
+                )
             return generator_cache["g"]
 
         he = cfg.eval.humaneval
@@ -458,10 +460,12 @@ def make_eval_stage(model: str) -> Stage:
             results["infilling"] = _infilling(out / "infilling", model_dir, inf, generator, cfg.seed)
         lc = cfg.eval.long_context
         if _scored(model, lc):
-            results.update(_long_context(out, model_dir, lc, _ppl_lengths(cfg), cfg.seed))
+            results.update(_long_context(out, model_dir, lc, _ppl_lengths(cfg), cfg.seed, torch_dtype(cfg.eval.dtype)))
         if _scored(model, cfg.eval.code_loss):
             heldout = ctx.outputs["data"]["documents"]["files"]["heldout"]
-            results["code_loss"] = _code_loss(out / "code-loss", model_dir, heldout, cfg.eval.code_loss)
+            results["code_loss"] = _code_loss(
+                out / "code-loss", model_dir, heldout, cfg.eval.code_loss, torch_dtype(cfg.eval.dtype)
+            )
         return results
 
     def plan(ctx: RunContext) -> dict:
@@ -626,10 +630,9 @@ def per_problem_nll(records) -> dict[str, list[float]]:
     }
 
 
-def _long_context(out: Path, model_dir: str, lc, lengths: list[int], seed: int) -> dict:
+def _long_context(out: Path, model_dir: str, lc, lengths: list[int], seed: int, dtype: torch.dtype) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
-    dtype = torch_dtype(lc.dtype)
     ppl = evaluate_models({"model": model_dir}, lengths=lengths, samples=lc.ppl_samples, dtype=dtype)
     atomic_write_json(out / "long_ppl.json", ppl)
     plot_long_ppl(ppl, out / "long_ppl.png")
@@ -649,7 +652,7 @@ def _long_context(out: Path, model_dir: str, lc, lengths: list[int], seed: int) 
     }
 
 
-def _code_loss(out: Path, model_dir: str, heldout: str, settings) -> dict:
+def _code_loss(out: Path, model_dir: str, heldout: str, settings, dtype: torch.dtype) -> dict:
     """The held-out files' left-to-right loss (the first files in path order, up to max_tokens)."""
     report_path = out / "report.json"
     if report_path.is_file():
@@ -657,7 +660,7 @@ def _code_loss(out: Path, model_dir: str, heldout: str, settings) -> dict:
     rows = sorted(read_jsonl(heldout), key=lambda r: r["path"])
     if not rows:
         raise ValueError(f"{heldout} holds no file: raise data.heldout_fraction (or add sources) for the code loss")
-    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    model, tokenizer = load_model(model_dir, dtype=dtype), load_tokenizer(model_dir)
     config = CodeLossConfig(context=settings.seq_len, max_tokens=settings.max_tokens)
     with torch.inference_mode():
         report = code_loss(model, tokenizer, [r["text"] for r in rows], names=[r["path"] for r in rows], config=config)
@@ -708,7 +711,7 @@ def run_rope(ctx: RunContext) -> dict:
         if path.is_file():  # resume: a finished method is not scored again
             methods[method] = json.loads(path.read_text())
             continue
-        model = _rope_model(method, code_dir, lcft_dir, factor, torch_dtype(lc.dtype))
+        model = _rope_model(method, code_dir, lcft_dir, factor, torch_dtype(cfg.eval.dtype))
         model.eval()
         with torch.inference_mode():
             nll = [

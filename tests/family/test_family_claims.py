@@ -52,7 +52,9 @@ def test_infilling_claim_supported_when_suffix_helps():
     claim = fim_enables_infilling(_results(fim_works=True))
     assert claim.verdict == SUPPORTED, claim.text
     assert claim.text.startswith("**FIM enables infilling: supported by this run.**")
-    assert len(claim.comparisons) == 6 and all(c.holds for c in claim.comparisons)
+    assert len(claim.comparisons) == 8 and all(c.holds for c in claim.comparisons)
+    gap = next(c for c in claim.comparisons if c.label == "code - base gap (PSM - prefix-only middle NLL)")
+    assert gap.high < 0  # code's suffix gain (-0.6) beats the base's (+0.7: the base is lost in its FIM prompt)
     nll = next(c for c in claim.comparisons if c.label.startswith("code PSM - prefix-only middle NLL"))
     assert nll.high < 0 and nll.n == 150
     base = next(c for c in claim.comparisons if "base prefix" in c.label)  # the base left to right
@@ -67,6 +69,17 @@ def test_infilling_claim_not_supported_says_so_with_numbers():
     assert "not supported at this budget" in claim.text
     assert "code PSM - prefix-only middle NLL" in claim.text.split("Not holding:")[1]
     assert " pts [" in claim.text and "over 150" in claim.text
+
+
+def test_a_suffix_gain_the_control_has_too_is_not_fim():
+    """Any model scores a middle better with the suffix in view; the FIM model must gain more than its control."""
+    results = _results(fim_works=True)
+    results["models"]["code-nofim"] = {"infilling": _infilling(0.0, 0.0, 0.05, (1.3, 1.35, 1.9))}
+    claim = fim_enables_infilling(results)
+    assert claim.verdict == NOT_SUPPORTED
+    failed = [c.label for c in claim.comparisons if not c.holds]
+    assert failed == [f"code - code-nofim gap ({m} - prefix-only middle NLL)" for m in ("PSM", "SPM")]
+    assert "Not holding: code - code-nofim gap (PSM - prefix-only middle NLL), code - code-nofim gap (SPM" in claim.text
 
 
 def _code_loss(mean: float, seed: int) -> dict:
