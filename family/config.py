@@ -91,6 +91,7 @@ class HumanEvalSettings:
     models: list[str] = field(default_factory=list)
     limit: int | None = None
     max_new_tokens: int = 128
+    chat_max_new_tokens: int = 384  # chat-format prompts: the answer restates the whole function
     sampled: SampledSettings | None = None  # sampled runs for pass@10/100 besides greedy
 
 

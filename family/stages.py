@@ -38,6 +38,7 @@ from codellama.tokenizer import CodeLlamaTokenizer, TrainOptions, load_tokenizer
 from codellama.train.config import resolve_config
 from codellama.train.loop import CONFIG_FILE, train_branch
 from evals.code_loss import CodeLossConfig, code_loss
+from evals.execution import HUMANEVAL_STOPS
 from evals.infilling import NLL_FILE, BenchmarkConfig, pass_at_1_by_problem, run_benchmark
 from evals.run import RunConfig, run_humaneval
 from evals.sandbox import LazySandboxPool
@@ -476,11 +477,17 @@ def make_eval_stage(model: str) -> Stage:
             n = he.limit or 164
             parts.append(
                 f"HumanEval {n} problems greedy x {he.max_new_tokens} tokens"
-                + (" (chat prompt if the base has a chat template)" if model == "base" else "")
+                + (
+                    f" (chat prompt x {he.chat_max_new_tokens} if the base has a chat template)"
+                    if model == "base"
+                    else ""
+                )
                 + (f" + {he.sampled.samples} samples each" if he.sampled else "")
             )
         if cfg.controls.chat and model in ("code", "instruct"):
-            parts.append(f"HumanEval {he.limit or 164} problems with chat-format prompts")
+            parts.append(
+                f"HumanEval {he.limit or 164} problems with chat-format prompts x {he.chat_max_new_tokens} tokens"
+            )
         inf = cfg.eval.infilling
         if _scored(model, inf):
             modes = "+".join(m.upper() for m in inf.modes)
@@ -524,6 +531,10 @@ def _ppl_lengths(cfg: PipelineConfig) -> list[int]:
 def _humaneval(
     out: Path, model_dir: str, he, generator, seed: int, *, prompt: str = "raw", sampled: bool = True
 ) -> dict:
+    # a chat answer restates the function in a code block and ends at the end of its turn, not at a stop line
+    chat = prompt == "chat"
+    tokens = he.chat_max_new_tokens if chat else he.max_new_tokens
+    stops = () if chat else HUMANEVAL_STOPS
 
     runs = [
         (
@@ -532,7 +543,8 @@ def _humaneval(
                 source=model_dir,
                 samples=1,
                 temperature=0.0,
-                max_new_tokens=he.max_new_tokens,
+                max_new_tokens=tokens,
+                stops=stops,
                 limit=he.limit,
                 seed=seed,
                 ks=(1,),
@@ -551,7 +563,8 @@ def _humaneval(
                     samples=n,
                     temperature=s.temperature,
                     top_p=s.top_p,
-                    max_new_tokens=he.max_new_tokens,
+                    max_new_tokens=tokens,
+                    stops=stops,
                     limit=he.limit,
                     seed=seed,
                     ks=tuple(k for k in (1, 10, 100) if k <= n),

@@ -92,6 +92,9 @@ def test_family_with_controls(controls_config, tmp_path):
         models["instruct"]["humaneval_chat"]["per_problem"]
     )
 
+    chat_run = json.loads((run / "eval-instruct" / "humaneval-chat" / "greedy" / "report.json").read_text())["run"]
+    assert chat_run["prompt"] == "chat" and chat_run["stops"] == []  # a chat answer is not cut at a "\ndef" line
+
     # RoPE: the code model untouched and scaled without training, and the raised base, at 1x and 2x the LCFT length.
     rope = results["rope"]
     assert rope["lengths"] == [256, 512] and rope["fine_tune_length"] == 256
