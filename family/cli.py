@@ -6,12 +6,21 @@ import argparse
 from pathlib import Path
 
 from codellama.commands.args import add_set_option
+from family.config import DEFAULT_CONFIG
 
 EXAMPLES = """examples:
-  codellama pipeline --run runs/family                      # the default: tiny scale on the Python stdlib
-  codellama pipeline --run runs/family --dry-run            # the plan, with token and compute budget per stage
+  codellama pipeline --run runs/family                      # the default config on the Python stdlib
+  codellama pipeline --config smollm2 --run runs/smollm2    # the recipe on SmolLM2-135M, with the controls
+  codellama pipeline --config tiny --run runs/tiny --set controls.no_fim=true   # smoke run + the no-FIM control
+  codellama pipeline --config smollm2 --dry-run             # the plan, with token and compute budget per stage
   codellama pipeline --config my.yaml --run runs/family --stages eval-code,report
   codellama pipeline --show-default-config > my.yaml        # start your own config from the default
+
+Built-in configs (--config NAME): tiny (a tiny model from scratch: the smoke run) and smollm2 (the
+Code Llama recipe on SmolLM2-135M-Instruct with its controls: the base, code training without FIM,
+RoPE scaling vs the raised base, chat-format HumanEval); `default` is the one run without --config.
+A YAML file given to --config goes on top of the default config, or of the built-in config named by
+its `extends: NAME` key (e.g. `extends: tiny`).
 
 Interrupted at any stage, the same command resumes at the unfinished stage (finished stages are
 skipped; training resumes from its last checkpoint, evaluation from its last finished sample).
@@ -23,19 +32,30 @@ def register(cli) -> None:
     p = cli.command(
         "pipeline", help="foundation -> Python / long-context / instruct -> scored, with a report", epilog=EXAMPLES
     )
-    p.add_argument("--config", default="default", help="YAML config (default: the built-in tiny-scale config)")
+    p.add_argument(
+        "--config",
+        default="default",
+        help=f"a built-in config by name (tiny, smollm2; default: {DEFAULT_CONFIG}) or a YAML file on top "
+        "of the default",
+    )
     add_set_option(p, "data.fim_rate=0.5")
     p.add_argument("--run", type=Path, default=Path("runs/family"), help="run directory (resumable)")
     p.add_argument("--stages", help="comma-separated subset of stages to (re)run")
     p.add_argument("--dry-run", action="store_true", help="print the plan and budgets; run nothing")
-    p.add_argument("--show-default-config", action="store_true", help="print the default config and exit")
+    p.add_argument(
+        "--show-default-config",
+        action="store_true",
+        help="print the default config (with the list of built-in configs) and exit",
+    )
     p.set_defaults(func=cmd_pipeline)
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from family.config import default_config_path, load_config
+    from family.config import default_config_path, load_config, named_configs
 
     if args.show_default_config:
+        names = ", ".join(f"{n} (the default)" if n == DEFAULT_CONFIG else n for n in named_configs())
+        print(f"# built-in configs (--config NAME): {names}\n# this is {DEFAULT_CONFIG}.yaml:")
         print(default_config_path().read_text(), end="")
         return 0
     from family.runner import RunContext, RunState, run_stages

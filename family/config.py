@@ -1,8 +1,10 @@
-"""The family run's configuration: typed dataclasses, with the defaults in configs/default.yaml.
+"""The family run's configuration: typed dataclasses, with named configs in configs/NAME.yaml.
 
-A user's YAML file and `--set key=value` overrides go on top of the defaults through the toolkit's
-one configuration mechanism (`codellama.config`): unknown keys and wrongly typed values are one-line
-errors naming the key.
+`--config NAME` picks a built-in config (`tiny`: the smoke run from scratch; `smollm2`: the recipe on a
+real pretrained base); `--config FILE` puts a user's YAML on top of the default one, or on top of the
+built-in config its `extends: NAME` key names. `--set key=value`
+overrides go last, through the toolkit's one configuration mechanism (`codellama.config`): unknown keys
+and wrongly typed values are one-line errors naming the key.
 """
 
 from __future__ import annotations
@@ -14,12 +16,33 @@ from pathlib import Path
 
 import yaml
 
-from codellama.config import BRANCHES, SCALES, apply_overrides, build, deep_merge, load_yaml, to_raw
+from codellama.config import BRANCHES, DTYPES, SCALES, apply_overrides, build, deep_merge, load_yaml, to_raw
 from codellama.data.fim import SPAN_MODES
+from family.split import FIM_UNITS
+
+# The config `codellama pipeline` runs without --config (and `default` names).
+DEFAULT_CONFIG = "tiny"
+# Models a family run can hold: the branches plus the controls (the base itself, code training without FIM).
+MODELS = ("base", "code-nofim", *BRANCHES)
+
+
+def named_configs() -> list[str]:
+    """The built-in configs (family/configs/*.yaml), by name."""
+    return sorted(
+        p.name[:-5] for p in resources.files("family").joinpath("configs").iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def config_path(name: str) -> Path:
+    """The file of a built-in config (`default` = DEFAULT_CONFIG)."""
+    name = DEFAULT_CONFIG if name == "default" else name
+    if name not in named_configs():
+        raise ValueError(f"no built-in config {name!r}; built-in configs are: {', '.join(named_configs())}")
+    return Path(str(resources.files("family") / "configs" / f"{name}.yaml"))
 
 
 def default_config_path() -> Path:
-    return Path(str(resources.files("family") / "configs" / "default.yaml"))
+    return config_path(DEFAULT_CONFIG)
 
 
 @dataclass
@@ -41,7 +64,10 @@ class DataSettings:
     fim_rate: float = 0.9
     spm_rate: float = 0.5
     span_mode: str = "char"
+    fim_unit: str = "document"  # document: FIM per whole file, packed end to end | row: per row-sized chunk
     max_documents: int | None = None
+    # files kept out of every training stage (by a hash of their relative path), for held-out code loss
+    heldout_fraction: float = 0.0
 
 
 @dataclass
@@ -65,6 +91,7 @@ class HumanEvalSettings:
     models: list[str] = field(default_factory=list)
     limit: int | None = None
     max_new_tokens: int = 128
+    chat_max_new_tokens: int = 384  # chat-format prompts: the answer restates the whole function
     sampled: SampledSettings | None = None  # sampled runs for pass@10/100 besides greedy
 
 
@@ -74,6 +101,8 @@ class InfillingSettings:
     benchmarks: list[str] = field(default_factory=list)
     limit: int | None = 150
     max_new_tokens: int = 64
+    modes: list[str] = field(default_factory=lambda: ["psm", "spm"])  # + prefix: the left-to-right baseline
+    nll: bool = False  # also the NLL per token of the true middle in every mode (needs no generation)
 
 
 @dataclass
@@ -83,6 +112,17 @@ class LongContextSettings:
     ppl_samples: int = 4
     key_retrieval_lengths: list[int] = field(default_factory=list)
     key_retrieval_positions: list[float] = field(default_factory=list)
+    # also these multiples of the long-context fine-tuning length (for the RoPE comparison: 1x, 2x, 4x)
+    ppl_factors: list[int] = field(default_factory=list)
+
+
+@dataclass
+class CodeLossSettings:
+    """Held-out code loss (the paper's test loss for "FIM costs little") on the held-out files."""
+
+    models: list[str] = field(default_factory=list)
+    seq_len: int = 1024
+    max_tokens: int | None = 200_000  # scored tokens at most (the first held-out files, in path order)
 
 
 @dataclass
@@ -90,6 +130,22 @@ class EvalSettings:
     humaneval: HumanEvalSettings = field(default_factory=HumanEvalSettings)
     infilling: InfillingSettings = field(default_factory=InfillingSettings)
     long_context: LongContextSettings = field(default_factory=LongContextSettings)
+    code_loss: CodeLossSettings = field(default_factory=CodeLossSettings)
+    # every scored model in this dtype (one dtype for all, so their scores compare); bfloat16 is faster on CPUs
+    # with AMX and close enough for means (evals measured NLL/token within 0.002 of float32)
+    dtype: str = "float32"
+
+
+@dataclass
+class ControlSettings:
+    """The extra models and scores that make the report's claims testable (off = a shorter run).
+
+    The base and the no-FIM model are scored wherever the code model is (eval.*.models naming "code")."""
+
+    no_fim: bool = False  # train-code-nofim: train-code's documents, budget, seed and recipe at FIM rate 0
+    base: bool = False  # eval-base: the untouched base, scored like the code model
+    rope_scaling: bool = False  # eval-rope: the code model untouched / linear / dynamic NTK / YaRN vs the LCFT model
+    chat: bool = False  # HumanEval with chat-format prompts for the code and instruct models
 
 
 @dataclass
@@ -102,6 +158,8 @@ class PipelineConfig:
     branches: dict[str, list[str]] = field(default_factory=dict)  # extra `key=value` overrides per branch recipe
     instruct_data: InstructDataSettings = field(default_factory=InstructDataSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    controls: ControlSettings = field(default_factory=ControlSettings)
+    notes: str = ""  # why this recipe and these budgets: printed under the report's Recipe table
     source: str = field(default="default", init=False)  # where the config came from (for the report)
 
     def to_dict(self) -> dict:
@@ -117,10 +175,24 @@ class PipelineConfig:
             raise ValueError(
                 f"unknown branch(es) in config: {', '.join(sorted(unknown))}; branches are {', '.join(BRANCHES)}"
             )
-        for section in ("humaneval", "infilling", "long_context"):
-            bad = set(getattr(self.eval, section).models) - set(BRANCHES)
+        for section in ("humaneval", "infilling", "long_context", "code_loss"):
+            bad = set(getattr(self.eval, section).models) - set(MODELS)
             if bad:
-                raise ValueError(f"eval.{section}.models names unknown model(s) {', '.join(sorted(bad))}")
+                raise ValueError(
+                    f"eval.{section}.models names unknown model(s) {', '.join(sorted(bad))}; "
+                    f"models are {', '.join(MODELS)}"
+                )
+        bad_modes = set(self.eval.infilling.modes) - {"psm", "spm", "prefix"}
+        if bad_modes or not self.eval.infilling.modes:
+            raise ValueError(f"eval.infilling.modes must be among psm, spm, prefix, got {self.eval.infilling.modes}")
+        if not 0.0 <= self.data.heldout_fraction < 1.0:
+            raise ValueError(f"data.heldout_fraction must be in [0, 1), got {self.data.heldout_fraction}")
+        if self.eval.code_loss.models and not self.data.heldout_fraction:
+            raise ValueError("eval.code_loss needs held-out files: set data.heldout_fraction (e.g. 0.05)")
+        if self.eval.dtype not in DTYPES:
+            raise ValueError(f"eval.dtype must be one of {', '.join(DTYPES)}, got {self.eval.dtype!r}")
+        if self.data.fim_unit not in FIM_UNITS:
+            raise ValueError(f"data.fim_unit must be one of {', '.join(FIM_UNITS)}, got {self.data.fim_unit!r}")
         if self.data.span_mode not in SPAN_MODES:
             raise ValueError(f"data.span_mode must be one of {', '.join(SPAN_MODES)}, got {self.data.span_mode!r}")
         if self.instruct_data.from_ not in BRANCHES:
@@ -131,10 +203,18 @@ class PipelineConfig:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """The default config, a user file's keys on top, then `key=value` overrides."""
-    raw = yaml.safe_load(default_config_path().read_text())
-    if path is not None and str(path) != "default":
-        raw = deep_merge(raw, load_yaml(path))
+    """A built-in config by name, or the default one with a user file's keys on top; then `key=value` overrides."""
+    name = str(path or "default")
+    if name == "default" or name in named_configs():
+        raw = yaml.safe_load(config_path(name).read_text())
+    elif not Path(name).exists() and Path(name).suffix not in (".yaml", ".yml", ".json"):
+        raise ValueError(f"--config {name}: no such file, and not a built-in config ({', '.join(named_configs())})")
+    else:
+        user = load_yaml(path)
+        extends = str(user.pop("extends", "default"))  # the built-in config the file changes
+        if extends != "default" and extends not in named_configs():
+            raise ValueError(f"{path}: extends {extends!r}, not a built-in config ({', '.join(named_configs())})")
+        raw = deep_merge(yaml.safe_load(config_path(extends).read_text()), user)
     apply_overrides(raw, overrides)
     config = build(PipelineConfig, raw).validate()
     config.source = str(path or "default") + (f" with --set {' '.join(overrides)}" if overrides else "")

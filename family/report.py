@@ -5,6 +5,8 @@
    "tokens", "first_loss", "final_loss"}, "humaneval": {"pass@1": x, ...,"failures": {kind: n}},
    "infilling": {BENCH: {"psm": {"pass@1": x}, "spm": {...}}}, "key_retrieval": {...},
    "long_ppl": {"lengths": [...], "ppl": [...]}}}, "config": {...}, "stages": {...}}
+plus, from the controls, per-problem values ("per_problem") that the claims pair, "humaneval_chat", "code_loss"
+and "rope" (the RoPE methods' per-window NLL); write_report adds "claims" (family.claims).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from pathlib import Path
 
 from codellama.io import atomic_write_json, atomic_write_text
+from family.claims import Claim, judge_claims
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,17 @@ PLOTS = {
     "pass_at_k": "pass_at_k.png",
     "infilling": "infilling.png",
     "long_ppl": "long_ppl.png",
+    "middle_nll": "middle_nll.png",
+    "fim_loss_curves": "fim_loss_curves.png",
+    "rope_ppl": "rope_ppl.png",
+    "chat": "chat_pass_at_1.png",
+}
+# The plot shown under each claim.
+CLAIM_PLOTS = {
+    "fim_enables_infilling": ("infilling", "middle_nll"),
+    "fim_costs_little": ("fim_loss_curves",),
+    "rope_extends_context": ("rope_ppl",),
+    "instruct_helps_chat": ("chat",),
 }
 
 
@@ -31,17 +45,37 @@ def _pct(x) -> str:
 def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
     """Write results.json, report.md and the plots; returns the written paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    claims = judge_claims(results)
+    results = {**results, "claims": [c.to_json() for c in claims]}
     atomic_write_json(out_dir / "results.json", results)
     plots = _plots(results, out_dir)
-    atomic_write_text(out_dir / "report.md", _markdown(results, plots))
+    atomic_write_text(out_dir / "report.md", _markdown(results, plots, claims))
     return {"results": out_dir / "results.json", "report": out_dir / "report.md", **plots}
 
 
-def _markdown(results: dict, plots: dict[str, Path]) -> str:
+def claim_markdown(claim: Claim, plots: dict[str, Path]) -> list[str]:
+    """One claim's section: the verdict paragraph, its table with intervals, its plots."""
+    lines = [f"### {claim.title}", "", claim.text, ""]
+    if claim.rows:
+        lines += ["| " + " | ".join(claim.columns) + " |", "|" + "---|" * len(claim.columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in claim.rows]
+        lines.append("")
+    for key in CLAIM_PLOTS.get(claim.key, ()):
+        if key in plots:
+            lines += [f"![{key}]({plots[key].name})", ""]
+    return lines
+
+
+def _markdown(results: dict, plots: dict[str, Path], claims: list[Claim] = ()) -> str:
     models = results.get("models", {})
     lines = ["# Code Llama family report", ""]
     if results.get("summary"):
         lines += [results["summary"], ""]
+    measured = [c for c in claims if c.rows or c.comparisons]
+    if measured:
+        lines += ["## Claims", "", "95% intervals: percentile bootstrap over problems (files, windows).", ""]
+        for claim in measured:
+            lines += claim_markdown(claim, plots)
     lines += [
         "## Models",
         "",
@@ -57,6 +91,23 @@ def _markdown(results: dict, plots: dict[str, Path]) -> str:
         )
     if "loss_curves" in plots:
         lines += ["", f"![loss curves]({plots['loss_curves'].name})"]
+    recipe = results.get("recipe") or {}
+    if recipe:
+        lines += [
+            "",
+            "## Recipe",
+            "",
+            "| model | row length | tokens per step | steps | tokens | peak lr | warm-up steps | RoPE base | FIM rate |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in recipe.items():
+            rope = "–" if r["rope_base"] is None else f"{r['rope_base']:g}"
+            lines.append(
+                f"| {name} | {r['seq_len']:,} | {r['batch_tokens']:,} | {r['steps']:,} | {r['tokens']:,} | "
+                f"{r['lr']:g} | {r['warmup_steps']} | {rope} | {r['fim_rate']:g} |"
+            )
+    if results.get("notes"):
+        lines += ["", results["notes"]]
 
     he = {n: m["humaneval"] for n, m in models.items() if m.get("humaneval")}
     if he:
@@ -84,14 +135,15 @@ def _markdown(results: dict, plots: dict[str, Path]) -> str:
             "",
             "## Infilling (HumanEval infilling, pass@1)",
             "",
-            "| model | benchmark | PSM | SPM | problems |",
-            "|---|---|---|---|---|",
+            "| model | benchmark | PSM | SPM | prefix-only | problems |",
+            "|---|---|---|---|---|---|",
         ]
         for name, benches in inf.items():
             for bench, r in benches.items():
                 lines.append(
                     f"| {name} | {bench} | {_pct((r.get('psm') or {}).get('pass@1'))} | "
-                    f"{_pct((r.get('spm') or {}).get('pass@1'))} | {r.get('problems', '–')} |"
+                    f"{_pct((r.get('spm') or {}).get('pass@1'))} | {_pct((r.get('prefix') or {}).get('pass@1'))} | "
+                    f"{r.get('problems', '–')} |"
                 )
         if "infilling" in plots:
             lines += ["", f"![infilling]({plots['infilling'].name})"]
@@ -159,15 +211,19 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
 
     rows = [(f"{n}\n{b}", r) for n, m in models.items() for b, r in (m.get("infilling") or {}).items()]
     if rows:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for j, mode in enumerate(("psm", "spm")):
+        fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(rows)), 4))
+        modes = [m for m in ("psm", "spm", "prefix") if any(r.get(m) for _, r in rows)]
+        width = 0.8 / len(modes)
+        for j, mode in enumerate(modes):
             ax.bar(
-                [i + j * 0.4 for i in range(len(rows))],
+                [i + j * width for i in range(len(rows))],
                 [100 * ((r.get(mode) or {}).get("pass@1") or 0) for _, r in rows],
-                0.4,
-                label=mode.upper(),
+                width,
+                yerr=_pass_errors([(r.get(mode) or {}).get("per_problem") for _, r in rows]),
+                capsize=3,
+                label=mode.upper() if mode != "prefix" else "prefix-only",
             )
-        ax.set_xticks([i + 0.2 for i in range(len(rows))], [label for label, _ in rows])
+        ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(rows))], [label for label, _ in rows])
         ax.set(ylabel="pass@1 %", title="HumanEval infilling")
         ax.legend()
         save(fig, "infilling")
@@ -186,4 +242,88 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
         )
         ax.legend()
         save(fig, "long_ppl")
+
+    nll = [
+        (n, m["infilling"][b]["nll"])
+        for n, m in models.items()
+        for b in (m.get("infilling") or {})
+        if (m["infilling"][b] or {}).get("nll") and b == "single-line"
+    ]
+    if nll:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        modes = ["psm", "spm", "prefix"]
+        width = 0.8 / len(modes)
+        for j, mode in enumerate(modes):
+            stats = [r["modes"].get(mode) for _, r in nll]
+            ax.bar(
+                [i + j * width for i in range(len(nll))],
+                [s["mean"] if s else 0 for s in stats],
+                width,
+                yerr=[
+                    [s["mean"] - s["low"] if s else 0 for s in stats],
+                    [s["high"] - s["mean"] if s else 0 for s in stats],
+                ],
+                capsize=3,
+                label=mode.upper() if mode != "prefix" else "prefix-only",
+            )
+        ax.set_xticks([i + width for i in range(len(nll))], [n for n, _ in nll])
+        ax.set(ylabel="nats per token (95% interval)", title="NLL of the true middle (single-line), per prompt mode")
+        ax.legend()
+        save(fig, "middle_nll")
+
+    pair = {
+        n: models[n]["train"] for n in ("code", "code-nofim") if (models.get(n) or {}).get("train", {}).get("curve")
+    }
+    if len(pair) == 2:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, train in pair.items():
+            steps, losses = zip(*train["curve"])
+            ax.plot(steps, losses, label=f"{name} ({'FIM' if name == 'code' else 'FIM rate 0'})")
+        ax.set(xlabel="step", ylabel="training loss", title="Code training with and without FIM (same data and budget)")
+        ax.legend()
+        save(fig, "fim_loss_curves")
+
+    rope = results.get("rope") or {}
+    if rope.get("methods"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for method, entry in rope["methods"].items():
+            ax.plot(rope["lengths"], entry["ppl"], marker="o", label=method)
+        ax.axvline(rope["fine_tune_length"], color="grey", linestyle=":", label="fine-tuning length")
+        ax.set(
+            xlabel="context length (tokens)",
+            ylabel="perplexity",
+            xscale="log",
+            yscale="log",
+            title="Perplexity versus context length, per RoPE method",
+        )
+        ax.legend()
+        save(fig, "rope_ppl")
+
+    chat = {n: m["humaneval_chat"] for n, m in models.items() if m.get("humaneval_chat")}
+    if chat:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.bar(
+            list(chat),
+            [100 * (r.get("pass@1") or 0) for r in chat.values()],
+            yerr=_pass_errors([r.get("per_problem") for r in chat.values()]),
+            capsize=4,
+        )
+        ax.set(ylabel="pass@1 % (95% interval)", title="HumanEval with chat-format prompts")
+        save(fig, "chat")
     return written
+
+
+def _pass_errors(per_problem: list[dict | None]) -> list[list[float]]:
+    """Error bars (points below, above) of pass@1 from per-problem values; 0 where there are none."""
+    from evals.intervals import bootstrap_mean
+
+    low, high = [], []
+    for values in per_problem:
+        if not values:
+            low.append(0.0)
+            high.append(0.0)
+            continue
+        iv = bootstrap_mean(list(values.values()))
+        low.append(100 * (iv.mean - iv.low))
+        high.append(100 * (iv.high - iv.mean))
+    return [low, high]

@@ -26,6 +26,7 @@ def small_config(tmp_path_factory, stdlib_texts):
     for i, text in enumerate(stdlib_texts[:60]):
         (src / f"m{i:03d}.py").write_text(text)
     config = {
+        "extends": "tiny",  # the smoke run, whatever the default config is
         "tokenizer": {"vocab_size": 1016},
         "data": {"sources": [str(src)]},
         "branches": {b: list(TINY_OVERRIDES) for b in ("code", "python", "long-context", "instruct")},

@@ -117,15 +117,15 @@ def test_load_rejects_garbage(tmp_path):
 
 @pytest.mark.slow
 def test_main_job_tokenizer_round_trips_every_stdlib_file():
-    """The main job's tokenizer (the default config: every stdlib file, 4,016 pieces) loses no byte of any file."""
+    """The tiny run's trained tokenizer (every stdlib file, 4,016 pieces) loses no byte of any file."""
     import yaml
 
     from codellama.data.stdlib import iter_source_texts
-    from family.config import default_config_path
+    from family.config import config_path
 
     texts = list(iter_source_texts())
     assert len(texts) > 1000
-    vocab = yaml.safe_load(default_config_path().read_text())["tokenizer"]["vocab_size"]
+    vocab = yaml.safe_load(config_path("tiny").read_text())["tokenizer"]["vocab_size"]
     tok = CodeLlamaTokenizer.train(texts, TrainOptions(vocab_size=vocab))
     assert [tok.prefix_id, tok.suffix_id, tok.middle_id, tok.eot_id] == [vocab - 9, vocab - 8, vocab - 7, vocab - 6]
     broken = [i for i, (text, ids) in enumerate(zip(texts, tok.encode_batch(texts))) if tok.decode(ids) != text]

@@ -422,6 +422,7 @@ def test_pipeline_on_a_bpe_checkpoint_base(bpe_base, stdlib_texts, tmp_path):
     for i, text in enumerate(stdlib_texts[:30]):
         (src / f"m{i:02d}.py").write_text(text)
     config = {
+        "extends": "tiny",  # the smoke run's settings, whatever the default config is
         "base": {"model": str(base)},
         "data": {"sources": [str(src)]},
         "branches": {"code": TINY},

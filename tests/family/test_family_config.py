@@ -1,0 +1,130 @@
+"""Named configs, the held-out split and row-sized FIM units: fast checks, no model runs."""
+
+import yaml
+
+from codellama.cli import main
+from family.config import DEFAULT_CONFIG, load_config, named_configs
+from family.split import chunk_rows, is_heldout, row_chunks, split_documents
+
+
+def test_named_configs_and_default(capsys):
+    assert {"tiny", "smollm2"} <= set(named_configs()) and DEFAULT_CONFIG in named_configs()
+    tiny, default = load_config("tiny"), load_config("default")
+    assert tiny.to_dict() == default.to_dict() if DEFAULT_CONFIG == "tiny" else True
+    # tiny is the smoke run: from scratch, no controls, no held-out split
+    assert tiny.base.model == "tiny" and not any(vars(tiny.controls).values()) and tiny.data.heldout_fraction == 0
+    real = load_config("smollm2")
+    assert real.base.model == "smollm2-135m" and real.tokenizer.base is None
+    assert (real.data.fim_rate, real.data.spm_rate, real.data.fim_unit) == (0.9, 0.5, "row")
+    assert real.controls.no_fim and real.controls.base and real.data.heldout_fraction == 0.05
+    assert load_config("smollm2", ["controls.no_fim=false"]).controls.no_fim is False
+    assert main(["pipeline", "--show-default-config"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2" in out and "tiny" in out and yaml.safe_load(out)["base"]["model"] == default.base.model
+
+
+def test_bad_config_names_and_values(tmp_path, capsys):
+    assert main(["pipeline", "--config", "smollm3", "--dry-run", "--run", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "smollm3" in err and "tiny" in err and "smollm2" in err and len(err.strip().splitlines()) == 1
+    for override, words in (
+        ("eval.code_loss.models=[code]", "heldout_fraction"),
+        ("eval.infilling.modes=[psm,middle]", "eval.infilling.modes"),
+        ("data.fim_unit=line", "data.fim_unit"),
+        ("eval.humaneval.models=[code-fim]", "code-fim"),
+    ):
+        assert main(["pipeline", "--config", "tiny", "--set", override, "--dry-run"]) == 2, override
+        assert words in capsys.readouterr().err
+
+
+def test_dry_run_shows_the_controls_with_budgets(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["pipeline", "--config", "tiny", "--run", str(run), "--dry-run"]) == 0
+    tiny = capsys.readouterr().out
+    assert "train-code-nofim" not in tiny and "eval-base" not in tiny and "eval-rope" not in tiny
+    on = ["controls.no_fim=true", "controls.base=true", "controls.rope_scaling=true", "controls.chat=true"]
+    args = [
+        "pipeline",
+        "--config",
+        "tiny",
+        "--run",
+        str(run),
+        "--dry-run",
+        "--set",
+        "eval.long_context.ppl_factors=[1,2,4]",
+    ]
+    assert main(args + [x for o in on for x in ("--set", o)]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    code, nofim = lines["train-code"], lines["train-code-nofim"]
+    assert code.split(":", 1)[1].replace("the code branch", "") == nofim.split(":", 1)[1].replace(
+        "the code recipe at FIM rate 0 (control)", ""
+    ), "the control must have train-code's budget"
+    assert "tokens=1,228,800" in nofim and "code-nofim=seq_len 256, FIM 0.0" in lines["data"]
+    assert "HumanEval" in lines["eval-base"] and "chat-format" in lines["eval-instruct"]
+    assert "1024, 2048, 4096]" in lines["eval-rope"]  # + 1x, 2x, 4x the tiny long-context length
+    assert not run.exists()
+
+
+def test_smollm2_dry_run(capsys):
+    assert main(["pipeline", "--config", "smollm2", "--dry-run", "--run", "/nonexistent/run"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("train-code-nofim", "eval-base", "eval-code-nofim", "eval-rope", "report"):
+        assert f"  {stage} " in out
+    assert "PSM+SPM+PREFIX), middle NLL" in out and "held-out code loss" in out
+    assert "5% of the files" in out and "[1024, 2048, 4096]" in out
+
+
+def test_heldout_split_is_a_stable_hash_of_the_path():
+    rows = [{"path": f"pkg/mod{i}.py", "text": "x = 1\n"} for i in range(2000)]
+    train, heldout = split_documents(rows, 0.05)
+    assert len(train) + len(heldout) == 2000 and 60 < len(heldout) < 140
+    assert {r["path"] for r in heldout} == {r["path"] for r in rows if is_heldout(r["path"], 0.05)}
+    # the same file stays held out whatever else is in the corpus, and a larger fraction keeps it held out
+    assert split_documents(rows[:100], 0.05)[1] == [r for r in heldout if r in rows[:100]]
+    assert all(is_heldout(r["path"], 0.2) for r in heldout)
+    assert split_documents(rows, 0.0) == (rows, [])
+
+
+def test_row_chunks_fit_a_row_and_join_back():
+    text = "".join(f"line {i} " + "word " * (i % 7) + "\n" for i in range(300))
+
+    def count(lines):
+        return [len(line.split()) + 1 for line in lines]  # a stand-in tokenizer: words + newline
+
+    chunks = row_chunks(text, count, 64)
+    assert "".join(chunks) == text and len(chunks) > 5
+    assert all(sum(count(c.splitlines(keepends=True))) <= 64 - 16 for c in chunks)
+    long_line = "y" * 50 + " z" * 200 + "\n"
+    assert row_chunks("a\n" + long_line + "b\n", count, 64) == ["a\n", long_line, "b\n"]
+    rows = chunk_rows([{"path": "m.py", "text": text, "language": "python"}], count, 64)
+    assert [r["path"] for r in rows[:2]] == ["m.py#0", "m.py#1"] and rows[0]["language"] == "python"
+
+
+def test_a_config_file_extends_a_built_in_one(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: smollm2\ncontrols: {rope_scaling: false}\n")
+    cfg = load_config(path)
+    assert cfg.base.model == "smollm2-135m" and cfg.controls.no_fim and not cfg.controls.rope_scaling
+    path.write_text("extends: tiny\nseed: 3\n")
+    assert load_config(path).to_dict() == {**load_config("tiny").to_dict(), "seed": 3}
+    path.write_text("extends: huge\n")
+    assert main(["pipeline", "--config", str(path), "--dry-run"]) == 2
+    assert "extends 'huge', not a built-in config" in capsys.readouterr().err
+
+
+def test_per_problem_values_for_paired_intervals():
+    from family.stages import _ppl_lengths, _scored, per_problem_nll, per_problem_pass
+
+    records = [
+        {"task_id": "b/1", "passed": True},
+        {"task_id": "a/0", "passed": False},
+        {"task_id": "b/1", "passed": False},
+    ]
+    assert per_problem_pass(records) == {"a/0": 0.0, "b/1": 0.5}
+    nll = [{"task_id": "x", "tokens": 4, "nll": 6.0}, {"task_id": "y", "tokens": 0, "nll": 0.0}]
+    assert per_problem_nll(nll) == {"x": [1.5, 4]}  # an empty middle has no NLL per token
+    cfg = load_config("tiny", ["eval.long_context.ppl_factors=[1,4]", "eval.long_context.ppl_lengths=[128,1024]"])
+    assert _ppl_lengths(cfg) == [128, 1024, 4096]  # tiny long-context rows are 1,024 tokens
+    assert _scored("base", cfg.eval.humaneval) and _scored("code-nofim", cfg.eval.infilling)
+    assert not _scored("base", load_config("tiny", ["eval.humaneval.models=[python]"]).eval.humaneval)
