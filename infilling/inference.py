@@ -147,6 +147,11 @@ def fit_infill(
     the cursor loses lines from the top, the text after it from the bottom, and extra chunks go oldest
     first (the last chunk is the newest). `middle` (llama.cpp's `prompt`: the cursor's line so far) is
     always kept. Whole lines go, so consecutive keystrokes keep the same start and reuse the prompt cache.
+
+    In PSM the typed `middle` goes after `<MID>`, as the start of the middle (llama.cpp's layout; FIM
+    training splits at any character, so the model has seen middles that start mid-line): each keystroke
+    then changes only the prompt's last tokens, and the prompt cache serves the prefix and the suffix.
+    With the middle in front of `<SUF>` (the prefix's end) every keystroke would re-feed the suffix.
     """
     count = _counter(tokenizer)
     window = min(limits.window, limits.room // 2)
@@ -157,7 +162,7 @@ def fit_infill(
     after_quota = min(n_after, max(window // 4, window - n_before))
     before = _keep_lines(prefix, lambda t: count(t, False) + n_middle <= window - after_quota, from_top=True)
     after = _keep_lines(suffix, lambda t: count(t, True) <= after_quota, from_top=False)
-    core = tokenizer.infilling_prompt(before + middle, after, suffix_first=suffix_first)
+    core = _layout(tokenizer, before, middle, after, suffix_first)
     if len(core) > limits.room:  # the cursor's own line alone is too long: keep its end
         return _fit_by_chars(tokenizer, before + middle, limits.room, suffix_first)
     spare, chunks = extra_room, []
@@ -167,13 +172,20 @@ def fit_infill(
             break
         chunks.insert(0, chunk)
     while True:
+        ids = _layout(tokenizer, with_extra_context(before, chunks), middle, after, suffix_first)
         kept = with_extra_context(before + middle, chunks)
-        ids = tokenizer.infilling_prompt(kept, after, suffix_first=suffix_first)
         if len(ids) <= limits.room or not chunks:  # token counts of parts add up only nearly
             break
         chunks.pop(0)
     truncated = before != prefix or after != suffix or len(chunks) < len(extra)
     return FittedInfill(ids, kept, after, truncated, len(chunks))
+
+
+def _layout(tokenizer, before: str, middle: str, after: str, suffix_first: bool) -> list[int]:
+    """PSM: <PRE> before <SUF> after <MID> middle; SPM ends with the prefix anyway, so middle just extends it."""
+    if suffix_first or not middle:
+        return tokenizer.infilling_prompt(before + middle, after, suffix_first=suffix_first)
+    return tokenizer.infilling_prompt(before, after) + tokenizer.encode_infilling(middle)
 
 
 _COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -241,6 +241,20 @@ def test_a_warm_up_and_its_keystrokes_keep_the_same_chunks(tiny_tokenizer, stdli
     assert keystrokes[0].prefix == keystrokes[1].prefix[: len(keystrokes[0].prefix)]
 
 
+def test_typed_text_goes_after_mid_so_keystrokes_share_prefix_and_suffix(tiny_tokenizer, stdlib_code):
+    """llama.cpp's layout: <PRE> prefix <SUF> suffix <MID> typed-text. A keystroke changes only the tail, so the
+    prompt cache serves the whole file around the cursor (with the typed text before <SUF> it would not)."""
+    limits = FitLimits(room=4000, window=2048)  # room for all of it: nothing is cut
+    prefix, suffix = "".join(stdlib_code[:20]), "".join(stdlib_code[20:30])
+    a, b = (fit_infill(tiny_tokenizer, prefix, suffix, limits, middle=m) for m in ("    x", "    x = fo"))
+    head = tiny_tokenizer.infilling_prompt(prefix, suffix)
+    assert a.prompt_ids[: len(head)] == b.prompt_ids[: len(head)] == head  # everything up to <MID>, shared
+    assert b.prompt_ids[len(head) :] == tiny_tokenizer.encode_infilling("    x = fo")
+    assert head[-1] == tiny_tokenizer.middle_id and tiny_tokenizer.suffix_id in head
+    spm = fit_infill(tiny_tokenizer, prefix, suffix, limits, middle="    x", suffix_first=True)
+    assert spm.prompt_ids == tiny_tokenizer.infilling_prompt(prefix + "    x", suffix, suffix_first=True)
+
+
 def test_warm_up_request_answers_200_and_warms_the_cache(taught, stdlib_code):
     url, engine = taught
     chunks = [("util.py", "".join(stdlib_code[2000:2006])), ("db.py", "".join(stdlib_code[2006:2012]))]
