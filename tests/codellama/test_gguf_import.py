@@ -351,3 +351,12 @@ def test_smollm2_converts_and_generates_like_transformers_gguf_load(tmp_path, mo
     keys = [k for k in original if k.startswith(("llama.", "tokenizer.")) and k != "tokenizer.ggml.add_space_prefix"]
     assert len(keys) > 20 and {k: exported.get(k) for k in keys} == {k: original[k] for k in keys}
     assert set(exported["__tensors__"]) == set(original["__tensors__"])
+
+    # And the toolkit's own commands run on it by name: HumanEval (5 problems, sandboxed).
+    from codellama.io import read_jsonl
+
+    he = tmp_path / "he"
+    args = ["eval", "humaneval", "--model", "smollm2-135m", "--limit", "5", "--max-new-tokens", "48", "--out", str(he)]
+    assert main(args) == 0
+    report = json.loads((he / "report.json").read_text())
+    assert report["problems"] == 5 and len(read_jsonl(he / "results.jsonl")) == 5
