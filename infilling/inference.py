@@ -158,8 +158,10 @@ def fit_infill(
     extra_room = limits.room - window
     window -= 4  # <s> <PRE> <SUF> <MID>
     n_middle = count(middle, True) if middle else 0
-    n_before, n_after = count(prefix, False) + n_middle, count(suffix, True)
-    after_quota = min(n_after, max(window // 4, window - n_before))
+    n_before, n_after = count(prefix, False), count(suffix, True)
+    # The typed text is charged to the suffix's share, as llama.cpp does: the prefix keeps the same lines while
+    # the user types, and the suffix (just before <MID>) loses its last lines, so the cached prompt still holds.
+    after_quota = max(0, min(n_after, max(window // 4, window - n_before) - n_middle))
     before = _keep_lines(prefix, lambda t: count(t, False) + n_middle <= window - after_quota, from_top=True)
     after = _keep_lines(suffix, lambda t: count(t, True) <= after_quota, from_top=False)
     core = _layout(tokenizer, before, middle, after, suffix_first)

@@ -251,6 +251,18 @@ def test_typed_text_goes_after_mid_so_keystrokes_share_prefix_and_suffix(tiny_to
     assert a.prompt_ids[: len(head)] == b.prompt_ids[: len(head)] == head  # everything up to <MID>, shared
     assert b.prompt_ids[len(head) :] == tiny_tokenizer.encode_infilling("    x = fo")
     assert head[-1] == tiny_tokenizer.middle_id and tiny_tokenizer.suffix_id in head
+    # When the file is cut to fit, typing shortens the suffix's share, not the prefix's: the prefix keeps the
+    # same lines from keystroke to keystroke, so the cached prompt runs at least up to <SUF>.
+    tight = FitLimits(room=384, window=2048)
+    long_prefix, long_suffix = "".join(stdlib_code[:300]), "".join(stdlib_code[300:600])
+    keys = [
+        fit_infill(tiny_tokenizer, long_prefix, long_suffix, tight, middle="    x" + " = foo(1)"[:k]) for k in range(9)
+    ]
+    assert all(k.truncated and len(k.prompt_ids) <= 384 for k in keys)
+    assert len({k.prefix[: -len(k.prefix.splitlines()[-1])] for k in keys}) == 1  # the same kept prefix lines
+    for a, b in zip(keys, keys[1:]):
+        shared = next((i for i, (x, y) in enumerate(zip(a.prompt_ids, b.prompt_ids)) if x != y), len(a.prompt_ids))
+        assert shared > a.prompt_ids.index(tiny_tokenizer.suffix_id)
     spm = fit_infill(tiny_tokenizer, prefix, suffix, limits, middle="    x", suffix_first=True)
     assert spm.prompt_ids == tiny_tokenizer.infilling_prompt(prefix + "    x", suffix, suffix_first=True)
 
