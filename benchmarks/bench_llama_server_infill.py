@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import httpx
+from bench_server import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "runs" / "family" / "train-code" / "final"
@@ -75,21 +76,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"server on port {port} did not become healthy:\n{log_path.read_text()[-3000:]}")
 
 
 def prompts(n: int, max_chars: int) -> list[tuple[str, str]]:
@@ -194,7 +180,7 @@ def main() -> int:
                 stderr=subprocess.STDOUT,
             )
         )
-        wait_healthy(procs[-1], lp, llama_log)
+        wait_healthy(procs[-1], f"http://127.0.0.1:{lp}", llama_log)
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "codellama.cli", "serve", "--model", str(model_dir), "--port", str(cp)]
@@ -203,7 +189,7 @@ def main() -> int:
                 stderr=subprocess.STDOUT,
             )
         )
-        wait_healthy(procs[-1], cp, ours_log)
+        wait_healthy(procs[-1], f"http://127.0.0.1:{cp}", ours_log)
 
         rows = []
         with (

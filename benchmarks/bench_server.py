@@ -107,17 +107,24 @@ def start_server(model_dir: Path, port: int, device: str, log_path: Path) -> sub
         "1024",
     ]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
+    wait_healthy(proc, f"http://127.0.0.1:{port}", log_path, timeout=300)
+    return proc
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = 600) -> None:
+    """Poll `url`/health until it answers 200; the server's log tail in the error if it exits or never does."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
+            raise RuntimeError(f"the server exited:\n{log_path.read_text()[-3000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.3)
     proc.kill()
-    raise RuntimeError("server did not start")
+    raise RuntimeError(f"the server at {url} did not become healthy:\n{log_path.read_text()[-3000:]}")
 
 
 def main() -> int:

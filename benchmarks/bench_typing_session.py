@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import httpx
-from bench_server import LLAMA2_TOKENIZER
+from bench_server import LLAMA2_TOKENIZER, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -216,21 +216,6 @@ def abandoned(health: dict) -> int:
 # -- servers ------------------------------------------------------------------------------------------
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("the server did not start")
-
-
 def start_ours(model_dir: Path, port: int, args, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "codellama.cli", "serve", "--model", str(model_dir), "--port", str(port)]
     cmd += ["--max-tokens", str(max(256, args.n_predict)), "--prefill-chunk", str(args.prefill_chunk)]
@@ -247,7 +232,7 @@ def start_llama_server(gguf: Path, port: int, args, log: Path) -> subprocess.Pop
 def run_against(name: str, start, url: str, warm: dict, bodies: list[dict], args, log: Path) -> dict:
     proc = start(log)
     try:
-        wait_ready(proc, url, log)
+        wait_healthy(proc, url, log)
         return asyncio.run(measure(url, warm, bodies, args))
     finally:
         proc.terminate()
