@@ -170,6 +170,14 @@ def resolve_base(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+def named_base_path(text: str) -> Path | None:
+    """The cached checkpoint when `text` names a base (converted on first use), else None. A directory of the
+    same name wins: a path the user gave is never taken for a name."""
+    if text not in BASES or Path(text).expanduser().is_dir():
+        return None
+    return resolve_base(text)
+
+
 def list_bases() -> list[dict]:
     """Every named base with whether its package is installed and whether it is already converted."""
     rows = []

@@ -127,12 +127,10 @@ def _edge_means(losses: list[float]) -> tuple[float, float]:
 
 def _base_spec(cfg: PipelineConfig) -> str:
     """base.model with a named base (`smollm2-135m`) replaced by its cached checkpoint directory."""
-    from codellama.bases import BASES, resolve_base
+    from codellama.bases import named_base_path
 
-    spec = cfg.base.model
-    if spec in BASES and not Path(spec).is_dir():
-        return str(resolve_base(spec))
-    return spec
+    resolved = named_base_path(cfg.base.model)
+    return str(resolved) if resolved else cfg.base.model
 
 
 def _tokenizer_base(cfg: PipelineConfig) -> str | None:

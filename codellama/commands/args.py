@@ -80,12 +80,10 @@ def ks(text: str) -> tuple[int, ...]:
 
 def _named_base(text: str) -> Path | None:
     """The cached checkpoint of a named base (converted on first use), or None when TEXT names none."""
-    from codellama.bases import BASES, resolve_base
+    from codellama.bases import named_base_path
 
-    if text not in BASES or Path(text).expanduser().is_dir():
-        return None
     try:
-        return resolve_base(text)
+        return named_base_path(text)
     except (OSError, ValueError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
