@@ -219,7 +219,9 @@ def abandoned(health: dict) -> int:
 def start_ours(model_dir: Path, port: int, args, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "codellama.cli", "serve", "--model", str(model_dir), "--port", str(port)]
     cmd += ["--max-tokens", str(max(256, args.n_predict)), "--prefill-chunk", str(args.prefill_chunk)]
-    cmd += ["--prompt-cache-mb", str(args.prompt_cache_mb), "--device", args.device, "--dtype", args.dtype]
+    cmd += ["--device", args.device, "--dtype", args.dtype]
+    if args.prompt_cache_mb is not None:
+        cmd += ["--prompt-cache-mb", str(args.prompt_cache_mb)]
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
@@ -277,7 +279,7 @@ def main() -> int:
     ap.add_argument("--n-predict", type=int, default=128)
     ap.add_argument("--t-max-predict-ms", type=int, default=1000)
     ap.add_argument("--prefill-chunk", type=int, default=512)
-    ap.add_argument("--prompt-cache-mb", type=int, default=256)
+    ap.add_argument("--prompt-cache-mb", type=int, help="our server's prompt cache (default: the server's own)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, help="CPU threads for the servers (OMP_NUM_THREADS)")

@@ -54,7 +54,10 @@ def register(cli) -> None:
         help="read <PRE> <SUF> <MID> written in a plain prompt (template-based clients) as an infilling request",
     )
     p.add_argument(
-        "--prompt-cache-mb", type=int, default=256, help="memory for the KV of recent prompts (0: no prompt cache)"
+        "--prompt-cache-mb",
+        type=int,
+        help="memory for the KV of recent prompts (0: no prompt cache; default: room for two prompts of the "
+        "model's whole context, e.g. 720 MiB for SmolLM2-135M in fp32)",
     )
     p.add_argument(
         "--prefill-chunk", type=int, default=512, help="prompt tokens per step (a cancelled prefill stops within one)"
@@ -95,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_tokens", "prefill_chunk"):
         check_positive(getattr(args, name), "--" + name.replace("_", "-"))
-    if args.prompt_cache_mb < 0:
+    if args.prompt_cache_mb is not None and args.prompt_cache_mb < 0:
         raise ValueError("--prompt-cache-mb must be >= 0")
     if not args.model.is_dir():
         raise FileNotFoundError(f"model directory not found: {args.model}")

@@ -57,7 +57,7 @@ class ServerConfig:
     suffix_first: bool = False  # SPM prompts instead of PSM for infilling
     fim_window: int = 2048  # llama.cpp's n_batch: /infill's prefix gets 3/4 of it, its suffix the rest
     fim_markers: bool = False  # read <PRE>/<SUF>/<MID> in plain prompts as infilling markers
-    prompt_cache_mb: int = 256  # KV of recent prompts kept for `cache_prompt` (0: none)
+    prompt_cache_mb: int | None = None  # KV of recent prompts for `cache_prompt` (0: none; None: two full contexts)
     prefill_chunk: int = 512  # prompt tokens per step: a cancelled prefill stops within one chunk
 
 
@@ -791,7 +791,7 @@ def build_app(model_dir, config: ServerConfig | None = None, *, device: str = "c
         dtype=dtype,
         batch_size=config.max_batch,
         prefill_chunk=config.prefill_chunk,
-        prompt_cache_bytes=config.prompt_cache_mb << 20,
+        prompt_cache_bytes=None if config.prompt_cache_mb is None else config.prompt_cache_mb << 20,
     )
     return create_app(Engine(generator, max_queue=config.max_queue, continuous=config.continuous), config)
 

@@ -62,10 +62,17 @@ class PromptCache:
 
     def store(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Keep a prompt's KV, unless an entry already holds it; entries the new one repeats half or more of
-        are dropped (consecutive keystrokes: only the newest is worth keeping)."""
-        new = CachedPrefix(torch.tensor(ids, dtype=torch.long), layers)
-        if not ids or new.nbytes > self.max_bytes:
+        are dropped (consecutive keystrokes: only the newest is worth keeping). A prompt larger than the whole
+        budget keeps its longest prefix that fits: the next keystroke still reuses that part."""
+        if not ids:
             return
+        new = CachedPrefix(torch.tensor(ids, dtype=torch.long), layers)
+        if new.nbytes > self.max_bytes:
+            fit = self.max_bytes // (new.nbytes // len(ids))
+            if fit == 0:
+                return
+            log.debug("prompt of %d tokens exceeds the prompt cache: keeping its first %d", len(ids), fit)
+            new = CachedPrefix(new.tokens[:fit], [(k[:, :fit], v[:, :fit]) for k, v in layers])
         kept = []
         for e in self.entries:
             shared = common_prefix(e.tokens, new.tokens)

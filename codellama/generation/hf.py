@@ -459,13 +459,14 @@ class HFGenerator:
         max_context: int | None = None,
         overflow: str = "error",
         prefill_chunk: int = 512,
-        prompt_cache_bytes: int = 0,
+        prompt_cache_bytes: int | None = 0,
     ):
         """`overflow`: what a prompt longer than the context gets from `generate`: "error" (ValueError) or
         "skip" (an empty completion with finish_reason "context", so a benchmark scores it as failed).
         `prefill_chunk`: prompts are fed this many tokens per step, so a long prompt delays running rows by
         one chunk at a time and a cancelled one stops within a chunk. `prompt_cache_bytes`: memory for the
-        KV of recent prompts that `cache_prompt` requests reuse (0: no prompt cache)."""
+        KV of recent prompts that `cache_prompt` requests reuse (0: no prompt cache; None: room for two
+        prompts of the whole context, as an editor's keystrokes need the newest one and one more file)."""
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         if batch_size < 1:
@@ -479,7 +480,15 @@ class HFGenerator:
         self.vocab_size = model.config.vocab_size
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.eos_id
+        if prompt_cache_bytes is None:
+            prompt_cache_bytes = 2 * (self.max_context or 8192) * self.kv_bytes_per_token()
         self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
+        if self.prompt_cache is not None:
+            log.info(
+                "prompt cache: %d MiB (%d tokens of KV)",
+                prompt_cache_bytes >> 20,
+                prompt_cache_bytes // self.kv_bytes_per_token(),
+            )
         self._stop_ids = set(tokenizer.end_ids)  # EOS, <EOT> (when there is one), the base's end-of-text tokens
 
     @classmethod
@@ -498,6 +507,13 @@ class HFGenerator:
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         return cls(load_model(model_dir, dtype=dtype, device=device), load_tokenizer(model_dir), **options)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token takes in this model: a key and a value per layer and KV head."""
+        c = self.model.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        return 2 * c.num_hidden_layers * kv_heads * head_dim * next(self.model.parameters()).element_size()
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_ids is not None:

@@ -374,6 +374,19 @@ def test_a_warm_up_request_fills_the_cache_and_a_cancelled_prefill_keeps_its_pro
     assert out.cached_tokens == 48
 
 
+def test_the_default_prompt_cache_holds_two_whole_context_prompts(tiny_model_dir):
+    """An editor sends prompts up to the whole context; a default cache that cannot hold one caches nothing."""
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    gen = HFGenerator(model, tok, prompt_cache_bytes=None)
+    [out] = gen.generate(
+        [GenerationRequest(PROMPTS[1] * 4, params=SamplingParams(max_new_tokens=1), cache_prompt=True)]
+    )
+    [entry] = gen.prompt_cache.entries
+    assert entry.nbytes == len(entry.tokens) * gen.kv_bytes_per_token()  # the real KV's size per token
+    assert gen.prompt_cache.max_bytes == 2 * gen.max_context * gen.kv_bytes_per_token()
+    assert HFGenerator(model, tok).prompt_cache is None  # evals: no cache unless asked
+
+
 def test_the_prompt_cache_stays_within_its_bytes():
     from codellama.generation.cache import PromptCache
 
@@ -389,5 +402,8 @@ def test_the_prompt_cache_stays_within_its_bytes():
     assert cache.lookup(list(range(1000, 1010)) + [7])[0] == 10
     cache.store(list(range(1000, 1020)), kv(20))  # already held by an entry
     assert len(cache.entries) == 2
-    cache.store(list(range(5000, 5200)), kv(200))  # larger than the whole budget: not kept
+    cache.store(list(range(5000, 5200)), kv(200))  # larger than the whole budget: its first 100 tokens kept
     assert cache.nbytes <= 64 * 100
+    assert [len(e.tokens) for e in cache.entries] == [100]
+    assert cache.lookup(list(range(5000, 5150)))[0] == 100  # the next keystroke reuses what fit
+    assert cache.entries[0].layers[0][0].shape == (1, 100, 4)
