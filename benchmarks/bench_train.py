@@ -5,7 +5,7 @@
     python benchmarks/bench_train.py --preset 1b --device cuda --steps 20 --seq-len 4096 --micro 4
     python benchmarks/bench_train.py --loss-memory 16384   # peak memory: transformers' loss vs the loop's
     python benchmarks/bench_train.py --loss-parts          # the output layer's cost per token, by part
-    python benchmarks/bench_train.py --base smollm2-135m --seq-len 1024 --micro 4   # a real model's weights
+    python benchmarks/bench_train.py --base smollm2-135m --seq-len 1024 --micro 4 --plain-fp32   # real weights
 
 For each preset: tokens/s of `codellama.train.train` (the real loop: shards, schedule, clipping,
 metrics) and of a plain reference loop (forward/backward/AdamW step over the same
@@ -126,15 +126,17 @@ def run_loop(base: str, shards: Path, out: Path, args) -> float:
     )
 
 
-def run_reference(base: str, preset, shards_tokens: np.ndarray, args) -> float:
-    """The plainest correct loop over the same model: what the real loop must not be slower than."""
+def run_reference(base: str, preset, shards_tokens: np.ndarray, args, precision: str | None = None) -> float:
+    """The plainest correct loop over the same model: what the real loop must not be slower than.
+    `precision` "fp32": the loop as a transformers user writes it without autocast."""
     device = torch.device(args.device)
-    config = resolve_config("code", "tiny", [f"precision={args.precision}"])
+    precision = precision or args.precision
+    config = resolve_config("code", "tiny", [f"precision={precision}"])
     model = reference_model(base, preset).to(device)
     model.config.use_cache = False
     model.train()
     optimizer = build_optimizer(model, config)
-    bf16 = use_bf16(args.precision, device)
+    bf16 = use_bf16(precision, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     times = []
     per_step = args.micro * args.accum
@@ -167,11 +169,13 @@ def bench(name: str, args) -> dict:
         shards = TokenShards(tmp / "shards")
         # The loop shuffles; the reference reads in order: the same token statistics, same shapes.
         tokens = np.stack([shards[i] for i in range(len(shards))])
-        loop_rates, ref_rates, mm = [], [], []
+        loop_rates, ref_rates, fp32_rates, mm = [], [], [], []
         for r in range(args.rounds):
             mm.append(matmul_tflops(torch.bfloat16 if bf16 else torch.float32, args.device))
             loop_rates.append(run_loop(base, tmp / "shards", tmp / f"run{r}", args))
             ref_rates.append(run_reference(base, preset, tokens, args))
+            if args.plain_fp32:
+                fp32_rates.append(run_reference(base, preset, tokens, args, precision="fp32"))
     fpt = flops_per_token(preset, args.seq_len)
     loop, ref, peak = max(loop_rates), max(ref_rates), max(mm)
     return {
@@ -189,6 +193,8 @@ def bench(name: str, args) -> dict:
         "matmul_tflops": peak,
         "mfu_loop": fpt * loop / (peak * 1e12),
         "mfu_reference": fpt * ref / (peak * 1e12),
+        "plain_fp32_tokens_per_s": max(fp32_rates) if fp32_rates else None,
+        "loop_vs_plain_fp32": loop / max(fp32_rates) if fp32_rates else None,
         "all_loop": loop_rates,
         "all_reference": ref_rates,
         "all_matmul": mm,
@@ -309,6 +315,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="first steps not timed")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--plain-fp32",
+        action="store_true",
+        help="also time the plain loop in fp32 without autocast (what a transformers user writes by default)",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(
         "--loss-memory",
@@ -347,6 +358,11 @@ def main() -> None:
             f"{r['loop_vs_reference']:>10.2f}{r['gflop_per_token']:>11.3f}{r['matmul_tflops']:>13.2f}"
             f"{r['mfu_loop']:>10.1%}{r['mfu_reference']:>9.1%}"
         )
+        if r["plain_fp32_tokens_per_s"]:
+            print(
+                f"  plain fp32 loop (no autocast): {r['plain_fp32_tokens_per_s']:,.0f} tok/s; "
+                f"loop / plain fp32 = {r['loop_vs_plain_fp32']:.2f}x"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -25,12 +25,15 @@ def char_span(length: int, rng: random.Random) -> tuple[int, int]:
 
 
 def syntax_nodes(text: str, language: str | None):
-    """The parse tree's root node, or None when there is no grammar or the file does not parse."""
+    """The parse tree's root node, or None when there is no grammar or no whole node parses.
+
+    A training row often holds a chunk of a file cut at a line end (inside a function): tree-sitter
+    recovers around the cut, and the nodes without errors inside it are still whole statements."""
     parser = new_parser(language)
     if parser is None:
         return None
     root = parser.parse(text.encode("utf-8")).root_node
-    if root.has_error or root.named_child_count == 0:
+    if not _clean_children(root):
         return None
     return root
 
@@ -47,7 +50,7 @@ def syntax_span(text: str, rng: random.Random, language: str | None) -> tuple[in
     if root is None:
         return None
     node = _random_child(root, rng)
-    while node.named_child_count and rng.random() >= STOP_PROBABILITY:
+    while _clean_children(node) and rng.random() >= STOP_PROBABILITY:
         node = _random_child(node, rng)
     first = last = node
     if node.parent is not None and node.parent.type in (
@@ -58,13 +61,24 @@ def syntax_span(text: str, rng: random.Random, language: str | None) -> tuple[in
         "program",
         "source_file",
     ):
-        while rng.random() < EXTEND_PROBABILITY and last.next_named_sibling is not None:
+        while rng.random() < EXTEND_PROBABILITY and _clean(last.next_named_sibling):
             last = last.next_named_sibling
     return _char_offset(text, first.start_byte), _char_offset(text, last.end_byte)
 
 
+def _clean(node) -> bool:
+    """A whole node: parsed without errors (and not tree-sitter's error or missing placeholder)."""
+    return node is not None and not node.has_error and not node.is_missing and node.type != "ERROR"
+
+
+def _clean_children(node) -> list:
+    return [c for c in node.named_children if _clean(c)]
+
+
 def _random_child(node, rng: random.Random):
-    return node.named_children[rng.randrange(node.named_child_count)]
+    """A random error-free named child (the caller checked there is one)."""
+    children = _clean_children(node)
+    return children[rng.randrange(len(children))]
 
 
 def _char_offset(text: str, byte_offset: int) -> int:

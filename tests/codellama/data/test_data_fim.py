@@ -192,6 +192,23 @@ def test_syntax_mode_falls_back_to_char_spans(text, language):
     assert all(s.span == "char" and s.text == text for s in samples)
 
 
+def test_a_chunk_cut_inside_a_function_still_gets_whole_statement_middles():
+    """Training rows hold chunks of files cut at line ends: the error-free nodes inside one are still used."""
+    text = (
+        '    "beta": 2,\n}\ntotal = 0\nfor item in items:\n    total += item.price\n'
+        "\n\ndef tax(amount):\n    rate = 0.2\n    return amount * rate\n"
+    )
+    root = syntax_nodes(text, "python")
+    assert root is not None and root.has_error  # the chunk does not parse as a file
+    middles = set()
+    for seed in range(200):
+        start, end = syntax_span(text, random.Random(seed), "python")
+        middle = text[start:end]
+        assert not syntax_nodes(middle.strip(), "python").has_error, middle  # a whole statement/expression
+        middles.add(middle)
+    assert "rate = 0.2" in middles and any(m.startswith("def tax") for m in middles)
+
+
 def test_bad_options_are_rejected():
     with pytest.raises(ValueError, match="fim_rate"):
         FimOptions(fim_rate=1.5)
