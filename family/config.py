@@ -21,7 +21,7 @@ from codellama.data.fim import SPAN_MODES
 from family.split import FIM_UNITS
 
 # The config `codellama pipeline` runs without --config (and `default` names).
-DEFAULT_CONFIG = "tiny"
+DEFAULT_CONFIG = "smollm2"
 # Models a family run can hold: the branches plus the controls (the base itself, code training without FIM).
 MODELS = ("base", "code-nofim", *BRANCHES)
 
@@ -100,9 +100,13 @@ class InfillingSettings:
     models: list[str] = field(default_factory=list)
     benchmarks: list[str] = field(default_factory=list)
     limit: int | None = 150
+    limits: dict[str, int] = field(default_factory=dict)  # per benchmark, over `limit` (e.g. multi-line: 40)
     max_new_tokens: int = 64
     modes: list[str] = field(default_factory=lambda: ["psm", "spm"])  # + prefix: the left-to-right baseline
     nll: bool = False  # also the NLL per token of the true middle in every mode (needs no generation)
+
+    def limit_for(self, benchmark: str) -> int | None:
+        return self.limits.get(benchmark, self.limit)
 
 
 @dataclass

@@ -490,7 +490,9 @@ def make_eval_stage(model: str) -> Stage:
         if _scored(model, inf):
             modes = "+".join(m.upper() for m in inf.modes)
             parts.append(
-                f"infilling {', '.join(inf.benchmarks)} (<= {inf.limit or 'all'} problems, {modes})"
+                "infilling "
+                + ", ".join(f"{b} (<= {inf.limit_for(b) or 'all'} problems)" for b in inf.benchmarks)
+                + f" in {modes}"
                 + (", middle NLL" if inf.nll else "")
             )
         lc = cfg.eval.long_context
@@ -604,7 +606,7 @@ def _infilling(out: Path, model_dir: str, inf, generator, seed: int) -> dict:
         config = BenchmarkConfig(
             benchmark=bench,
             modes=tuple(inf.modes),
-            limit=inf.limit,
+            limit=inf.limit_for(bench),
             max_new_tokens=inf.max_new_tokens,
             seed=seed,
             ks=(1,),

@@ -10,12 +10,14 @@ from family.split import chunk_rows, is_heldout, row_chunks, split_documents
 def test_named_configs_and_default(capsys):
     assert {"tiny", "smollm2"} <= set(named_configs()) and DEFAULT_CONFIG in named_configs()
     tiny, default = load_config("tiny"), load_config("default")
-    assert tiny.to_dict() == default.to_dict() if DEFAULT_CONFIG == "tiny" else True
+    assert default.to_dict() == load_config(DEFAULT_CONFIG).to_dict()
+    assert DEFAULT_CONFIG == "smollm2"  # the main job starts from a real pretrained model
     # tiny is the smoke run: from scratch, no controls, no held-out split
     assert tiny.base.model == "tiny" and not any(vars(tiny.controls).values()) and tiny.data.heldout_fraction == 0
     real = load_config("smollm2")
     assert real.base.model == "smollm2-135m" and real.tokenizer.base is None
     assert (real.data.fim_rate, real.data.spm_rate, real.data.fim_unit) == (0.9, 0.5, "row")
+    assert real.eval.infilling.limit_for("single-line") == 150 and real.eval.infilling.limit_for("multi-line") == 40
     assert real.controls.no_fim and real.controls.base and real.data.heldout_fraction == 0.05
     assert load_config("smollm2", ["controls.no_fim=false"]).controls.no_fim is False
     assert main(["pipeline", "--show-default-config"]) == 0
@@ -71,7 +73,7 @@ def test_smollm2_dry_run(capsys):
     out = capsys.readouterr().out
     for stage in ("train-code-nofim", "eval-base", "eval-code-nofim", "eval-rope", "report"):
         assert f"  {stage} " in out
-    assert "PSM+SPM+PREFIX), middle NLL" in out and "held-out code loss" in out
+    assert "multi-line (<= 40 problems) in PSM+SPM+PREFIX, middle NLL" in out and "held-out code loss" in out
     assert "5% of the files" in out and "[1024, 2048, 4096]" in out
 
 
