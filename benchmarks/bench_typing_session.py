@@ -5,7 +5,9 @@ llama.vim, while someone types a line of a real file: a warm-up request carrying
 chunks (`n_predict` 0), then one non-streaming /infill request per keystroke, each closing the previous
 one (the plugin cancels by closing the connection). Here a keystroke comes every `--gap` seconds (150 ms),
 with llama.vim's request body (256 lines before the cursor, 64 after, 16 ring chunks, n_predict 128,
-t_max_predict_ms, n_indent, cache_prompt). Measured in the same run, on the same server:
+t_max_predict_ms, n_indent, cache_prompt). Each session types at another line of the file, so it starts
+with only the warm-up's chunks cached, not from what an earlier session prefilled. Measured in the same run, on
+the same server:
 
 1. latency of the last keystroke's request (the completion the user waits for), against the same request
    on the idle server right after the previous keystroke's request has been answered (target: <= 1.5x);
@@ -82,10 +84,12 @@ def ring_chunks(n: int = 16, lines: int = 32) -> list[dict]:
     return chunks
 
 
-def keystroke_bodies(keystrokes: int, n_predict: int, t_max_predict_ms: int) -> tuple[dict, list[dict]]:
-    """The warm-up body and one body per keystroke, typing the end of TYPED into argparse.py."""
+def keystroke_bodies(
+    keystrokes: int, n_predict: int, t_max_predict_ms: int, cursor: int = 1400
+) -> tuple[dict, list[dict]]:
+    """The warm-up body and one body per keystroke, typing the end of TYPED into argparse.py at line `cursor`
+    (256 lines above it, 64 below)."""
     lines = (STDLIB / "argparse.py").read_text(encoding="utf-8").splitlines()
-    cursor = 1400  # a line in the middle of the file: 256 lines above it, 64 below
     above, below = lines[cursor - 256 : cursor], lines[cursor : cursor + 64]
     chunks = ring_chunks()
     warm = {
@@ -182,17 +186,19 @@ async def idle_latency(client: Client, previous: dict, body: dict) -> float:
     return time.perf_counter() - start
 
 
-async def measure(url: str, warm: dict, bodies: list[dict], args) -> dict:
+async def measure(url: str, warm: dict, sessions: list[list[dict]], args) -> dict:
+    """Each session types at another place of the file, so none starts from what an earlier one cached."""
     client = Client(url)
     await client.post(warm)
     finals, idles, cached, uncached, cancelled = [], [], [], [], 0
-    for _ in range(args.sessions):
+    for bodies in sessions:
         before = abandoned(await client.health())
         latency, result = await typing_session(client, bodies, args.gap)
         finals.append(latency)
         await asyncio.sleep(1.0)  # the last cancellations land
         cancelled += abandoned(await client.health()) - before
         idles.append(await idle_latency(client, bodies[-2], bodies[-1]))
+    bodies = sessions[0]
     for k in range(1, len(bodies), max(1, len(bodies) // args.ttft_probes)):  # alternate, so load drift hits both
         await client.post(dict(bodies[k - 1], n_predict=1))  # the previous keystroke is in the cache
         cached.append(await client.first_token(bodies[k]))
@@ -201,6 +207,8 @@ async def measure(url: str, warm: dict, bodies: list[dict], args) -> dict:
     return {
         "final": statistics.median(finals),
         "idle": statistics.median(idles),
+        "finals": finals,
+        "idles": idles,
         "ttft_cached": statistics.median(cached),
         "ttft_uncached": statistics.median(uncached),
         "cancelled": cancelled,
@@ -231,7 +239,7 @@ def start_llama_server(gguf: Path, port: int, args, log: Path) -> subprocess.Pop
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def run_against(name: str, start, url: str, warm: dict, bodies: list[dict], args, log: Path) -> dict:
+def run_against(name: str, start, url: str, warm: dict, bodies: list[list[dict]], args, log: Path) -> dict:
     proc = start(log)
     try:
         wait_healthy(proc, url, log)
@@ -249,6 +257,8 @@ def report(name: str, m: dict, keystrokes: int) -> None:
     print(f"\n{name}: {keystrokes} keystrokes; the server dropped {m['cancelled']} abandoned requests")
     print(f"{'':44}{'session':>10}{'idle':>10}{'ratio':>8}")
     print(f"{'last keystroke latency, p50 (s)':44}{m['final']:10.3f}{m['idle']:10.3f}{ratio:8.2f}")
+    each = ", ".join(f"{f:.2f}/{i:.2f}" for f, i in zip(m["finals"], m["idles"]))
+    print(f"  each session (session/idle s): {each}")
     print(f"{'':44}{'cache':>10}{'no cache':>10}{'speedup':>8}")
     print(f"{'time to first token, p50 (s)':44}{m['ttft_cached']:10.3f}{m['ttft_uncached']:10.3f}{speedup:8.1f}")
     last = m["last"]
@@ -274,7 +284,9 @@ def main() -> int:
     )
     ap.add_argument("--keystrokes", type=int, default=24)
     ap.add_argument("--gap", type=float, default=0.15, help="seconds between keystrokes")
-    ap.add_argument("--sessions", type=int, default=2, help="typing sessions replayed (medians reported)")
+    ap.add_argument(
+        "--sessions", type=int, default=2, help="typing sessions, each at another line of the file (1-4; medians)"
+    )
     ap.add_argument("--ttft-probes", type=int, default=6)
     ap.add_argument("--n-predict", type=int, default=128)
     ap.add_argument("--t-max-predict-ms", type=int, default=1000)
@@ -287,9 +299,16 @@ def main() -> int:
     ap.add_argument("--llama-server", type=Path, metavar="GGUF", help="also replay against llama-server on this GGUF")
     ap.add_argument("--llama-server-args", default="--cache-reuse 256", help="extra llama-server flags")
     args = ap.parse_args()
+    if not 1 <= args.sessions <= 4:
+        ap.error("--sessions must be 1 to 4 (each types at its own line of argparse.py)")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    warm, bodies = keystroke_bodies(args.keystrokes, args.n_predict, args.t_max_predict_ms)
+    # Session s types at line 1400 + 300 s of argparse.py (each a place no earlier session prefilled).
+    sessions = [
+        keystroke_bodies(args.keystrokes, args.n_predict, args.t_max_predict_ms, cursor=1400 + 300 * s)
+        for s in range(args.sessions)
+    ]
+    warm, bodies = sessions[0][0], [b for _, b in sessions]
     with tempfile.TemporaryDirectory() as tmp:
         if args.smollm2:
             args.model, args.context = smollm2_checkpoint(Path(tmp)), 8192
@@ -305,7 +324,7 @@ def main() -> int:
             Path(tmp) / "ours.log",
         )
         print(f"model {args.model or args.preset} (context {args.context}) on {args.device}, {os.cpu_count()} CPUs")
-        report("codellama serve", ours, len(bodies))
+        report("codellama serve", ours, len(bodies[0]))
         if args.llama_server:
             if shutil.which("llama-server") is None:
                 print("\nllama-server is not on PATH: the peer comparison is skipped")
@@ -319,7 +338,7 @@ def main() -> int:
                 args,
                 Path(tmp) / "llama-server.log",
             )
-            report("llama-server", peer, len(bodies))
+            report("llama-server", peer, len(bodies[0]))
             print(
                 f"\nours / llama-server: last keystroke {ours['final'] / peer['final']:.2f}x, "
                 f"cached first token {ours['ttft_cached'] / peer['ttft_cached']:.2f}x (below 1: we are faster)"

@@ -37,6 +37,17 @@ def torch_dtype(name: str, device: str = "cpu"):
     return getattr(torch, name)
 
 
+def serving_dtype(name: str, device: str = "cpu"):
+    """`torch_dtype`, except that "auto" also picks bfloat16 on a CPU with AMX tiles: there a bf16 matrix
+    product runs ~10x faster than fp32 (a 135M model prefills ~5x faster), and an editor waits on prefill.
+    Other CPUs stay in float32 (bf16 emulated there is slower)."""
+    import torch
+
+    if name == "auto" and str(device).split(":")[0] == "cpu" and torch.cpu._is_amx_tile_supported():
+        return torch.bfloat16
+    return torch_dtype(name, device)
+
+
 # -- raw mappings ---------------------------------------------------------------------------------
 def load_yaml(path: str | os.PathLike) -> dict:
     """A YAML file holding a mapping; a missing file, bad YAML or a non-mapping is a one-line error."""

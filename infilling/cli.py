@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from codellama.commands.args import add_device_options, check_positive, model_dir
-from codellama.config import torch_dtype
+from codellama.config import serving_dtype, torch_dtype
 
 SERVE_EXAMPLES = """examples:
   codellama serve --model runs/tiny
@@ -67,7 +67,7 @@ def register(cli) -> None:
         action="store_true",
         help="a batch runs to its end before waiting requests start (default: they join it)",
     )
-    add_device_options(p)
+    add_device_options(p, auto="bfloat16 on GPU and on CPUs with AMX (prefill ~5x faster), else float32")
     p.set_defaults(func=cmd_serve)
 
     p = cli.command("infill", help="fill in code at a cursor position of a file", epilog=INFILL_EXAMPLES)
@@ -114,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         prompt_cache_mb=args.prompt_cache_mb,
         prefill_chunk=args.prefill_chunk,
     )
-    app = build_app(args.model, config, device=args.device, dtype=torch_dtype(args.dtype, args.device))
+    app = build_app(args.model, config, device=args.device, dtype=serving_dtype(args.dtype, args.device))
     print(
         f"serving {config.model_name} on http://{args.host}:{args.port} (/infill, /completion, /v1/completions); "
         "Ctrl-C stops",

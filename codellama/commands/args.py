@@ -20,9 +20,9 @@ def add_set_option(p: argparse.ArgumentParser, example: str) -> None:
     )
 
 
-def add_device_options(p: argparse.ArgumentParser) -> None:
+def add_device_options(p: argparse.ArgumentParser, auto: str = "bfloat16 on GPU, float32 on CPU") -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help=f"auto: {auto}")
 
 
 def check_positive(value: int | None, name: str) -> None:

@@ -203,3 +203,16 @@ def test_help_runs_fast_without_torch():
         text=True,
     )
     assert probe.stdout.strip() == "False"
+
+
+def test_serving_dtype_is_bf16_where_the_cpu_multiplies_bf16_natively(monkeypatch):
+    import torch
+
+    from codellama.config import serving_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert serving_dtype("auto", "cpu") == torch.bfloat16
+    assert serving_dtype("float32", "cpu") == torch.float32  # an explicit choice is kept
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert serving_dtype("auto", "cpu") == torch.float32
+    assert serving_dtype("auto", "cuda") == torch.bfloat16
