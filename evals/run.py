@@ -81,6 +81,17 @@ def _key(record: dict) -> tuple[str, int]:
     return record["task_id"], int(record["sample"])
 
 
+def after_prompt(prompt: str, text: str) -> str:
+    """The completion of `prompt` that the model wrote as `text` after the prompt without its trailing whitespace.
+
+    A raw prompt is sent without its trailing newline (as bigcode-evaluation-harness does): a byte-level BPE
+    writes a newline and the next line's indentation as one token, so a prompt that ends in a bare newline ends
+    where no training text did, and such a model starts a new `def` instead of the body (0/164 on SmolLM2 after
+    code training). The newline the model writes back is the prompt's own, so it is not part of the completion."""
+    tail = prompt[len(prompt.rstrip()) :]
+    return text[len(tail) :] if text.startswith(tail) else text
+
+
 def generate_missing(out: Path, problems: dict[str, Problem], config: RunConfig, generator) -> None:
     """Generate every (task, sample) not yet in samples.jsonl, appending each one as soon as it is made.
 
@@ -103,7 +114,7 @@ def generate_missing(out: Path, problems: dict[str, Problem], config: RunConfig,
     chat = config.prompt == "chat"
     tokenizer = getattr(generator, "tokenizer", None)  # a local model's chat format; None: [INST] for endpoints
     chunk_size = 256 if tokenizer is not None else getattr(generator, "max_workers", 8)
-    prompts = {tid: chat_prompt(problems[tid], tokenizer) if chat else problems[tid].prompt for tid, _ in todo}
+    prompts = {tid: chat_prompt(problems[tid], tokenizer) if chat else problems[tid].prompt.rstrip() for tid, _ in todo}
 
     class Record(Sink):
         """Appends its sample to samples.jsonl when its row ends (called from the generating thread)."""
@@ -116,7 +127,9 @@ def generate_missing(out: Path, problems: dict[str, Problem], config: RunConfig,
             record = {
                 "task_id": self.tid,
                 "sample": self.sample,
-                "completion": completion_from_answer(problems[self.tid], text) if chat else text,
+                "completion": completion_from_answer(problems[self.tid], text)
+                if chat
+                else after_prompt(problems[self.tid].prompt, text),
                 "finish_reason": completion.finish_reason,
             }
             append_jsonl(out / SAMPLES_FILE, {**record, "answer": text} if chat else record)

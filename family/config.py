@@ -138,6 +138,8 @@ class EvalSettings:
     # every scored model in this dtype (one dtype for all, so their scores compare); bfloat16 is faster on CPUs
     # with AMX and close enough for means (evals measured NLL/token within 0.002 of float32)
     dtype: str = "float32"
+    # rows decoding together (continuous batching): on a CPU a larger batch reads the weights once for more rows
+    batch_size: int = 16
 
 
 @dataclass
@@ -195,6 +197,8 @@ class PipelineConfig:
             raise ValueError("eval.code_loss needs held-out files: set data.heldout_fraction (e.g. 0.05)")
         if self.eval.dtype not in DTYPES:
             raise ValueError(f"eval.dtype must be one of {', '.join(DTYPES)}, got {self.eval.dtype!r}")
+        if self.eval.batch_size < 1:
+            raise ValueError(f"eval.batch_size must be >= 1, got {self.eval.batch_size}")
         if self.data.fim_unit not in FIM_UNITS:
             raise ValueError(f"data.fim_unit must be one of {', '.join(FIM_UNITS)}, got {self.data.fim_unit!r}")
         if self.data.span_mode not in SPAN_MODES:

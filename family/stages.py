@@ -442,7 +442,7 @@ def make_eval_stage(model: str) -> Stage:
         def generator():
             if "g" not in generator_cache:
                 generator_cache["g"] = HFGenerator.from_pretrained(
-                    model_dir, batch_size=16, overflow="skip", dtype=torch_dtype(cfg.eval.dtype)
+                    model_dir, batch_size=cfg.eval.batch_size, overflow="skip", dtype=torch_dtype(cfg.eval.dtype)
                 )
             return generator_cache["g"]
 

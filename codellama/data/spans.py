@@ -16,6 +16,7 @@ from codellama.grammars import new_parser
 
 STOP_PROBABILITY = 0.5  # random descent: chance to take the current node instead of going deeper
 EXTEND_PROBABILITY = 0.5  # chance to add one more following sibling statement to the middle
+WHOLE_LINES_PROBABILITY = 0.5  # chance that middle spanning whole lines also takes their indent and newline
 
 
 def char_span(length: int, rng: random.Random) -> tuple[int, int]:
@@ -44,7 +45,11 @@ def syntax_span(text: str, rng: random.Random, language: str | None) -> tuple[in
     A random descent from the root (stop here with probability STOP_PROBABILITY, else go
     into a random named child) picks a node in O(depth) without walking the whole tree;
     a statement may then grow over following sibling statements, so middles range from a
-    single identifier to several statements or a whole function body.
+    single identifier to several statements or a whole function body. Nodes that fill their lines
+    become, half the time, those whole lines (indentation and newline included): an editor's cursor
+    sits either after the indentation or at the start of an empty line, and HumanEval's single- and
+    multi-line infilling middles are whole lines; a byte-level BPE merges a newline with the indentation
+    after it, so a model that never saw a prefix end at a line start does not know how to go on there.
     """
     root = syntax_nodes(text, language)
     if root is None:
@@ -63,7 +68,12 @@ def syntax_span(text: str, rng: random.Random, language: str | None) -> tuple[in
     ):
         while rng.random() < EXTEND_PROBABILITY and _clean(last.next_named_sibling):
             last = last.next_named_sibling
-    return _char_offset(text, first.start_byte), _char_offset(text, last.end_byte)
+    start, end = _char_offset(text, first.start_byte), _char_offset(text, last.end_byte)
+    line_start = text.rfind("\n", 0, start) + 1
+    fills_lines = text[line_start:start].strip(" \t") == "" and (end == len(text) or text[end] == "\n")
+    if fills_lines and rng.random() < WHOLE_LINES_PROBABILITY:
+        start, end = line_start, min(len(text), end + 1)
+    return start, end
 
 
 def _clean(node) -> bool:

@@ -30,14 +30,26 @@ def small_problems(tmp_path_factory) -> Path:
 
 
 def _answer(prompt: str) -> str:
-    """Scripted model: right on HumanEval/0, 2, 4; wrong on 1, 3."""
+    """Scripted model: right on HumanEval/0, 2, 4; wrong on 1, 3. It is asked the prompt without its trailing
+    newline and writes that newline back first, as a byte-level BPE model does."""
     problems = load_problems()
     for i, t in enumerate(TASKS):
-        if problems[t].prompt == prompt:
-            return (
+        if problems[t].prompt.rstrip() == prompt:
+            assert problems[t].prompt.endswith("\n") and not prompt.endswith("\n")
+            return "\n" + (
                 problems[t].canonical_solution + "\n\ndef extra():\n    pass\n" if i % 2 == 0 else "    return None\n"
             )
     raise AssertionError("unknown prompt")
+
+
+def test_a_raw_completion_is_what_follows_the_prompts_own_trailing_newline():
+    from evals.run import after_prompt
+
+    prompt = 'def f(x):\n    """Double."""\n'
+    assert after_prompt(prompt, "\n    return 2 * x\n") == "    return 2 * x\n"
+    assert after_prompt(prompt, "\ndef g():") == "def g():"
+    assert after_prompt(prompt, " pass") == " pass"  # did not write the newline back: kept as written
+    assert after_prompt("x = 1", "\ny = 2") == "\ny = 2"  # nothing was stripped
 
 
 def test_score_writes_human_eval_results_and_report(small_problems, tmp_path, capsys):

@@ -34,6 +34,7 @@ def test_bad_config_names_and_values(tmp_path, capsys):
         ("eval.infilling.modes=[psm,middle]", "eval.infilling.modes"),
         ("data.fim_unit=line", "data.fim_unit"),
         ("eval.humaneval.models=[code-fim]", "code-fim"),
+        ("eval.batch_size=0", "eval.batch_size"),
     ):
         assert main(["pipeline", "--config", "tiny", "--set", override, "--dry-run"]) == 2, override
         assert words in capsys.readouterr().err

@@ -151,6 +151,14 @@ def parseable_files(stdlib_texts):
     return [t for t in small if syntax_nodes(t, "python") is not None][:60]
 
 
+def _node_part(text: str, start: int, end: int) -> tuple[int, int]:
+    """The syntax nodes inside a middle that may have been widened to whole lines (indent + newline)."""
+    if start == text.rfind("\n", 0, start) + 1 and text[start:end].endswith("\n"):
+        start += len(text[start:end]) - len(text[start:end].lstrip(" \t"))
+        end -= 1
+    return start, end
+
+
 @SLOW
 @given(seed=st.integers(0, 2**32), which=st.integers(0, 10_000))
 @example(seed=0, which=0)
@@ -158,7 +166,7 @@ def test_syntax_middles_are_whole_nodes(parseable_files, seed, which):
     text = parseable_files[which % len(parseable_files)]
     sample = fim_transform(text, random.Random(seed), FimOptions(1.0, 0.5, "syntax"), "python")
     assert sample.span == "syntax" and sample.text == text
-    start, end = len(sample.prefix), len(sample.prefix) + len(sample.middle)
+    start, end = _node_part(text, len(sample.prefix), len(sample.prefix) + len(sample.middle))
     start_byte, end_byte = len(text[:start].encode()), len(text[:end].encode())
     assert _is_whole_nodes(syntax_nodes(text, "python"), start_byte, end_byte), sample.middle
 
@@ -170,12 +178,19 @@ def test_syntax_spans_handle_non_ascii_and_cover_many_node_kinds():
     )
     root = syntax_nodes(text, "python")
     kinds = set()
+    whole_lines = after_indent = 0
     for seed in range(300):
         start, end = syntax_span(text, random.Random(seed), "python")
+        if text[start:end].endswith("\n") and text[start] == " ":
+            whole_lines += 1  # e.g. "    msg = ...\n": a prefix that ends at a line start, as HumanEval's
+        elif text[start - 1] == " ":
+            after_indent += 1  # e.g. "msg = ...": the cursor after the indentation
+        start, end = _node_part(text, start, end)
         sb, eb = len(text[:start].encode()), len(text[:end].encode())
         assert _is_whole_nodes(root, sb, eb)
         kinds.add(root.descendant_for_byte_range(sb, eb).type)
     assert {"function_definition", "block", "identifier"} <= kinds or len(kinds) >= 8
+    assert whole_lines > 10 and after_indent > 10
 
 
 @pytest.mark.parametrize(
@@ -204,9 +219,12 @@ def test_a_chunk_cut_inside_a_function_still_gets_whole_statement_middles():
     for seed in range(200):
         start, end = syntax_span(text, random.Random(seed), "python")
         middle = text[start:end]
-        assert not syntax_nodes(middle.strip(), "python").has_error, middle  # a whole statement/expression
+        assert not syntax_nodes(middle.strip(), "python").has_error, middle
+        assert middle == middle.strip() or middle.endswith(
+            "\n"
+        )  # a node, or whole lines  # a whole statement/expression
         middles.add(middle)
-    assert "rate = 0.2" in middles and any(m.startswith("def tax") for m in middles)
+    assert "    rate = 0.2\n" in middles and any(m.startswith("def tax") for m in middles)
 
 
 def test_bad_options_are_rejected():
