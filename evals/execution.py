@@ -96,3 +96,17 @@ def check_samples(
 
     pool.run(programs, on_result=done, progress=progress, timeout=timeout)
     return records  # type: ignore[return-value]
+
+
+def after_prompt(prompt: str, text: str) -> str:
+    """The completion of `prompt` that the model wrote as `text` after the prompt without its trailing whitespace.
+
+    A raw prompt is sent without its trailing newline (as bigcode-evaluation-harness does): a byte-level BPE
+    writes a newline and the next line's indentation as one token, so a prompt that ends in a bare newline ends
+    where no training text did, and such a model starts a new `def` instead of the body (0/164 on SmolLM2 after
+    code training). The whitespace the model writes back is the prompt's own, so it is not part of the completion."""
+    tail = prompt[len(prompt.rstrip()) :]
+    shared = 0  # the part of the stripped whitespace the model wrote back (all of it, or e.g. one of two newlines)
+    while shared < min(len(tail), len(text)) and text[shared] == tail[shared]:
+        shared += 1
+    return text[shared:]

@@ -27,7 +27,7 @@ from pathlib import Path
 from codellama import rundir
 from codellama.generation import GenerationRequest, SamplingParams
 from codellama.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
-from evals.execution import build_infilling_program, result_record
+from evals.execution import after_prompt, build_infilling_program, result_record
 from evals.intervals import bootstrap_mean, compare
 from evals.nll import target_nll
 from evals.report import figure_png, summarize
@@ -153,21 +153,28 @@ def cut_prefix_completion(completion: str, middle: str) -> str:
 
 
 def _prefix_records(generator, part, params: SamplingParams) -> list[dict]:
-    """Generate the prefix-only baseline for (problem, sample) pairs and cut each completion to its hole."""
+    """Generate the prefix-only baseline for (problem, sample) pairs and cut each completion to its hole.
+
+    The model is asked the prefix without its trailing whitespace and the newline it writes back is the
+    prefix's own (`after_prompt`, as for HumanEval's raw prompts): a hole of whole lines starts right after a
+    newline, where a byte-level BPE model never saw a prompt end. A one-line hole after a line that does not
+    end in whitespace stops at the first newline; otherwise the text is cut after the hole's lines."""
     tokenizer = getattr(generator, "tokenizer", None)  # a local model; an endpoint gets the plain text
     requests = []
     for p, _ in part:
+        prompt = p.prompt.rstrip()
         first_line_only = p.canonical_solution.count("\n") == (1 if p.canonical_solution.endswith("\n") else 0)
+        stop_at_newline = first_line_only and "\n" not in p.prompt[len(prompt) :]
         requests.append(
             GenerationRequest(
-                p.prompt,
-                params=dataclasses.replace(params, stop=("\n",)) if first_line_only else params,
-                prompt_ids=tuple(prefix_prompt_ids(tokenizer, p.prompt)) if tokenizer is not None else None,
+                prompt,
+                params=dataclasses.replace(params, stop=("\n",)) if stop_at_newline else params,
+                prompt_ids=tuple(prefix_prompt_ids(tokenizer, prompt)) if tokenizer is not None else None,
             )
         )
     records = []
     for (p, _), done in zip(part, generator.generate(requests)):
-        cut = cut_prefix_completion(done.text, p.canonical_solution)
+        cut = cut_prefix_completion(after_prompt(p.prompt, done.text), p.canonical_solution)
         records.append(
             {
                 "completion": cut,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from codellama import rundir
 from codellama.io import append_jsonl, check_writable, read_jsonl
-from evals.execution import HUMANEVAL_STOPS, check_samples, truncate_at_stops
+from evals.execution import HUMANEVAL_STOPS, after_prompt, check_samples, truncate_at_stops
 from evals.humaneval_chat import chat_prompt, completion_from_answer
 from evals.passk import DEFAULT_KS
 from evals.problems import Problem, load_problems
@@ -79,17 +79,6 @@ def run_fingerprint(config: RunConfig) -> dict:
 
 def _key(record: dict) -> tuple[str, int]:
     return record["task_id"], int(record["sample"])
-
-
-def after_prompt(prompt: str, text: str) -> str:
-    """The completion of `prompt` that the model wrote as `text` after the prompt without its trailing whitespace.
-
-    A raw prompt is sent without its trailing newline (as bigcode-evaluation-harness does): a byte-level BPE
-    writes a newline and the next line's indentation as one token, so a prompt that ends in a bare newline ends
-    where no training text did, and such a model starts a new `def` instead of the body (0/164 on SmolLM2 after
-    code training). The newline the model writes back is the prompt's own, so it is not part of the completion."""
-    tail = prompt[len(prompt.rstrip()) :]
-    return text[len(tail) :] if text.startswith(tail) else text
 
 
 def generate_missing(out: Path, problems: dict[str, Problem], config: RunConfig, generator) -> None:

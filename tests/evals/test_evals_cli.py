@@ -50,6 +50,7 @@ def test_a_raw_completion_is_what_follows_the_prompts_own_trailing_newline():
     assert after_prompt(prompt, "\ndef g():") == "def g():"
     assert after_prompt(prompt, " pass") == " pass"  # did not write the newline back: kept as written
     assert after_prompt("x = 1", "\ny = 2") == "\ny = 2"  # nothing was stripped
+    assert after_prompt(prompt + "\n", "\n    return x\n") == "    return x\n"  # one of two newlines written back
 
 
 def test_score_writes_human_eval_results_and_report(small_problems, tmp_path, capsys):

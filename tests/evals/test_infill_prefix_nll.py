@@ -198,7 +198,8 @@ class _ScriptedGenerator:
 
     def __init__(self, tokenizer, problems, extra="    print('past the hole')\n    return None\n"):
         self.tokenizer, self.extra, self.requests = tokenizer, extra, []
-        self.answers = {p.prompt: p.canonical_solution for p in problems}
+        # asked the prefix without its trailing whitespace, it writes that whitespace back first (a BPE model)
+        self.answers = {p.prompt.rstrip(): p.prompt[len(p.prompt.rstrip()) :] + p.canonical_solution for p in problems}
 
     def generate(self, requests, sinks=None):
         out = []
@@ -229,17 +230,19 @@ def test_prefix_mode_runs_left_to_right_and_is_judged_on_the_hole(bench, tiny, t
     assert report["modes"]["prefix"]["pass@1_interval"] == [1.0, 1.0]
     markers = {tok.prefix_id, tok.suffix_id, tok.middle_id, tok.eot_id}
     assert all(r.suffix is None and not markers & set(r.prompt_ids) for r in gen.requests)
-    # One-line holes stop generating at the first newline; longer ones are cut after the hole's lines.
+    # The prefix is sent without its trailing newline (the model writes it back), so no hole stops at the
+    # first newline; every completion is cut after the hole's lines.
     truth = {p.task_id: p.canonical_solution for p in problems}
-    lines = {p.prompt: p.canonical_solution.count("\n") for p in problems}
-    assert all((r.params.stop == ("\n",)) == (lines[r.prompt] == 1) for r in gen.requests)
+    lines = {p.prompt.rstrip(): p.canonical_solution.count("\n") for p in problems}
+    assert all(not r.prompt.endswith("\n") and "\n" not in r.params.stop for r in gen.requests)
+    assert all(r.prompt_ids == tuple(prefix_prompt_ids(tok, r.prompt)) for r in gen.requests)
     assert (bench == "multi-line") == any(n > 1 for n in lines.values())
     samples = read_jsonl(tmp_path / "run" / "samples.jsonl")
     assert all(s["mode"] == "prefix" and s["completion"] == truth[s["task_id"]] for s in samples)
     assert all(s["truncated"] and s["uncut"] != s["completion"] for s in samples)
     # Without the cut, the extra lines break the program: the benchmark really judges the cut text.
     wrong = _ScriptedGenerator(tok, problems, extra="    return None\n")
-    wrong.answers = {p.prompt: "" for p in problems}
+    wrong.answers = {p.prompt.rstrip(): "\n" for p in problems}
     bad = run_benchmark(config, tmp_path / "wrong", wrong, data=data)
     assert bad["modes"]["prefix"]["pass@k"]["pass@1"] < 0.5
 
@@ -339,7 +342,7 @@ def test_prefix_mode_through_an_endpoint(tmp_path, capsys):
     from tests._evals_helpers import scripted_completions_server
 
     problems = load_problems(data_path("single-line"), limit=3)
-    answers = {p.prompt: p.canonical_solution + "    return 0\n" for p in problems}
+    answers = {p.prompt.rstrip(): "\n" + p.canonical_solution + "    return 0\n" for p in problems}
     with scripted_completions_server(lambda prompt: answers[prompt]) as (url, requests):
         argv = ["eval", "infilling", "--endpoint", url, "--mode", "prefix", "--limit", "3", "--k", "1"]
         assert main([*argv, "--out", str(tmp_path / "remote")]) == 0
