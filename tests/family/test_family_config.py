@@ -17,7 +17,7 @@ def test_named_configs_and_default(capsys):
     real = load_config("smollm2")
     assert real.base.model == "smollm2-135m" and real.tokenizer.base is None
     assert (real.data.fim_rate, real.data.spm_rate, real.data.fim_unit) == (0.9, 0.5, "row")
-    assert real.eval.infilling.limit_for("single-line") == 150 and real.eval.infilling.limit_for("multi-line") == 40
+    assert real.eval.infilling.limit_for("single-line") == 150 and real.eval.infilling.limit_for("multi-line") == 20
     assert real.controls.no_fim and real.controls.base and real.data.heldout_fraction == 0.05
     assert load_config("smollm2", ["controls.no_fim=false"]).controls.no_fim is False
     assert main(["pipeline", "--show-default-config"]) == 0
@@ -74,7 +74,7 @@ def test_smollm2_dry_run(capsys):
     out = capsys.readouterr().out
     for stage in ("train-code-nofim", "eval-base", "eval-code-nofim", "eval-rope", "report"):
         assert f"  {stage} " in out
-    assert "multi-line (<= 40 problems) in PSM+SPM+PREFIX, middle NLL" in out and "held-out code loss" in out
+    assert "multi-line (<= 20 problems) in PSM+SPM+PREFIX, middle NLL" in out and "held-out code loss" in out
     assert "5% of the files" in out and "[1024, 2048, 4096]" in out
 
 
