@@ -146,8 +146,10 @@ def _mean(values: list[float], weights: list[float] | None) -> float:
     return sum(v * x for v, x in zip(values, w)) / sum(w)
 
 
-def _keep(*items):
-    return [c for c in items if c is not None]
+def _judged(key: str, title: str, what: str, columns: list[str], rows: list[list[str]], comparisons: list) -> Claim:
+    """A claim whose verdict and paragraph come from its comparisons (those that could be made: None dropped)."""
+    comparisons = [c for c in comparisons if c is not None]
+    return Claim(key, title, verdict_of(comparisons), paragraph(title, comparisons, what), columns, rows, comparisons)
 
 
 # -- the four claims ---------------------------------------------------------------------------
@@ -241,17 +243,15 @@ def fim_enables_infilling(results: dict) -> Claim:
                     str(len(p) or len(nll)),
                 ]
             )
-    comparisons = _keep(*comps)
     what = f"HumanEval {INFILL_BENCH} infilling (greedy pass@1, NLL per token of the true middle), paired over problems"
     title = "FIM enables infilling"
-    return Claim(
+    return _judged(
         "fim_enables_infilling",
         title,
-        verdict_of(comparisons),
-        paragraph(title, comparisons, what),
+        what,
         ["model", "prompt", "pass@1 [95% interval]", "middle NLL, nats/token [95% interval]", "problems"],
         rows,
-        comparisons,
+        comps,
     )
 
 
@@ -304,12 +304,10 @@ def fim_costs_little(results: dict) -> Claim:
         )
     what = "held-out code loss (files no training stage saw) and greedy HumanEval pass@1, FIM vs the no-FIM control"
     title = "FIM costs little left to right"
-    comps = _keep(*comps)
-    return Claim(
+    return _judged(
         "fim_costs_little",
         title,
-        verdict_of(comps),
-        paragraph(title, comps, what),
+        what,
         ["model", "held-out loss, nats/token [95% interval]", "files", "HumanEval pass@1 [95% interval]", "problems"],
         rows,
         comps,
@@ -346,7 +344,6 @@ def rope_extends_context(results: dict) -> Claim:
             cells.append(f"{math.exp(iv.mean):.2f} [{math.exp(iv.low):.2f}, {math.exp(iv.high):.2f}]")
         kr = (entry.get("key_retrieval") or {}).get("overall")
         rows.append([method, *cells, "–" if kr is None else f"{100 * kr:.0f}%"])
-    comparisons = _keep(*comps)
     what = (
         f"perplexity of {rope.get('samples', '?')} windows ({rope.get('corpus', '?')}) at "
         f"{', '.join(f'{n:,}' for n in lengths)} tokens (fine-tuning length {ft:,}), paired over windows; "
@@ -354,14 +351,13 @@ def rope_extends_context(results: dict) -> Claim:
         f"{rope.get('trained_context', 0):,} by {rope.get('scaling_factor', 1):g}x without training"
     )
     title = "A raised RoPE base extends the usable context"
-    return Claim(
+    return _judged(
         "rope_extends_context",
         title,
-        verdict_of(comparisons),
-        paragraph(title, comparisons, what),
+        what,
         ["method", *[f"ppl at {n:,} [95%]" for n in lengths], "key retrieval"],
         rows,
-        comparisons,
+        comps,
     )
 
 
@@ -372,9 +368,9 @@ def instruct_helps_chat(results: dict) -> Claim:
     def chat(name):
         return ((models.get(name) or {}).get("humaneval_chat") or {}).get("per_problem") or {}
 
-    comps = _keep(
+    comps = [
         paired("instruct - code chat-prompt pass@1", chat("instruct"), chat("code"), unit="pass@1", want="above 0")
-    )
+    ]
     rows = [
         [name, _with_interval(bootstrap_mean(list(chat(name).values())), "pass@1"), str(len(chat(name)))]
         for name in ("code", "instruct")
@@ -382,11 +378,10 @@ def instruct_helps_chat(results: dict) -> Claim:
     ]
     title = "Instruct tuning helps chat-style prompts"
     what = "greedy HumanEval asked in the model's chat format, paired over problems"
-    return Claim(
+    return _judged(
         "instruct_helps_chat",
         title,
-        verdict_of(comps),
-        paragraph(title, comps, what),
+        what,
         ["model", "chat-prompt pass@1 [95% interval]", "problems"],
         rows,
         comps,
