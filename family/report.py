@@ -228,20 +228,20 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
         ax.legend()
         save(fig, "infilling")
 
-    ppl = {n: m["long_ppl"] for n, m in models.items() if m.get("long_ppl")}
-    if ppl:
+    def ppl_versus_length(series: dict[str, tuple[list, list]], title: str, key: str, fine_tune_length=None):
+        """Perplexity against context length (log-log), one line per label."""
         fig, ax = plt.subplots(figsize=(7, 4))
-        for name, lp in ppl.items():
-            ax.plot(lp["lengths"], lp["ppl"], marker="o", label=name)
-        ax.set(
-            xlabel="context length (tokens)",
-            ylabel="perplexity",
-            xscale="log",
-            yscale="log",
-            title="Perplexity versus context length",
-        )
+        for label, (lengths, ppl) in series.items():
+            ax.plot(lengths, ppl, marker="o", label=label)
+        if fine_tune_length:
+            ax.axvline(fine_tune_length, color="grey", linestyle=":", label="fine-tuning length")
+        ax.set(xlabel="context length (tokens)", ylabel="perplexity", xscale="log", yscale="log", title=title)
         ax.legend()
-        save(fig, "long_ppl")
+        save(fig, key)
+
+    ppl = {n: (m["long_ppl"]["lengths"], m["long_ppl"]["ppl"]) for n, m in models.items() if m.get("long_ppl")}
+    if ppl:
+        ppl_versus_length(ppl, "Perplexity versus context length", "long_ppl")
 
     nll = [
         (n, m["infilling"][b]["nll"])
@@ -285,19 +285,12 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
 
     rope = results.get("rope") or {}
     if rope.get("methods"):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for method, entry in rope["methods"].items():
-            ax.plot(rope["lengths"], entry["ppl"], marker="o", label=method)
-        ax.axvline(rope["fine_tune_length"], color="grey", linestyle=":", label="fine-tuning length")
-        ax.set(
-            xlabel="context length (tokens)",
-            ylabel="perplexity",
-            xscale="log",
-            yscale="log",
-            title="Perplexity versus context length, per RoPE method",
+        ppl_versus_length(
+            {method: (rope["lengths"], entry["ppl"]) for method, entry in rope["methods"].items()},
+            "Perplexity versus context length, per RoPE method",
+            "rope_ppl",
+            fine_tune_length=rope["fine_tune_length"],
         )
-        ax.legend()
-        save(fig, "rope_ppl")
 
     chat = {n: m["humaneval_chat"] for n, m in models.items() if m.get("humaneval_chat")}
     if chat:
