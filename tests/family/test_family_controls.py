@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
+from _family_helpers import write_family_config
 
 from codellama.cli import main
 from codellama.data.shards import ShardIndex, TokenShards
@@ -14,24 +14,15 @@ from family.claims import NOT_MEASURED, NOT_SUPPORTED, SUPPORTED
 
 pytestmark = pytest.mark.slow  # a whole family run (six models, every score): a few minutes
 
-TINY = ["max_steps=3", "checkpoint_every=2", "batch_tokens=512", "micro_batch_size=2", "seq_len=128"]
-
 
 @pytest.fixture(scope="module")
 def controls_config(tmp_path_factory, stdlib_texts, bpe_base):
-    root = tmp_path_factory.mktemp("family-controls")
-    src = root / "src"
-    src.mkdir()
-    for i, text in enumerate(stdlib_texts[:60]):
-        (src / f"m{i:03d}.py").write_text(text)
     # The real recipe's config (row-sized FIM units, a held-out split, PSM/SPM/prefix with the middle NLL,
     # bf16 long-context scoring, every control on) at tiny budgets, on a tiny BPE base instead of SmolLM2.
     config = {
         "extends": "smollm2",
         "base": {"model": str(bpe_base("chatml"))},
-        "data": {"sources": [str(src)], "heldout_fraction": 0.15},
-        "branches": {b: list(TINY) for b in ("code", "python", "long-context", "instruct")},
-        "instruct_data": {"questions": 2, "solutions_per_question": 1, "max_new_tokens": 24, "stdlib_pairs": 40},
+        "data": {"heldout_fraction": 0.15},
         "eval": {
             "humaneval": {"models": ["code", "instruct"], "limit": 3, "max_new_tokens": 16},
             "infilling": {"models": ["code"], "benchmarks": ["single-line"], "limit": 3, "max_new_tokens": 12},
@@ -39,10 +30,7 @@ def controls_config(tmp_path_factory, stdlib_texts, bpe_base):
             "code_loss": {"seq_len": 128, "max_tokens": 3000},
         },
     }
-    config["branches"]["long-context"] += ["seq_len=256", "rope.max_context=256"]
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_family_config(tmp_path_factory.mktemp("family-controls"), stdlib_texts[:60], config)
 
 
 def test_family_with_controls(controls_config, tmp_path):

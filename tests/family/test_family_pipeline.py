@@ -9,28 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from _family_helpers import write_family_config
 
 from codellama.cli import main
 
 pytestmark = pytest.mark.slow  # every test here takes tens of seconds (training runs, subprocesses)
 
-TINY_OVERRIDES = ["max_steps=3", "checkpoint_every=2", "batch_tokens=512", "micro_batch_size=2", "seq_len=128"]
-
 
 @pytest.fixture(scope="module")
 def small_config(tmp_path_factory, stdlib_texts):
-    root = tmp_path_factory.mktemp("family")
-    src = root / "src"
-    src.mkdir()
-    for i, text in enumerate(stdlib_texts[:60]):
-        (src / f"m{i:03d}.py").write_text(text)
     config = {
         "extends": "tiny",  # the smoke run, whatever the default config is
         "tokenizer": {"vocab_size": 1016},
-        "data": {"sources": [str(src)]},
-        "branches": {b: list(TINY_OVERRIDES) for b in ("code", "python", "long-context", "instruct")},
-        "instruct_data": {"questions": 2, "solutions_per_question": 1, "max_new_tokens": 24, "stdlib_pairs": 40},
         "eval": {
             "humaneval": {"limit": 3, "max_new_tokens": 16},
             "infilling": {"benchmarks": ["single-line"], "limit": 3, "max_new_tokens": 12},
@@ -42,10 +32,7 @@ def small_config(tmp_path_factory, stdlib_texts):
             },
         },
     }
-    config["branches"]["long-context"] += ["seq_len=256", "rope.max_context=256"]
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_family_config(tmp_path_factory.mktemp("family"), stdlib_texts[:60], config)
 
 
 def test_pipeline_trains_and_scores_every_model(small_config, tmp_path, capsys):

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 from _bases_helpers import write_tied_llama
+from _family_helpers import source_dir
 from _infill_helpers import EXAMPLES, taught_model_dir
 
 from codellama.chat import encode_dialog, prompt_text, prompt_tokens
@@ -274,10 +275,7 @@ def test_bad_tokenizer_inputs_are_one_line_errors(bpe_base, extended, tmp_path, 
 @pytest.fixture(scope="module")
 def shards(extended, stdlib_texts, tmp_path_factory):
     root = tmp_path_factory.mktemp("bpe-data")
-    src = root / "src"
-    src.mkdir()
-    for i, text in enumerate(stdlib_texts[:30]):
-        (src / f"m{i:02d}.py").write_text(text)
+    src = source_dir(root, stdlib_texts[:30])
     out = root / "shards"
     argv = ["data", "prepare", "--source", str(src), "--tokenizer", str(extended("chatml")), "--out", str(out)]
     assert main([*argv, "--seq-len", "128", "--num-proc", "1", "--max-documents", "20"]) == 0
