@@ -54,9 +54,9 @@ def syntax_span(text: str, rng: random.Random, language: str | None) -> tuple[in
     root = syntax_nodes(text, language)
     if root is None:
         return None
-    node = _random_child(root, rng)
-    while _clean_children(node) and rng.random() >= STOP_PROBABILITY:
-        node = _random_child(node, rng)
+    node = _random_child(_clean_children(root), rng)
+    while (children := _clean_children(node)) and rng.random() >= STOP_PROBABILITY:
+        node = _random_child(children, rng)
     first = last = node
     if node.parent is not None and node.parent.type in (
         "module",
@@ -85,9 +85,8 @@ def _clean_children(node) -> list:
     return [c for c in node.named_children if _clean(c)]
 
 
-def _random_child(node, rng: random.Random):
-    """A random error-free named child (the caller checked there is one)."""
-    children = _clean_children(node)
+def _random_child(children: list, rng: random.Random):
+    """One of a node's error-free named children (`_clean_children`, not empty)."""
     return children[rng.randrange(len(children))]
 
 
