@@ -245,8 +245,8 @@ def _interval(value: float | None, bounds) -> dict:
 def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Path, out: Path) -> dict:
     """Infilling pass@1 and middle NLL (and optionally held-out code loss) of one model, resumable."""
     from codellama.config import torch_dtype
-    from codellama.generation import HFGenerator
     from evals.infilling import BenchmarkConfig, run_benchmark
+    from family.stages import eval_generator, held_out_code_loss
 
     wanted = eval_settings(cfg, settings)
     config = BenchmarkConfig(
@@ -259,8 +259,7 @@ def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Pat
         model=str(model_dir),
         nll=True,
     )
-    dtype = torch_dtype(cfg.eval.dtype)
-    generator = HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip", dtype=dtype)
+    generator = eval_generator(cfg, model_dir)
     report = run_benchmark(config, out / "infilling", generator)
     del generator
     nll = report["nll"]
@@ -291,10 +290,10 @@ def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Pat
         "eval": wanted,
     }
     if settings.code_loss:
-        from family.stages import _code_loss
-
         heldout = outputs["data"]["documents"]["files"]["heldout"]
-        loss = _code_loss(out / "code-loss", str(model_dir), heldout, cfg.eval.code_loss, dtype)
+        loss = held_out_code_loss(
+            out / "code-loss", str(model_dir), heldout, cfg.eval.code_loss, torch_dtype(cfg.eval.dtype)
+        )
         row["code_loss"] = {**loss["nll"], "tokens": loss["tokens"], "files": loss["files"]}
     atomic_write_json(out / SCORES_FILE, row)
     return row

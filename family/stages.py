@@ -430,6 +430,14 @@ def plan_instruct_data(ctx: RunContext) -> dict:
 
 
 # -- evaluation --------------------------------------------------------------------------------
+def eval_generator(cfg: PipelineConfig, model_dir) -> HFGenerator:
+    """The generator every score of a model uses: the config's eval dtype and batch; an overlong prompt is
+    scored as failed, not an error."""
+    return HFGenerator.from_pretrained(
+        model_dir, batch_size=cfg.eval.batch_size, overflow="skip", dtype=torch_dtype(cfg.eval.dtype)
+    )
+
+
 def make_eval_stage(model: str) -> Stage:
     name = f"eval-{model}"
 
@@ -441,9 +449,7 @@ def make_eval_stage(model: str) -> Stage:
 
         def generator():
             if "g" not in generator_cache:
-                generator_cache["g"] = HFGenerator.from_pretrained(
-                    model_dir, batch_size=cfg.eval.batch_size, overflow="skip", dtype=torch_dtype(cfg.eval.dtype)
-                )
+                generator_cache["g"] = eval_generator(cfg, model_dir)
             return generator_cache["g"]
 
         he = cfg.eval.humaneval
@@ -462,7 +468,7 @@ def make_eval_stage(model: str) -> Stage:
             results.update(_long_context(out, model_dir, lc, _ppl_lengths(cfg), cfg.seed, torch_dtype(cfg.eval.dtype)))
         if _scored(model, cfg.eval.code_loss):
             heldout = ctx.outputs["data"]["documents"]["files"]["heldout"]
-            results["code_loss"] = _code_loss(
+            results["code_loss"] = held_out_code_loss(
                 out / "code-loss", model_dir, heldout, cfg.eval.code_loss, torch_dtype(cfg.eval.dtype)
             )
         return results
@@ -665,7 +671,7 @@ def _long_context(out: Path, model_dir: str, lc, lengths: list[int], seed: int, 
     }
 
 
-def _code_loss(out: Path, model_dir: str, heldout: str, settings, dtype: torch.dtype) -> dict:
+def held_out_code_loss(out: Path, model_dir: str, heldout: str, settings, dtype: torch.dtype) -> dict:
     """The held-out files' left-to-right loss (the first files in path order, up to max_tokens)."""
     report_path = out / "report.json"
     if report_path.is_file():
