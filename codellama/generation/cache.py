@@ -25,7 +25,17 @@ class CachedPrefix:
 
     @property
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
+        """Memory held, counting whole storages: a view of a batch's KV keeps that batch's spare room alive."""
+        return sum(_held(k) + _held(v) for k, v in self.layers)
+
+
+def _held(t: torch.Tensor) -> int:
+    return max(t.numel() * t.element_size(), t.untyped_storage().nbytes())
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """`t`, copied if it is a view into a much larger storage (a short prompt in a batch's KV, with room to grow)."""
+    return t.clone() if 4 * _held(t) > 5 * t.numel() * t.element_size() else t
 
 
 def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -66,13 +76,14 @@ class PromptCache:
         budget keeps its longest prefix that fits: the next keystroke still reuses that part."""
         if not ids:
             return
-        new = CachedPrefix(torch.tensor(ids, dtype=torch.long), layers)
+        new = CachedPrefix(torch.tensor(ids, dtype=torch.long), [(_compact(k), _compact(v)) for k, v in layers])
         if new.nbytes > self.max_bytes:
-            fit = self.max_bytes // (new.nbytes // len(ids))
+            per_token = sum(k[:, 0].numel() * k.element_size() + v[:, 0].numel() * v.element_size() for k, v in layers)
+            fit = self.max_bytes // per_token
             if fit == 0:
                 return
             log.debug("prompt of %d tokens exceeds the prompt cache: keeping its first %d", len(ids), fit)
-            new = CachedPrefix(new.tokens[:fit], [(k[:, :fit], v[:, :fit]) for k, v in layers])
+            new = CachedPrefix(new.tokens[:fit], [(k[:, :fit].clone(), v[:, :fit].clone()) for k, v in layers])
         kept = []
         for e in self.entries:
             shared = common_prefix(e.tokens, new.tokens)

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 
 import torch
 
+from codellama.generation.attention import use_grouped_attention
 from codellama.generation.cache import PromptCache, common_prefix
+from codellama.generation.kv import growing_cache
 from codellama.generation.protocol import Completion, GenerationRequest, Sink
 from codellama.generation.sampling import sample_next
 from codellama.generation.stopping import check_stop, safe_to_stream
@@ -61,10 +63,8 @@ class _Batch:
     """
 
     def __init__(self, rows: list[_Row], prefixes: list, pad_id: int, config, device: torch.device):
-        from transformers import DynamicCache
-
         self.rows, self.device = rows, device
-        self.cache = DynamicCache(config=config)
+        self.cache = growing_cache(config)
         width = max(len(kv) for kv in prefixes) if prefixes else 0
         self.attention = torch.zeros((len(rows), width), dtype=torch.long, device=device)
         if width:
@@ -475,6 +475,7 @@ class HFGenerator:
             raise ValueError(f"overflow must be 'error' or 'skip', got {overflow!r}")
         self.prefill_chunk, self.overflow, self.batch_size = prefill_chunk, overflow, batch_size
         self.model = model.eval()
+        use_grouped_attention(self.model)
         self.tokenizer = tokenizer
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None)
         self.vocab_size = model.config.vocab_size

@@ -1,0 +1,51 @@
+"""Grouped-query attention without copying the KV heads, for generation on the CPU.
+
+transformers' "sdpa" attention repeats every key/value head `num_key_value_groups` times before calling
+`scaled_dot_product_attention` whenever there is a mask, and generation always has one (padding, and the
+causal offset of a prompt chunk after a cached prefix). At an editor's 7k-token context that copies the
+whole KV cache three times per layer and step on SmolLM2. PyTorch's kernel takes the grouped heads
+directly (`enable_gqa`), with the same result: a prompt chunk after 6k cached tokens runs ~20% faster
+(`tests/codellama/test_core_generation.py` checks that the logits match).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NAME = "codellama_gqa_sdpa"
+_registered = False
+
+
+def _gqa_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    causal = attention_mask is None and query.shape[2] > 1 and query.shape[2] == key.shape[2]
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal, enable_gqa=True
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(NAME, _gqa_sdpa)
+        AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks as "sdpa"
+        _registered = True
+
+
+def use_grouped_attention(model) -> bool:
+    """Switch a model that uses "sdpa" on the CPU to the grouped kernel; True if it was switched. On CUDA
+    the fused kernels are left as they are (there, a mask with `enable_gqa` may fall back to the math path)."""
+    config = getattr(model, "config", None)
+    if not hasattr(model, "set_attn_implementation") or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    if next(model.parameters()).device.type != "cpu":
+        return False
+    if getattr(config, "num_key_value_heads", None) in (None, config.num_attention_heads):
+        return False  # no grouped heads: nothing is repeated
+    _register()
+    model.set_attn_implementation(NAME)
+    return True
