@@ -10,7 +10,6 @@ directly (`enable_gqa`), with the same result: a prompt chunk after 6k cached to
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 NAME = "codellama_gqa_sdpa"
