@@ -18,6 +18,7 @@ import yaml
 
 from codellama.config import BRANCHES, DTYPES, SCALES, apply_overrides, build, deep_merge, load_yaml, to_raw
 from codellama.data.fim import SPAN_MODES
+from evals.infilling import BENCHMARKS as INFILLING_BENCHMARKS
 from family.split import FIM_UNITS
 
 # The config `codellama pipeline` runs without --config (and `default` names).
@@ -188,6 +189,17 @@ class PipelineConfig:
                     f"eval.{section}.models names unknown model(s) {', '.join(sorted(bad))}; "
                     f"models are {', '.join(MODELS)}"
                 )
+        known = set(INFILLING_BENCHMARKS)
+        for key, names in (("benchmarks", self.eval.infilling.benchmarks), ("limits", self.eval.infilling.limits)):
+            bad = set(names) - known
+            if bad:  # a typo in `limits` would otherwise be ignored and the benchmark run at full size
+                raise ValueError(
+                    f"eval.infilling.{key} names unknown benchmark(s) {', '.join(sorted(bad))}; "
+                    f"benchmarks are {', '.join(INFILLING_BENCHMARKS)}"
+                )
+        bad_limits = {k: v for k, v in self.eval.infilling.limits.items() if not isinstance(v, int) or v < 1}
+        if bad_limits:
+            raise ValueError(f"eval.infilling.limits must be problem counts >= 1, got {bad_limits}")
         bad_modes = set(self.eval.infilling.modes) - {"psm", "spm", "prefix"}
         if bad_modes or not self.eval.infilling.modes:
             raise ValueError(f"eval.infilling.modes must be among psm, spm, prefix, got {self.eval.infilling.modes}")

@@ -35,6 +35,9 @@ def test_bad_config_names_and_values(tmp_path, capsys):
         ("data.fim_unit=line", "data.fim_unit"),
         ("eval.humaneval.models=[code-fim]", "code-fim"),
         ("eval.batch_size=0", "eval.batch_size"),
+        ("eval.infilling.limits={multi_line: 20}", "multi_line"),  # a typo is refused, not ignored
+        ("eval.infilling.benchmarks=[single-line,random-span-lite]", "random-span-lite"),
+        ("eval.infilling.limits={multi-line: 0}", "eval.infilling.limits"),
     ):
         assert main(["pipeline", "--config", "tiny", "--set", override, "--dry-run"]) == 2, override
         assert words in capsys.readouterr().err
