@@ -229,7 +229,8 @@ def abandoned(health: dict) -> int:
 
 
 def start_ours(model_dir: Path, port: int, args, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "codellama.cli", "serve", "--model", str(model_dir), "--port", str(port)]
+    verbose = ["-v"] if args.log_dir else []  # the decoder's debug lines: what each request found cached
+    cmd = [sys.executable, "-m", "codellama.cli", *verbose, "serve", "--model", str(model_dir), "--port", str(port)]
     cmd += ["--max-tokens", str(max(256, args.n_predict)), "--prefill-chunk", str(args.prefill_chunk)]
     cmd += ["--device", args.device, "--dtype", args.dtype]
     if args.prompt_cache_mb is not None:
@@ -330,6 +331,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=18231)
     ap.add_argument("--llama-server", type=Path, metavar="GGUF", help="also replay against llama-server on this GGUF")
     ap.add_argument("--llama-server-args", default="--cache-reuse 256", help="extra llama-server flags")
+    ap.add_argument("--log-dir", type=Path, help="keep the servers' logs here (default: a temporary directory)")
     args = ap.parse_args()
     if not 1 <= args.sessions <= 4:
         ap.error("--sessions must be 1 to 4 (each types at its own line of argparse.py)")
@@ -341,6 +343,8 @@ def main() -> int:
         for s in range(args.sessions)
     ]
     warm, bodies = sessions[0][0], [b for _, b in sessions]
+    if args.log_dir:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         if args.smollm2:
             args.model, args.context = smollm2_checkpoint(Path(tmp)), 8192
@@ -353,7 +357,7 @@ def main() -> int:
             warm,
             bodies,
             args,
-            Path(tmp) / "ours.log",
+            (args.log_dir or Path(tmp)) / "ours.log",
         )
         print(f"model {args.model or args.preset} (context {args.context}) on {args.device}, {os.cpu_count()} CPUs")
         report("codellama serve", ours, len(bodies[0]))
@@ -368,7 +372,7 @@ def main() -> int:
                 warm,
                 bodies,
                 args,
-                Path(tmp) / "llama-server.log",
+                (args.log_dir or Path(tmp)) / "llama-server.log",
             )
             report("llama-server", peer, len(bodies[0]))
             print(

@@ -297,23 +297,57 @@ def execute_samples(
 def middle_nll_rows(
     tokenizer, problem: InfillingProblem, modes: Sequence[str] = NLL_MODES
 ) -> dict[str, tuple[list[int], list[int]]]:
-    """(context, target) ids per NLL mode; the target is the same ids in every mode.
+    """(context, target) ids per NLL mode.
 
-    The middle is encoded once, as FIM training data encodes a middle (`encode_infilling`: no dummy
-    leading space), and scored without the <EOT> after it (the prefix-only prompt has no such token).
-    PSM/SPM contexts are the infilling prompts generation uses; prefix-only is BOS + the prefix.
+    PSM/SPM: the infilling prompt generation uses, then the middle as FIM training data encodes a middle
+    (`encode_infilling`: no dummy leading space), scored without the <EOT> after it. Prefix-only: BOS +
+    prefix + middle tokenized as one text, as left-to-right training sees it, and the target is every token
+    from the first one the prefix alone does not have. Tokenizing prefix and middle apart would put the
+    prefix-only model on a boundary it never saw: a byte-level BPE writes a newline and the next line's
+    indentation as one token, so a middle that starts with indentation would follow a lone newline.
+    The two targets then differ in tokens (the joint one may also cover the prefix's last newline), so
+    the modes are compared in total nats per middle (`middle_nll_record` keeps one denominator).
     """
     target = tokenizer.encode_infilling(problem.canonical_solution)
     rows = {}
     for mode in modes:
         if mode == PREFIX:
-            rows[mode] = (prefix_prompt_ids(tokenizer, problem.prompt), target)
+            rows[mode] = _joint_prefix_row(tokenizer, problem.prompt, problem.canonical_solution)
         else:
             rows[mode] = (
                 tokenizer.infilling_prompt(problem.prompt, problem.suffix, suffix_first=mode == "spm"),
                 target,
             )
     return rows
+
+
+def _joint_prefix_row(tokenizer, prefix: str, middle: str) -> tuple[list[int], list[int]]:
+    joint = prefix_prompt_ids(tokenizer, prefix + middle)
+    alone = prefix_prompt_ids(tokenizer, prefix)
+    k = 0
+    while k < min(len(joint), len(alone)) and joint[k] == alone[k]:
+        k += 1
+    if k == 0:  # no BOS and a different first token: nothing to condition on, score the middle apart
+        return alone, tokenizer.encode_infilling(middle)
+    return joint[:k], joint[k:]
+
+
+def middle_nll_record(tokenizer, problem: InfillingProblem, mode: str, nll: Sequence[float]) -> dict:
+    """One nll.jsonl line: the summed NLL of the middle in `mode`, over `tokens`, the middle's FIM token
+    count in every mode (so nll / tokens compares total nats per middle across modes); `scored`: the
+    tokens actually scored (the prefix-only target is the jointly tokenized text)."""
+    tokens = len(tokenizer.encode_infilling(problem.canonical_solution))
+    record = {"task_id": problem.task_id, "mode": mode, "tokens": tokens, "nll": float(sum(nll))}
+    if mode == PREFIX:
+        record.update(scored=len(nll), split=JOINT)
+    return record
+
+
+JOINT = "joint"  # prefix-only records scored on jointly tokenized text (earlier runs split prefix and middle)
+
+
+def _current(record: dict) -> bool:
+    return record["mode"] != PREFIX or record.get("split") == JOINT
 
 
 def nll_modes(tokenizer) -> tuple[str, ...]:
@@ -333,13 +367,14 @@ def score_middle_nll(
 ) -> int:
     """Score every (mode, problem) not yet in OUT/nll.jsonl, appending as it goes; returns how many.
 
-    A record: {"task_id", "mode", "tokens", "nll"} with `nll` the summed NLL (nats) of the middle's tokens.
+    A record (`middle_nll_record`): {"task_id", "mode", "tokens", "nll"} with `nll` the summed NLL (nats)
+    of the middle. Prefix-only records of earlier runs, scored on separately tokenized text, are scored again.
     """
     bad = [m for m in modes if m not in NLL_MODES]
     if bad:
         raise ValueError(f"NLL modes must be among {', '.join(NLL_MODES)} (got {', '.join(bad)})")
     path = Path(out_dir) / NLL_FILE
-    done = {(r["mode"], r["task_id"]) for r in read_jsonl(path)}
+    done = {(r["mode"], r["task_id"]) for r in read_jsonl(path) if _current(r)}
     todo = [p for p in problems if any((m, p.task_id) not in done for m in modes)]
     if not todo:
         return 0
@@ -354,17 +389,18 @@ def score_middle_nll(
             for p in part:
                 for mode, row in middle_nll_rows(tokenizer, p, modes).items():
                     if (mode, p.task_id) not in done:
-                        keys.append((mode, p.task_id))
+                        keys.append((mode, p))
                         rows.append(row)
-            for (mode, task_id), nll in zip(keys, target_nll(model, rows, batch_tokens=batch_tokens)):
-                append_jsonl(path, {"task_id": task_id, "mode": mode, "tokens": len(nll), "nll": float(sum(nll))})
+            for (mode, p), nll in zip(keys, target_nll(model, rows, batch_tokens=batch_tokens)):
+                append_jsonl(path, middle_nll_record(tokenizer, p, mode, nll))
             scored += len(keys)
             bar.update(len(part))
     return scored
 
 
 def nll_by_problem(out_dir: str | os.PathLike, mode: str, task_ids: Iterable[str] | None = None) -> dict:
-    """{task_id: (NLL per token of its middle, tokens)} in one mode of a run directory's nll.jsonl.
+    """{task_id: (NLL per token of its middle, tokens)} in one mode of a run directory's nll.jsonl: the
+    middle's total nats over its FIM token count, the same denominator in every mode.
 
     For comparisons across runs: e.g. the per-problem PSM - prefix gap of a FIM model against the same gap
     of its base, paired with `evals.intervals.compare` (a base shows some gap too: the suffix is text).
@@ -373,7 +409,7 @@ def nll_by_problem(out_dir: str | os.PathLike, mode: str, task_ids: Iterable[str
     return {
         r["task_id"]: (r["nll"] / r["tokens"], r["tokens"])
         for r in read_jsonl(Path(out_dir) / NLL_FILE)
-        if r["mode"] == mode and r["tokens"] > 0 and (wanted is None or r["task_id"] in wanted)
+        if r["mode"] == mode and r["tokens"] > 0 and _current(r) and (wanted is None or r["task_id"] in wanted)
     }
 
 

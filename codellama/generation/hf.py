@@ -288,6 +288,12 @@ class Decoder:
                     prefix, row.cached = _Prefix(entry, n), n
                     self.gen.prompt_cache.note_hit(n)
             prefixes.append(prefix)
+        log.debug(
+            "starting %d row(s): prompt tokens %s, cached %s",
+            len(rows),
+            [len(r.prompt_ids) for r in rows],
+            [r.cached for r in rows],
+        )
         return _Batch(rows, prefixes, self.gen.pad_id, self.gen.model.config, self.gen.device)
 
     def _prefill(self) -> None:
@@ -344,6 +350,7 @@ class Decoder:
             if keep_partial and row.request.cache_prompt and self.gen.prompt_cache is not None:
                 n = batch.real_columns(b)
                 if n > row.cached:
+                    log.debug("a cancelled row leaves %d prefilled tokens in the prompt cache", n)
                     self.gen.prompt_cache.store(row.prompt_ids[:n], batch.row_kv(b))
             self._finish(row)
         return batch.keep(alive)

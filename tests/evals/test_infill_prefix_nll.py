@@ -98,11 +98,65 @@ def test_prefix_prompts_have_no_infilling_markers_and_all_modes_score_the_same_m
         ids = prefix_prompt_ids(tok, p.prompt)
         assert ids[0] == tok.bos_id and not markers & set(ids) and tok.decode(ids) == p.prompt
         rows = middle_nll_rows(tok, p)
-        assert rows["prefix"][0] == ids
+        context, target = rows["prefix"]  # prefix + middle as one text, split where the prefix alone differs
+        assert context + target == prefix_prompt_ids(tok, p.prompt + p.canonical_solution)
+        assert context == ids[: len(context)] and len(context) >= len(ids) - 1
         assert rows["psm"][0] == tok.infilling_prompt(p.prompt, p.suffix)
         assert rows["spm"][0] == tok.infilling_prompt(p.prompt, p.suffix, suffix_first=True)
-        assert rows["psm"][1] == rows["spm"][1] == rows["prefix"][1]
+        assert rows["psm"][1] == rows["spm"][1]
         assert tok.decode_infilling(rows["psm"][1]) == p.canonical_solution
+
+
+def test_prefix_only_nll_reads_the_middle_as_left_to_right_training_tokenized_it(bpe_base, tmp_path):
+    """A byte-level BPE writes a newline and the next line's indentation as one token: the prefix-only row
+    scores that token (not a lone newline followed by an indentation token no training text had), and all
+    three modes divide by the same count, the middle's FIM tokens, so they compare total nats per middle."""
+    from codellama.checkpoint import load_model
+    from codellama.tokenizer import load_tokenizer
+
+    out = tmp_path / "extended"
+    assert main(["tokenizer", "extend", "--base", str(bpe_base("starcoder")), "--out", str(out)]) == 0
+    model, tok = load_model(out), load_tokenizer(out)
+    problems = [p for p in load_problems(data_path("single-line"), limit=40) if p.canonical_solution[:1] == " "]
+    split_apart = 0
+    for p in problems[:10]:
+        context, target = middle_nll_rows(tok, p)["prefix"]
+        alone = prefix_prompt_ids(tok, p.prompt)
+        if len(context) < len(alone):  # the prefix's last token merged with the middle's first
+            split_apart += 1
+            assert tok.decode(target).startswith("\n") and tok.decode(target).endswith(p.canonical_solution)
+    assert split_apart > 0, "no problem showed the newline + indentation merge this test is about"
+    run = tmp_path / "nll"
+    assert score_middle_nll(model, tok, problems[:3], run) == 9
+    records = read_jsonl(run / NLL_FILE)
+    for p in problems[:3]:
+        mine = [r for r in records if r["task_id"] == p.task_id]
+        assert {r["tokens"] for r in mine} == {len(tok.encode_infilling(p.canonical_solution))}
+        prefix = next(r for r in mine if r["mode"] == "prefix")
+        context, target = middle_nll_rows(tok, p)["prefix"]
+        assert prefix["scored"] == len(target)
+        assert prefix["nll"] == pytest.approx(sum(_direct_nll(model, context, target)), abs=1e-3)
+
+
+def test_prefix_nll_records_of_earlier_runs_are_scored_again(tiny, tmp_path):
+    """Before the joint tokenization a prefix-only record scored the middle tokenized apart: such records
+    are not used, and a rerun replaces them."""
+    model, tok = tiny
+    problems = load_problems(data_path("single-line"), limit=2)
+    out = tmp_path / "run"
+    assert score_middle_nll(model, tok, problems, out) == 6
+    fresh = nll_by_problem(out, "prefix")
+    records = read_jsonl(out / NLL_FILE)
+    old = [dict(r, nll=99.0) for r in records if r["mode"] == "prefix"]
+    for r in old:
+        r.pop("split"), r.pop("scored")
+    (out / NLL_FILE).write_text("".join(json.dumps(r) + "\n" for r in records if r["mode"] != "prefix"))
+    (out / NLL_FILE).open("a").write("".join(json.dumps(r) + "\n" for r in old))
+    assert nll_by_problem(out, "prefix") == {}
+    assert score_middle_nll(model, tok, problems, out) == 2
+    again = nll_by_problem(out, "prefix")
+    assert again.keys() == fresh.keys() and len(fresh) == 2
+    assert all(again[t] == pytest.approx(fresh[t], rel=1e-4) for t in fresh)
 
 
 def test_bpe_tokenizer_json_bases_work_too(bpe_base, tmp_path):
