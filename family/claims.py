@@ -243,7 +243,10 @@ def fim_enables_infilling(results: dict) -> Claim:
                     str(len(p) or len(nll)),
                 ]
             )
-    what = f"HumanEval {INFILL_BENCH} infilling (greedy pass@1, NLL per token of the true middle), paired over problems"
+    what = (
+        f"HumanEval {INFILL_BENCH} infilling (greedy pass@1; NLL of the true middle: its total nats in each prompt "
+        "mode over its token count as a FIM middle, the prefix-only text tokenized as one), paired over problems"
+    )
     title = "FIM enables infilling"
     return _judged(
         "fim_enables_infilling",
