@@ -140,7 +140,8 @@ class EvalSettings:
     # with AMX and close enough for means (evals measured NLL/token within 0.002 of float32)
     dtype: str = "float32"
     # rows decoding together (continuous batching): on a CPU a larger batch reads the weights once for more rows
-    batch_size: int = 16
+    # (SmolLM2 bf16 greedy HumanEval, 164 prompts x 128 tokens: 141 tokens/s at 16 rows, 178 at 64)
+    batch_size: int = 64
 
 
 @dataclass

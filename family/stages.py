@@ -400,8 +400,8 @@ def run_instruct_data(ctx: RunContext) -> dict:
                     tests_sampling=replace(base.tests_sampling, max_new_tokens=tokens),
                     solution_sampling=replace(base.solution_sampling, max_new_tokens=tokens),
                 ),
-                question_model=lambda: HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip"),
-                solver_model=lambda: HFGenerator.from_pretrained(model_dir, batch_size=16, overflow="skip"),
+                question_model=lambda: eval_generator(cfg, model_dir),  # the eval dtype: bf16 for SmolLM2
+                solver_model=lambda: eval_generator(cfg, model_dir),
                 executor=sandbox,
                 models={"question": model_dir, "solver": model_dir},
             )
