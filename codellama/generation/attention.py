@@ -4,12 +4,15 @@ transformers' "sdpa" attention repeats every key/value head `num_key_value_group
 `scaled_dot_product_attention` whenever there is a mask, and generation always has one (padding, and the
 causal offset of a prompt chunk after a cached prefix). At an editor's 7k-token context that copies the
 whole KV cache three times per layer and step on SmolLM2. PyTorch's kernel takes the grouped heads
-directly (`enable_gqa`), with the same result: a prompt chunk after 6k cached tokens runs ~20% faster
-(`tests/codellama/test_core_generation.py` checks that the logits match).
+directly (`enable_gqa`), with the same result, and takes the mask as an additive one in the model's dtype
+(a boolean mask is converted again in every layer). A 512-token prompt chunk after 6k cached tokens on
+SmolLM2 bf16: 1.32 s stock, 1.10 s grouped, 0.94 s grouped with the additive mask (means of three,
+alternating). tests/codellama/test_generation_kv.py checks that the logits match stock sdpa.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 NAME = "codellama_gqa_sdpa"
@@ -30,8 +33,16 @@ def _register() -> None:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+        def additive_mask(*args, dtype=torch.float32, **kwargs):
+            """sdpa's mask as an additive one in the model's dtype (None where plain causal attention does):
+            with a boolean mask PyTorch's CPU kernel converts it in every layer, and runs ~15% slower."""
+            mask = sdpa_mask(*args, **kwargs)
+            if mask is None or mask.dtype != torch.bool:
+                return mask
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
         AttentionInterface.register(NAME, _gqa_sdpa)
-        AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks as "sdpa"
+        AttentionMaskInterface.register(NAME, additive_mask)
         _registered = True
 
 
