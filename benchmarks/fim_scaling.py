@@ -138,6 +138,8 @@ def code_recipe(cfg):
 
 def eval_settings(cfg, settings: Settings) -> dict:
     """What a budget's scores depend on besides its weights: scores made otherwise are redone."""
+    from evals.infilling import JOINT
+
     return {
         "benchmark": BENCHMARK,
         "modes": list(MODES),
@@ -145,6 +147,7 @@ def eval_settings(cfg, settings: Settings) -> dict:
         "max_new_tokens": settings.max_new_tokens or cfg.eval.infilling.max_new_tokens,
         "dtype": cfg.eval.dtype,
         "seed": cfg.seed,
+        "prefix_nll": JOINT,  # prefix-only NLL on jointly tokenized text: scores from before are redone
         "code_loss": settings.code_loss,
     }
 
