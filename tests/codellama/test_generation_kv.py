@@ -11,8 +11,7 @@ from codellama.generation.kv import GrowingLayer, growing_cache
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def gqa_model():
+def _tiny_llama(kv_heads: int) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=300,
@@ -20,11 +19,16 @@ def gqa_model():
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=256,
         attn_implementation="sdpa",
     )
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def gqa_model():
+    return _tiny_llama(kv_heads=2)
 
 
 def _chunked_logits(model, cache, ids, mask, chunks):
@@ -85,14 +89,5 @@ def test_appends_write_into_spare_room_and_never_into_a_view_handed_out():
 
 
 def test_a_model_without_grouped_heads_keeps_its_attention():
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(config)
+    model = _tiny_llama(kv_heads=4)
     assert not use_grouped_attention(model) and model.config._attn_implementation == "sdpa"
