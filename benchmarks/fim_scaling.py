@@ -84,6 +84,7 @@ class Settings:
     max_new_tokens: int | None = None  # None: the config's eval.infilling.max_new_tokens
     code_loss: bool = False
     checkpoint_every: int | None = None  # None: the recipe's
+    report_only: bool = False  # only render the budgets scored so far (nothing is trained or scored)
 
 
 # -- budgets -----------------------------------------------------------------------------------
@@ -325,6 +326,8 @@ def run_study(settings: Settings) -> dict:
     run = settings.run
     if run.exists() and not run.is_dir():
         raise ValueError(f"--run {run} exists and is not a directory")
+    if settings.report_only and not (run / STUDY_FILE).is_file():
+        raise ValueError(f"--report-only: {run} holds no study yet (run it without --report-only first)")
     check_study(run, study_record(cfg))
     outputs = prepare(cfg, run)
     wanted = eval_settings(cfg, settings)
@@ -334,6 +337,9 @@ def run_study(settings: Settings) -> dict:
         row = scored(out, wanted)
         if row is not None:
             log.info("budget %s tokens: scores found in %s, skipped", f"{budget.tokens:,}", out / SCORES_FILE)
+        elif settings.report_only:
+            log.info("budget %s tokens: not scored yet", f"{budget.tokens:,}")
+            continue
         else:
             model_dir = Path(outputs["base"]["path"]) if budget.steps == 0 else out / "model"
             if not (model_dir / "config.json").is_file():
@@ -361,7 +367,10 @@ def run_study(settings: Settings) -> dict:
         "modes": list(MODES),
         "eval": wanted,
         "rows": rows,
+        "budgets_planned": 1 + len(plan),
     }
+    if not rows:
+        raise ValueError(f"--report-only: no budget of {run} is scored yet")
     atomic_write_json(run / "scaling.json", study)
     atomic_write_text(run / "scaling.md", render_markdown(study))
     atomic_write_bytes(run / "scaling.png", render_png(study))
@@ -389,6 +398,13 @@ def _nats(entry: dict | None) -> str:
     return f"{entry.get('value', entry.get('mean')):.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
 
 
+def _partial_note(study: dict) -> list[str]:
+    planned, done = study.get("budgets_planned"), len(study["rows"])
+    if planned is None or done >= planned:
+        return []
+    return ["", f"**Partial: {done} of the {planned} budgets (the base included) are scored so far.**"]
+
+
 def render_markdown(study: dict) -> str:
     r = study["recipe"]
     pad = f" ({100 * r['padding_fraction']:.1f}% of them padding)" if r.get("padding_fraction") is not None else ""
@@ -399,6 +415,7 @@ def render_markdown(study: dict) -> str:
         f"per {r['fim_unit']}). One training run with the learning rate constant after warm-up "
         f"(schedule.min_lr_ratio={r['min_lr_ratio']:g}, the study's only change to the recipe), so the weights at "
         f"a budget's step ARE that budget's run of the recipe. Tokens = steps x tokens a step{pad}.",
+        *_partial_note(study),
         "",
         f"HumanEval-infilling {study['benchmark']}, greedy pass@1 and NLL per token of the true middle (nats) "
         "under PSM / SPM / prefix-only (left-to-right), 95% bootstrap intervals over problems; the last NLL "
@@ -466,7 +483,8 @@ EXAMPLES = """examples:
   python benchmarks/fim_scaling.py --run runs/s --config tiny --budgets 1k,2k --limit 3 --max-new-tokens 8 \\
       --set 'branches.code=[seq_len=128,batch_tokens=512,micro_batch_size=2]'
 
-Interrupted, the same command continues where it stopped."""
+Interrupted, the same command continues where it stopped; add --report-only for the table and plot of the
+budgets scored so far (while it runs, or after it stopped)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -488,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, help="per infill (default: the config's eval.infilling value)")
     p.add_argument("--code-loss", action="store_true", help="also the held-out code loss of every budget")
     p.add_argument("--checkpoint-every", type=int, help="training checkpoint interval in steps (default: the recipe's)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table and plot of the budgets scored so far, training and scoring nothing "
+        "(while a study runs, or after it was stopped)",
+    )
     return p
 
 
@@ -515,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             max_new_tokens=args.max_new_tokens,
             code_loss=args.code_loss,
             checkpoint_every=args.checkpoint_every,
+            report_only=args.report_only,
         )
         study = run_study(settings)
     except KeyboardInterrupt:

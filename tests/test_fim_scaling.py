@@ -142,6 +142,14 @@ def test_study_end_to_end_then_resumes_without_training(tmp_path, source_dir, ca
     before = _weights(run / "budget-2048" / "model")
     shutil.rmtree(run / "budget-2048" / "model")
     (run / "budget-2048" / "scores.json").unlink()
+    # Meanwhile --report-only shows the budgets scored so far, says the table is partial, and does nothing else.
+    capsys.readouterr()
+    assert fim_scaling.main([*_args(run, source_dir), "--report-only"]) == 0
+    partial = json.loads((run / "scaling.json").read_text())
+    assert [r["tokens"] for r in partial["rows"]] == [0, 1024] and partial["budgets_planned"] == 3
+    assert "Partial: 2 of the 3 budgets" in capsys.readouterr().out
+    assert not (run / "budget-2048" / "model").exists() and not (run / "budget-2048" / "scores.json").exists()
+    assert fim_scaling.main(["--run", str(tmp_path / "none"), "--config", "tiny", "--report-only"]) == 2
     assert fim_scaling.main(_args(run, source_dir)) == 0
     after = _weights(run / "budget-2048" / "model")
     assert all((before[k] == after[k]).all() for k in before)
