@@ -18,7 +18,6 @@ import yaml
 
 from codellama.config import BRANCHES, DTYPES, SCALES, apply_overrides, build, deep_merge, load_yaml, to_raw
 from codellama.data.fim import SPAN_MODES
-from evals.infilling import BENCHMARKS as INFILLING_BENCHMARKS
 from family.split import FIM_UNITS
 
 # The config `codellama pipeline` runs without --config (and `default` names).
@@ -190,6 +189,8 @@ class PipelineConfig:
                     f"eval.{section}.models names unknown model(s) {', '.join(sorted(bad))}; "
                     f"models are {', '.join(MODELS)}"
                 )
+        from evals.infilling import BENCHMARKS as INFILLING_BENCHMARKS  # not at import: it loads torch (--help)
+
         known = set(INFILLING_BENCHMARKS)
         for key, names in (("benchmarks", self.eval.infilling.benchmarks), ("limits", self.eval.infilling.limits)):
             bad = set(names) - known
