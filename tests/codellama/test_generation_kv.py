@@ -39,9 +39,7 @@ def _chunked_logits(model, cache, ids, mask, chunks):
         attention = mask[:, : start + size]
         positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, part]
         with torch.inference_mode():
-            logits = model(
-                input_ids=ids[:, part], attention_mask=attention, position_ids=positions, past_key_values=cache
-            ).logits
+            logits = model(input_ids=ids[:, part], attention_mask=attention, position_ids=positions, cache=cache).logits
         out.append(logits[:, -1])
         start += size
     return torch.stack(out)
