@@ -30,7 +30,10 @@ def humaneval_prompts(n: int) -> list[str]:
 
 
 def plain_generate(model, tokenizer, prompts: list[str], batch: int, new_tokens: int) -> tuple[list[list[int]], float]:
-    """`model.generate` on left-padded batches; returns each row's new ids (cut at the first end id) and seconds."""
+    """`model.generate` on left-padded batches; returns each row's new ids (cut at the first end id) and seconds.
+    With transformers' own attention and cache: `HFGenerator` switches a model to its grouped attention."""
+    if model.config._attn_implementation != "sdpa":
+        model.set_attn_implementation("sdpa")
     end_ids = set(tokenizer.end_ids)
     pad = tokenizer.eos_id
     outputs: list[list[int]] = []
