@@ -48,6 +48,7 @@ PREFIX = "prefix"  # the left-to-right baseline: the code before the hole only, 
 NLL_MODES = (*MODES, PREFIX)
 CANONICAL = "canonical"  # pseudo-mode: score the reference middles (validates data + sandbox)
 NLL_FILE = "nll.jsonl"
+JOINT = "joint"  # prefix-only records scored on jointly tokenized text (earlier runs split prefix and middle)
 
 
 @dataclass(frozen=True)
@@ -322,28 +323,26 @@ def middle_nll_rows(
 
 
 def _joint_prefix_row(tokenizer, prefix: str, middle: str) -> tuple[list[int], list[int]]:
+    import torch
+
+    from codellama.generation.cache import common_prefix
+
     joint = prefix_prompt_ids(tokenizer, prefix + middle)
     alone = prefix_prompt_ids(tokenizer, prefix)
-    k = 0
-    while k < min(len(joint), len(alone)) and joint[k] == alone[k]:
-        k += 1
+    k = common_prefix(torch.tensor(joint), torch.tensor(alone))
     if k == 0:  # no BOS and a different first token: nothing to condition on, score the middle apart
         return alone, tokenizer.encode_infilling(middle)
     return joint[:k], joint[k:]
 
 
-def middle_nll_record(tokenizer, problem: InfillingProblem, mode: str, nll: Sequence[float]) -> dict:
+def middle_nll_record(task_id: str, mode: str, nll: Sequence[float], fim_tokens: int) -> dict:
     """One nll.jsonl line: the summed NLL of the middle in `mode`, over `tokens`, the middle's FIM token
     count in every mode (so nll / tokens compares total nats per middle across modes); `scored`: the
     tokens actually scored (the prefix-only target is the jointly tokenized text)."""
-    tokens = len(tokenizer.encode_infilling(problem.canonical_solution))
-    record = {"task_id": problem.task_id, "mode": mode, "tokens": tokens, "nll": float(sum(nll))}
+    record = {"task_id": task_id, "mode": mode, "tokens": fim_tokens, "nll": float(sum(nll))}
     if mode == PREFIX:
         record.update(scored=len(nll), split=JOINT)
     return record
-
-
-JOINT = "joint"  # prefix-only records scored on jointly tokenized text (earlier runs split prefix and middle)
 
 
 def _current(record: dict) -> bool:
@@ -387,12 +386,13 @@ def score_middle_nll(
             part = todo[start : start + chunk]
             keys, rows = [], []
             for p in part:
+                fim_tokens = len(tokenizer.encode_infilling(p.canonical_solution))
                 for mode, row in middle_nll_rows(tokenizer, p, modes).items():
                     if (mode, p.task_id) not in done:
-                        keys.append((mode, p))
+                        keys.append((p.task_id, mode, fim_tokens))
                         rows.append(row)
-            for (mode, p), nll in zip(keys, target_nll(model, rows, batch_tokens=batch_tokens)):
-                append_jsonl(path, middle_nll_record(tokenizer, p, mode, nll))
+            for (task_id, mode, fim_tokens), nll in zip(keys, target_nll(model, rows, batch_tokens=batch_tokens)):
+                append_jsonl(path, middle_nll_record(task_id, mode, nll, fim_tokens))
             scored += len(keys)
             bar.update(len(part))
     return scored

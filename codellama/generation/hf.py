@@ -473,7 +473,9 @@ class HFGenerator:
         `prefill_chunk`: prompts are fed this many tokens per step, so a long prompt delays running rows by
         one chunk at a time and a cancelled one stops within a chunk. `prompt_cache_bytes`: memory for the
         KV of recent prompts that `cache_prompt` requests reuse (0: no prompt cache; None: room for two
-        prompts of the whole context, as an editor's keystrokes need the newest one and one more file)."""
+        prompts of the whole context, as an editor's keystrokes need the newest one and one more file).
+        The model is put in eval mode and, on the CPU, switched to grouped-query attention
+        (`codellama.generation.attention`): same logits, and a caller sharing the model gets it too."""
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         if batch_size < 1:
