@@ -47,18 +47,23 @@ def write_bpe_tokenizer(texts: list[str], variant: str, out: Path, vocab_size: i
     return out
 
 
+def tiny_llama_config(vocab_size: int, **changes):
+    """The shape of every tiny Llama the tests build directly with transformers (grouped heads: 4 query, 2 KV)."""
+    from transformers import LlamaConfig
+
+    shape = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    return LlamaConfig(vocab_size=vocab_size, **{**shape, **changes})
+
+
 def write_tied_llama(out: Path, vocab_size: int, eos_id: int, seed: int = 0) -> Path:
     """A tiny random `LlamaForCausalLM` with tied embeddings, saved by transformers itself."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    config = tiny_llama_config(
+        vocab_size,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=None,

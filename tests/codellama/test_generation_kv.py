@@ -3,7 +3,8 @@ same numbers as transformers' own."""
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from _bases_helpers import tiny_llama_config
+from transformers import DynamicCache, LlamaForCausalLM
 
 from codellama.generation.attention import use_grouped_attention
 from codellama.generation.kv import GrowingLayer, growing_cache
@@ -13,15 +14,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _tiny_llama(kv_heads: int) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=256,
-        attn_implementation="sdpa",
+    config = tiny_llama_config(
+        300, num_key_value_heads=kv_heads, max_position_embeddings=256, attn_implementation="sdpa"
     )
     return LlamaForCausalLM(config).eval()
 
