@@ -360,6 +360,7 @@ def run_study(settings: Settings) -> dict:
             "spm_rate": cfg.data.spm_rate,
             "span_mode": cfg.data.span_mode,
             "fim_unit": cfg.data.fim_unit,
+            "fim_unit_tokens": cfg.data.fim_unit_tokens,
             "base": cfg.base.model,
             "padding_fraction": _padding_fraction(outputs["data"]["code"]["path"]),
         },
@@ -408,11 +409,12 @@ def _partial_note(study: dict) -> list[str]:
 def render_markdown(study: dict) -> str:
     r = study["recipe"]
     pad = f" ({100 * r['padding_fraction']:.1f}% of them padding)" if r.get("padding_fraction") is not None else ""
+    unit = r["fim_unit"] if not r.get("fim_unit_tokens") else f"chunk of at most {r['fim_unit_tokens']} tokens"
     lines = [
         f"FIM scaling study: the `code` recipe of config `{study['config']}` (base `{r['base']}`, rows of "
         f"{r['seq_len']:,} tokens, {r['tokens_per_step']:,} tokens a step, peak lr {r['lr']:g} after "
         f"{r['warmup_steps']} warm-up steps; FIM rate {r['fim_rate']}, SPM {r['spm_rate']}, {r['span_mode']} spans "
-        f"per {r['fim_unit']}). One training run with the learning rate constant after warm-up "
+        f"per {unit}). One training run with the learning rate constant after warm-up "
         f"(schedule.min_lr_ratio={r['min_lr_ratio']:g}, the study's only change to the recipe), so the weights at "
         f"a budget's step ARE that budget's run of the recipe. Tokens = steps x tokens a step{pad}.",
         *_partial_note(study),

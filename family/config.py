@@ -65,6 +65,9 @@ class DataSettings:
     spm_rate: float = 0.5
     span_mode: str = "char"
     fim_unit: str = "document"  # document: FIM per whole file, packed end to end | row: per row-sized chunk
+    # with fim_unit row: the chunk size in tokens (None: one row); smaller chunks pack several FIM examples
+    # into a row, so a token budget holds more of them
+    fim_unit_tokens: int | None = None
     max_documents: int | None = None
     # files kept out of every training stage (by a hash of their relative path), for held-out code loss
     heldout_fraction: float = 0.0
@@ -215,6 +218,11 @@ class PipelineConfig:
             raise ValueError(f"eval.batch_size must be >= 1, got {self.eval.batch_size}")
         if self.data.fim_unit not in FIM_UNITS:
             raise ValueError(f"data.fim_unit must be one of {', '.join(FIM_UNITS)}, got {self.data.fim_unit!r}")
+        if self.data.fim_unit_tokens is not None:
+            if self.data.fim_unit != "row":
+                raise ValueError("data.fim_unit_tokens needs data.fim_unit=row (it sizes the row chunks)")
+            if not isinstance(self.data.fim_unit_tokens, int) or self.data.fim_unit_tokens < 64:
+                raise ValueError(f"data.fim_unit_tokens must be a token count >= 64, got {self.data.fim_unit_tokens!r}")
         if self.data.span_mode not in SPAN_MODES:
             raise ValueError(f"data.span_mode must be one of {', '.join(SPAN_MODES)}, got {self.data.span_mode!r}")
         if self.instruct_data.from_ not in BRANCHES:

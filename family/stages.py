@@ -90,6 +90,15 @@ def _uses_document_files(cfg: PipelineConfig) -> bool:
     return cfg.data.heldout_fraction > 0 or cfg.data.fim_unit == "row"
 
 
+def _unit_tokens(cfg: PipelineConfig) -> int:
+    """The size of a row FIM unit in tokens: data.fim_unit_tokens, at most (and by default) the code row."""
+    row = _recipe(cfg, "code").seq_len
+    unit = cfg.data.fim_unit_tokens or row
+    if unit > row:
+        raise ValueError(f"data.fim_unit_tokens {unit} is longer than the code branch's rows ({row} tokens)")
+    return unit
+
+
 def _document_files(run_dir: Path) -> dict[str, Path]:
     docs = run_dir / "data" / "documents"
     return {
@@ -107,8 +116,9 @@ def _write_document_files(cfg: PipelineConfig, tokenizer, run_dir: Path) -> dict
         train, heldout = split_documents(_documents(cfg), cfg.data.heldout_fraction)
         code = train
         if cfg.data.fim_unit == "row":
-            row = _recipe(cfg, "code").seq_len
-            code = chunk_rows(train, lambda lines: [len(ids) for ids in tokenizer.encode_batch(lines)], row)
+            code = chunk_rows(
+                train, lambda lines: [len(ids) for ids in tokenizer.encode_batch(lines)], _unit_tokens(cfg)
+            )
         python = [d for d in train if d["language"] == "python"]
         for key, rows in (("train", train), ("code", code), ("python", python), ("heldout", heldout)):
             atomic_write_text(files[key], "".join(json.dumps(r) + "\n" for r in rows))
@@ -280,7 +290,11 @@ def plan_data(ctx: RunContext) -> dict:
     if cfg.data.heldout_fraction:
         plan["heldout"] = f"{cfg.data.heldout_fraction:.0%} of the files (by path hash), seen by no training stage"
     if cfg.data.fim_unit == "row":
-        plan["fim_unit"] = "row-sized chunks at line ends, one FIM example per chunk, never across rows"
+        unit = _unit_tokens(cfg)
+        plan["fim_unit"] = (
+            f"chunks of at most {unit} tokens cut at line ends, one FIM example per chunk, packed whole into "
+            f"{_recipe(cfg, 'code').seq_len}-token rows: never across rows"
+        )
     return plan
 
 

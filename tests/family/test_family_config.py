@@ -33,6 +33,7 @@ def test_bad_config_names_and_values(tmp_path, capsys):
         ("eval.code_loss.models=[code]", "heldout_fraction"),
         ("eval.infilling.modes=[psm,middle]", "eval.infilling.modes"),
         ("data.fim_unit=line", "data.fim_unit"),
+        ("data.fim_unit_tokens=256", "data.fim_unit=row"),  # tiny packs whole documents: no unit to size
         ("eval.humaneval.models=[code-fim]", "code-fim"),
         ("eval.batch_size=0", "eval.batch_size"),
         ("eval.infilling.limits={multi_line: 20}", "multi_line"),  # a typo is refused, not ignored
@@ -79,6 +80,18 @@ def test_smollm2_dry_run(capsys):
         assert f"  {stage} " in out
     assert "multi-line (<= 20 problems) in PSM+SPM+PREFIX, middle NLL" in out and "held-out code loss" in out
     assert "5% of the files" in out and "[1024, 2048, 4096]" in out
+
+
+def test_smaller_fim_units_are_planned_and_bounded_by_the_row(capsys):
+    args = ["pipeline", "--config", "smollm2", "--dry-run", "--run", "/nonexistent/run", "--set"]
+    assert main([*args, "data.fim_unit_tokens=256"]) == 0
+    assert "chunks of at most 256 tokens cut at line ends, one FIM example per chunk, packed whole into 1024" in (
+        capsys.readouterr().out
+    )
+    assert main([*args, "data.fim_unit_tokens=2048"]) == 2
+    err = capsys.readouterr().err
+    assert "fim_unit_tokens 2048 is longer than the code branch's rows (1024 tokens)" in err
+    assert main([*args, "data.fim_unit_tokens=32"]) == 2 and ">= 64" in capsys.readouterr().err
 
 
 def test_heldout_split_is_a_stable_hash_of_the_path():

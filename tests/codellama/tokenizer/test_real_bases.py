@@ -87,17 +87,24 @@ def test_extend_reuses_fim_tokens_or_adds_special_ones(variant, bpe_base, extend
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     old, new = original.model.embed_tokens.weight, model.model.embed_tokens.weight
     torch.testing.assert_close(new[:n], old)
-    if variant == "chatml":  # new rows start at the mean of the old ones
-        torch.testing.assert_close(new[n:], old.mean(0, keepdim=True).expand(4, -1))
+    if variant == "chatml":  # new rows start from the rows of their words (EOT: end of text's), all distinct
+        torch.testing.assert_close(new[n:], described_rows(old, tok))
+        assert torch.cdist(new[n:], new[n:]).add(torch.eye(4)).min() > 0
     ids = torch.tensor([tok.encode(text[:300])])
     with torch.no_grad():  # the extended model scores the old vocabulary exactly as before
         torch.testing.assert_close(model(ids).logits[..., :n], original(ids).logits)
 
 
+def described_rows(old: torch.Tensor, tok) -> torch.Tensor:
+    """The rows `<PRE>`, `<SUF>`, `<MID>`, `<EOT>` should start from: their words' mean rows, EOS's row."""
+    words = [old[tok.encode(w)].mean(0) for w in ("prefix", "suffix", "middle")]
+    return torch.stack([*words, old[tok.eos_id]])
+
+
 @pytest.mark.parametrize("tied,padding", [(True, 8), (False, 0)])
-def test_new_rows_start_at_the_mean_padded_or_grown(tied, padding, bpe_base):
-    """An embedding padded past the tokenizer keeps its size (the new ids' rows are reset to the mean);
-    an untied output layer grows with the input embedding."""
+def test_new_rows_start_described_padded_or_grown(tied, padding, bpe_base):
+    """An embedding padded past the tokenizer keeps its size (the new ids' rows are reset: the infilling
+    tokens' from known rows, the rest to the mean); an untied output layer grows with the input embedding."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = load_tokenizer(bpe_base("chatml"))
@@ -123,7 +130,7 @@ def test_new_rows_start_at_the_mean_padded_or_grown(tied, padding, bpe_base):
     ):
         assert weight.shape[0] == rows
         torch.testing.assert_close(weight[:n], before[:n])
-        torch.testing.assert_close(weight[n : n + 4], before[:n].mean(0, keepdim=True).expand(4, -1))
+        torch.testing.assert_close(weight[n : n + 4], described_rows(before[:n], ext))
         torch.testing.assert_close(weight[n + 4 :], before[n + 4 : rows])
     assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
 
