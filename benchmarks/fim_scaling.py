@@ -166,9 +166,12 @@ def study_record(cfg) -> dict:
 def check_study(run: Path, record: dict) -> None:
     """A run directory holds one training run: its data, base and recipe must match to continue it
     (budgets may change: each is a prefix of the same run)."""
+    from family.config import with_new_settings
+
     path = run / STUDY_FILE
     if path.is_file():
         old = json.loads(path.read_text())
+        old["config"] = with_new_settings(old.get("config", {}), record.get("config", {}))
         if old != record:
             changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
             config = record.get("config", {})

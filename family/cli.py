@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from codellama.commands.args import add_set_option
-from family.config import DEFAULT_CONFIG
+from family.config import DEFAULT_CONFIG, with_new_settings
 
 EXAMPLES = """examples:
   codellama pipeline --run runs/family                      # the default config on the Python stdlib
@@ -84,7 +84,7 @@ def _check_same_config(run: Path, cfg) -> None:
 
     path = run / "config.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = with_new_settings(json.loads(path.read_text()), cfg.to_dict())
         if old != cfg.to_dict():
             changed = sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))
             raise ValueError(

@@ -232,6 +232,19 @@ class PipelineConfig:
         return self
 
 
+def with_new_settings(old: dict, new: dict) -> dict:
+    """`old` (a run's recorded config, or part of one) with the settings added to the toolkit since it was
+    written, at their defaults: a run started before a setting existed continues while it keeps its default."""
+    defaults = PipelineConfig().to_dict()
+    filled = {k: dict(v) if isinstance(v, dict) else v for k, v in old.items()}
+    for section, values in new.items():
+        if isinstance(values, dict) and isinstance(filled.get(section), dict):
+            for key in values.keys() - filled[section].keys():
+                if key in defaults.get(section, {}):
+                    filled[section][key] = defaults[section][key]
+    return filled
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """A built-in config by name, or the default one with a user file's keys on top; then `key=value` overrides."""
     name = str(path or "default")

@@ -147,3 +147,19 @@ def test_per_problem_values_for_paired_intervals():
     assert _ppl_lengths(cfg) == [128, 1024, 4096]  # tiny long-context rows are 1,024 tokens
     assert _scored("base", cfg.eval.humaneval) and _scored("code-nofim", cfg.eval.infilling)
     assert not _scored("base", load_config("tiny", ["eval.humaneval.models=[python]"]).eval.humaneval)
+
+
+def test_a_run_started_before_a_new_setting_resumes_while_it_keeps_its_default(tmp_path):
+    import json
+
+    import pytest
+
+    from family.cli import _check_same_config
+
+    cfg = load_config("tiny")
+    older = cfg.to_dict()
+    del older["data"]["fim_unit_tokens"]  # config.json of a run started before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    _check_same_config(tmp_path, cfg)
+    with pytest.raises(ValueError, match=r"different config \(differs in: data\)"):
+        _check_same_config(tmp_path, load_config("tiny", ["data.fim_rate=0.5"]))
