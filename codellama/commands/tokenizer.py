@@ -50,7 +50,8 @@ def register(cli) -> None:
         "A SentencePiece model gets Code Llama's 16 pieces (<PRE> 32007 .. <EOT> 32010 for Llama 2).\n"
         "A tokenizer.json reuses <fim_prefix>/<fim_suffix>/<fim_middle> (with <|endoftext|> as the end)\n"
         "when it has them, else gets <PRE> <SUF> <MID> <EOT> as special tokens that no text can produce.\n"
-        "A checkpoint's embedding grows to match (new rows = mean of the old; <PRE> <SUF> <MID> start from the\nwords prefix, suffix, middle, <EOT> from end of text); infilling_tokens.json\n"
+        "A checkpoint's embedding grows to match (new rows = mean of the old; <PRE> <SUF> <MID> start from\n"
+        "the words prefix, suffix, middle and <EOT> from end of text); infilling_tokens.json\n"
         "in OUT records the ids for every later command.",
     )
     p.add_argument(
