@@ -163,3 +163,25 @@ def test_a_run_started_before_a_new_setting_resumes_while_it_keeps_its_default(t
     _check_same_config(tmp_path, cfg)
     with pytest.raises(ValueError, match=r"different config \(differs in: data\)"):
         _check_same_config(tmp_path, load_config("tiny", ["data.fim_rate=0.5"]))
+
+
+def test_the_code_documents_are_cut_to_the_fim_unit(tmp_path, stdlib_texts):
+    """data.fim_unit_tokens sizes the chunks the code shards get (each joined back is its file)."""
+    import json
+
+    from family.stages import _write_document_files
+    from tests._family_helpers import source_dir
+
+    class WordTokenizer:  # a stand-in: one token per word, plus the newline
+        def encode_batch(self, lines):
+            return [line.split() + ["\n"] for line in lines]
+
+    src = source_dir(tmp_path, stdlib_texts[:6])
+    cfg = load_config("tiny", [f"data.sources=[{src}]", "data.fim_unit=row", "data.fim_unit_tokens=100"])
+    files = _write_document_files(cfg, WordTokenizer(), tmp_path / "run")["files"]
+    chunks = [json.loads(line) for line in open(files["code"])]
+    whole = {json.loads(line)["path"]: json.loads(line)["text"] for line in open(files["train"])}
+    assert len(chunks) > 2 * len(whole)
+    assert all(sum(len(line.split()) + 1 for line in c["text"].splitlines()) <= 100 for c in chunks)
+    for path, text in whole.items():
+        assert "".join(c["text"] for c in chunks if c["path"].split("#")[0] == path) == text
