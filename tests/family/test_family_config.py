@@ -169,8 +169,9 @@ def test_the_code_documents_are_cut_to_the_fim_unit(tmp_path, stdlib_texts):
     """data.fim_unit_tokens sizes the chunks the code shards get (each joined back is its file)."""
     import json
 
+    from _family_helpers import source_dir
+
     from family.stages import _write_document_files
-    from tests._family_helpers import source_dir
 
     class WordTokenizer:  # a stand-in: one token per word, plus the newline
         def encode_batch(self, lines):
