@@ -22,7 +22,7 @@ import torch
 
 from codellama.checkpoint import load_model, save_checkpoint
 from codellama.io import ensure_new_output_dir
-from codellama.model import resize_vocab_mean_init
+from codellama.model import resize_vocab_mean_init, vocab_matrices
 from codellama.tokenizer import Tokenizer, load_tokenizer, save_tokenizer_dir
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def grow_embeddings(model, tokenizer: Tokenizer, old_vocab: int) -> None:
     inside = list(range(old_vocab, min(rows, tokenizer.vocab_size)))
     if inside:
         with torch.no_grad():
-            weights = {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
-            for weight in weights.values():
+            for weight in vocab_matrices(model):
                 weight[inside] = weight[:old_vocab].mean(dim=0, keepdim=True)
         log.info("rows %d..%d of the padded embedding set to the mean of the old rows", inside[0], inside[-1])
     describe_infilling_rows(model, tokenizer, old_vocab)
@@ -89,11 +88,11 @@ def infilling_row_sources(tokenizer: Tokenizer, old_vocab: int) -> dict[int, lis
     complete then knows when a middle is). Tokens a base already had (StarCoder-style FIM tokens) and
     words with no old pieces are left out."""
     sources = {}
+    eos = tokenizer.eos_id
     for role, word in INFILLING_DESCRIPTIONS.items():
         new_id = getattr(tokenizer, f"{role}_id")
         if new_id is None or new_id < old_vocab:
             continue
-        eos = tokenizer.eos_id
         ids = [eos] if role == "eot" and eos is not None and eos < old_vocab else tokenizer.encode(word)
         ids = [i for i in ids if i < old_vocab]
         if ids:
@@ -107,8 +106,7 @@ def describe_infilling_rows(model, tokenizer: Tokenizer, old_vocab: int) -> None
     if not sources:
         return
     with torch.no_grad():
-        weights = {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
-        for weight in weights.values():
+        for weight in vocab_matrices(model):
             for new_id, ids in sources.items():
                 weight[new_id] = weight[ids].mean(dim=0)
     log.info(

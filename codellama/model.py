@@ -134,6 +134,12 @@ def count_parameters(preset: ModelPreset) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def vocab_matrices(model: LlamaForCausalLM) -> list[torch.Tensor]:
+    """The input embedding and the output layer's weights, one row per token; once when they are tied."""
+    weights = (model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+    return list({id(w): w for w in weights}.values())
+
+
 def resize_vocab_mean_init(model: LlamaForCausalLM, new_vocab_size: int) -> None:
     """Grow embedding and output rows; new rows start at the mean of the old ones.
 
@@ -147,8 +153,6 @@ def resize_vocab_mean_init(model: LlamaForCausalLM, new_vocab_size: int) -> None
         return
     model.resize_token_embeddings(new_vocab_size, mean_resizing=False)
     with torch.no_grad():
-        for weight in {
-            id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)
-        }.values():
+        for weight in vocab_matrices(model):
             weight[old:] = weight[:old].mean(dim=0, keepdim=True)
     log.info("resized vocabulary %d -> %d (new rows = mean of old rows)", old, new_vocab_size)
