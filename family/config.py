@@ -235,13 +235,19 @@ class PipelineConfig:
 def with_new_settings(old: dict, new: dict) -> dict:
     """`old` (a run's recorded config, or part of one) with the settings added to the toolkit since it was
     written, at their defaults: a run started before a setting existed continues while it keeps its default."""
-    defaults = PipelineConfig().to_dict()
-    filled = {k: dict(v) if isinstance(v, dict) else v for k, v in old.items()}
-    for section, values in new.items():
-        if isinstance(values, dict) and isinstance(filled.get(section), dict):
-            for key in values.keys() - filled[section].keys():
-                if key in defaults.get(section, {}):
-                    filled[section][key] = defaults[section][key]
+    return _fill_missing(old, new, PipelineConfig().to_dict())
+
+
+def _fill_missing(old: dict, new: dict, defaults: dict) -> dict:
+    """`old` with each key `new` has and `old` lacks set to its default, at every depth."""
+    filled = dict(old)
+    for key, value in new.items():
+        default = defaults.get(key)
+        if key not in filled:
+            if key in defaults:
+                filled[key] = default
+        elif isinstance(value, dict) and isinstance(filled[key], dict) and isinstance(default, dict):
+            filled[key] = _fill_missing(filled[key], value, default)
     return filled
 
 
