@@ -7,7 +7,8 @@ whole KV cache three times per layer and step on SmolLM2. PyTorch's kernel takes
 directly (`enable_gqa`), with the same result, and takes the mask as an additive one in the model's dtype
 (a boolean mask is converted again in every layer). `python benchmarks/bench_attention.py` times a prompt
 chunk and a decode step against stock sdpa + DynamicCache on SmolLM2; this 2-core host's noise is as large as
-the gain (after 6,144 cached tokens: 1.33x chunk / 1.17x step in one run, 1.01x / 1.02x in another). tests/codellama/test_generation_kv.py checks that the logits match stock sdpa.
+the gain (after 6,144 cached tokens: 1.33x chunk / 1.17x step in one run, 1.01x / 1.02x in another).
+tests/codellama/test_generation_kv.py checks that the logits match stock sdpa.
 """
 
 from __future__ import annotations
