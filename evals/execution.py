@@ -105,8 +105,6 @@ def after_prompt(prompt: str, text: str) -> str:
     writes a newline and the next line's indentation as one token, so a prompt that ends in a bare newline ends
     where no training text did, and such a model starts a new `def` instead of the body (0/164 on SmolLM2 after
     code training). The whitespace the model writes back is the prompt's own, so it is not part of the completion."""
-    tail = prompt[len(prompt.rstrip()) :]
-    shared = 0  # the part of the stripped whitespace the model wrote back (all of it, or e.g. one of two newlines)
-    while shared < min(len(tail), len(text)) and text[shared] == tail[shared]:
-        shared += 1
-    return text[shared:]
+    from codellama.generation.stopping import skip_echo  # the generator's own rule (imports torch: lazily)
+
+    return skip_echo(prompt[len(prompt.rstrip()) :], text)

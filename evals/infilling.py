@@ -306,10 +306,12 @@ def middle_nll_rows(
     from the first one the prefix alone does not have. Tokenizing prefix and middle apart would put the
     prefix-only model on a boundary it never saw: a byte-level BPE writes a newline and the next line's
     indentation as one token, so a middle that starts with indentation would follow a lone newline.
-    The two targets then differ in tokens (the joint one may also cover the prefix's last newline), so
+    The same holds for infilling tokens that leave the prefix's trailing whitespace to the middle
+    (`Tokenizer.infilling_echo`): their target is that whitespace and the middle, as their training wrote it.
+    The targets then differ in tokens (the joint one may also cover the prefix's last newline), so
     the modes are compared in total nats per middle (`middle_nll_record` keeps one denominator).
     """
-    target = tokenizer.encode_infilling(problem.canonical_solution)
+    target = tokenizer.encode_infilling(tokenizer.infilling_echo(problem.prompt) + problem.canonical_solution)
     rows = {}
     for mode in modes:
         if mode == PREFIX:

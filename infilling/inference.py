@@ -184,10 +184,18 @@ def fit_infill(
 
 
 def _layout(tokenizer, before: str, middle: str, after: str, suffix_first: bool) -> list[int]:
-    """PSM: <PRE> before <SUF> after <MID> middle; SPM ends with the prefix anyway, so middle just extends it."""
+    """PSM: <PRE> before <SUF> after <MID> middle; SPM ends with the prefix anyway, so middle just extends it.
+
+    Where the tokenizer leaves a prefix's trailing whitespace to the model (`infilling_echo`), the prompt
+    ends before the trailing whitespace of `before + middle`, as an untyped one does: the rest of `before`'s
+    whitespace and the typed text go after <MID>."""
     if suffix_first or not middle:
         return tokenizer.infilling_prompt(before + middle, after, suffix_first=suffix_first)
-    return tokenizer.infilling_prompt(before, after) + tokenizer.encode_infilling(middle)
+    typed = before + middle
+    start, end = len(before) - len(tokenizer.infilling_echo(before)), len(typed) - len(tokenizer.infilling_echo(typed))
+    return tokenizer.infilling_prompt(before, after) + (
+        tokenizer.encode_infilling(typed[start:end]) if end > start else []
+    )
 
 
 _COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

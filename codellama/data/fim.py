@@ -7,16 +7,17 @@ so that the model learns to generate the middle after seeing both sides:
     SPM: <PRE> <SUF> enc_infilling(suffix) <MID> enc(prefix) enc_infilling(middle) <EOT>
 
 (SPM with probability `spm_rate`; the layout itself is `codellama.tokenizer.layout`, shared with
-inference prompts); otherwise the document stays plain left-to-right text. The markers are single
-special ids, never text, and the suffix and middle are encoded without SentencePiece's dummy
-leading space, so decoding the pieces gives back exactly prefix, middle and suffix. Each document
-then gets BOS before (when the base has one) and EOS after.
+inference prompts, and so is where prefix and middle meet: see `heal_whitespace`); otherwise the
+document stays plain left-to-right text. The markers are single special ids, never text, and the
+suffix and middle are encoded without SentencePiece's dummy leading space, so decoding the pieces
+gives back exactly prefix, middle and suffix. Each document then gets BOS before (when the base has
+one) and EOS after.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from codellama.data.spans import char_span, syntax_span
@@ -90,6 +91,7 @@ def fim_tokens_batch(
     samples: list[FimSample], tokenizer: Tokenizer, *, bos: bool = True, eos: bool = True, num_threads: int = 1
 ) -> list[list[int]]:
     """Like fim_tokens for many samples, with two batched tokenizer calls (the fast path)."""
+    samples = [heal_whitespace(s, tokenizer) for s in samples]
     heads = tokenizer.encode_batch([s.prefix for s in samples], num_threads=num_threads)
     tails = tokenizer.encode_infilling_batch(
         [t for s in samples if s.mode != "plain" for t in (s.suffix, s.middle)], num_threads=num_threads
@@ -108,6 +110,17 @@ def fim_tokens_batch(
         k += 2
         out.append(start + infill_layout(sample.mode, head, suffix, middle, markers, eot=True) + end)
     return out
+
+
+def heal_whitespace(sample: FimSample, tokenizer: Tokenizer) -> FimSample:
+    """The sample as infilling prompts cut it: the prefix's trailing whitespace moved to the middle where
+    the tokenizer's infilling tokens say so (`Tokenizer.infilling_echo`), so training and prompts agree."""
+    if sample.mode == "plain":
+        return sample
+    echo = tokenizer.infilling_echo(sample.prefix)
+    if not echo:
+        return sample
+    return replace(sample, prefix=sample.prefix[: -len(echo)], middle=echo + sample.middle)
 
 
 def parse_fim_tokens(ids: list[int], tokenizer: Tokenizer) -> FimSample:

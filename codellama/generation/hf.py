@@ -25,7 +25,7 @@ from codellama.generation.cache import PromptCache, common_prefix
 from codellama.generation.kv import growing_cache
 from codellama.generation.protocol import Completion, GenerationRequest, Sink
 from codellama.generation.sampling import sample_next
-from codellama.generation.stopping import check_stop, safe_to_stream
+from codellama.generation.stopping import check_stop, safe_to_stream, skip_echo
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,12 @@ log = logging.getLogger(__name__)
 class _Row:
     """One request inside the decoder: its prompt, what it has made so far, and why it ended."""
 
-    def __init__(self, request: GenerationRequest, sink: Sink, prompt_ids: list[int], stop_ids: set[int], device):
+    def __init__(
+        self, request: GenerationRequest, sink: Sink, prompt_ids: list[int], stop_ids: set[int], device, echo: str = ""
+    ):
         self.request, self.sink, self.params = request, sink, request.params
         self.prompt_ids, self.stop_ids = prompt_ids, stop_ids
+        self.echo = echo  # what the prompt left out and the model writes back first: not part of the text
         self.ids: list[int] = []
         self.text = ""  # after stop rules
         self.decoded = 0  # length of the last full decode (where the next token's text starts)
@@ -391,7 +394,7 @@ class Decoder:
         row.ids.append(token)
         # Continuations are decoded without the dummy prefix: the first piece's leading space belongs to the
         # text ("▁return" after "):\n   " is " return").
-        text = self.gen.tokenizer.decode_infilling(row.ids)
+        text = skip_echo(row.echo, self.gen.tokenizer.decode_infilling(row.ids))
         row.text, why = check_stop(text, row.decoded, row.params, (now - row.t_first) * 1e3)
         row.decoded = len(text)
         row.finish = why or ("length" if len(row.ids) >= row.budget else None)
@@ -550,7 +553,10 @@ class HFGenerator:
     def _row(self, request: GenerationRequest, sink: Sink) -> _Row:
         ids = self.prompt_ids(request)
         self.check_ids(ids)
-        row = _Row(request, sink, ids, self._stop_ids, self.device)
+        # An infilling prompt may leave the prefix's trailing whitespace for the model to write (the tokenizer's
+        # infilling convention); the fitted prompts of the server end where the request's prefix does.
+        echo = self.tokenizer.infilling_echo(request.prompt) if request.suffix is not None else ""
+        row = _Row(request, sink, ids, self._stop_ids, self.device, echo)
         if not self.fits(len(ids)):
             row.finish = "context"
         elif self.max_context:

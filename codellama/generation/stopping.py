@@ -13,6 +13,16 @@ from collections.abc import Sequence
 from codellama.generation.protocol import SamplingParams, truncate_at_stop
 
 
+def skip_echo(echo: str, text: str) -> str:
+    """`text` without the part of `echo` it starts with: what the model wrote after writing back the
+    whitespace its prompt left out (all of it, or e.g. one of two newlines). While `text` is still all
+    echo the result is empty, so a stream holds those characters back until the echo is over."""
+    shared = 0
+    while shared < min(len(echo), len(text)) and text[shared] == echo[shared]:
+        shared += 1
+    return text[shared:]
+
+
 def indent_cut(text: str, n_indent: int) -> int | None:
     """Where llama.cpp's `n_indent` rule cuts `text`, or None.
 

@@ -338,6 +338,11 @@ class HFTokenizer(Tokenizer):
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
 
     # -- extension -------------------------------------------------------------------------------
+    def merges_newline_with_indent(self) -> bool:
+        """Whether a newline and the next line's indentation are one token (byte-level BPEs: GPT-2, SmolLM2)."""
+        probe = "    x = 1"
+        return self.encode("\n" + probe) != self.encode("\n") + self.encode_infilling(probe)
+
     def with_infilling_tokens(self) -> tuple[HFTokenizer, str]:
         """This tokenizer with infilling tokens (reused when it has FIM tokens, else added); and what was done."""
         if self._infilling is not None:
@@ -360,6 +365,8 @@ class HFTokenizer(Tokenizer):
         for t in tokens:
             if not decoder[raw.token_to_id(t)].special:
                 raise ValueError(f"{self.source}: {t!r} could not be made a special token")
-        infill = InfillingTokens(*(raw.token_to_id(t) for t in tokens), *tokens)
+        # New tokens get the toolkit's own convention; a base's own FIM tokens keep the format it was trained in.
+        heal = tokens == NEW_TOKENS and self.merges_newline_with_indent()
+        infill = InfillingTokens(*(raw.token_to_id(t) for t in tokens), *tokens, whitespace_to_middle=heal)
         extended = HFTokenizer(raw.to_str(), config=self.config, infilling=infill, files=self.files, source=self.source)
         return extended, how

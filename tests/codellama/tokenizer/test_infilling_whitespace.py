@@ -1,0 +1,127 @@
+"""Where prefix and middle meet on a byte-level BPE: the prefix's trailing whitespace goes to the middle.
+
+Such a tokenizer writes a newline and the next line's indentation as one token, so an infilling prompt that
+ends on the newline ends where no text did. Infilling tokens the toolkit adds to it record that prompts and
+FIM training data leave that whitespace to the middle, and generation leaves the model's echo of it out.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from codellama.cli import main
+from codellama.data.fim import FimSample, fim_tokens, parse_fim_tokens
+from codellama.generation import GenerationRequest, HFGenerator, SamplingParams
+from codellama.generation.stopping import skip_echo
+from codellama.tokenizer import INFILLING_TOKENS_FILE, load_tokenizer
+from infilling.inference import FitLimits, fit_infill
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PREFIX, SUFFIX = "def area(w, h):\n    ", "\n\nprint(area(2, 3))\n"
+
+
+@pytest.fixture(scope="module")
+def extended(bpe_base, tmp_path_factory):
+    """variant -> the base extended by `codellama tokenizer extend` (a checkpoint directory)."""
+    made = {}
+
+    def make(variant: str):
+        if variant not in made:
+            out = tmp_path_factory.mktemp(f"ws-{variant}") / "extended"
+            assert main(["tokenizer", "extend", "--base", str(bpe_base(variant)), "--out", str(out)]) == 0
+            made[variant] = out
+        return made[variant]
+
+    return make
+
+
+def test_added_tokens_on_a_merging_bpe_move_the_whitespace_and_reused_ones_do_not(extended):
+    added, reused = load_tokenizer(extended("chatml")), load_tokenizer(extended("starcoder"))
+    assert added.merges_newline_with_indent()
+    assert added.infilling.whitespace_to_middle and added.infilling_echo(PREFIX) == "\n    "
+    assert json.loads((extended("chatml") / INFILLING_TOKENS_FILE).read_text())["whitespace_to_middle"] is True
+    for suffix_first in (False, True):
+        assert added.infilling_prompt(PREFIX, SUFFIX, suffix_first=suffix_first) == added.infilling_prompt(
+            PREFIX.rstrip(), SUFFIX, suffix_first=suffix_first
+        )
+    # StarCoder-style FIM tokens keep the format their base was trained in (and the record stays as it was)
+    assert not reused.infilling.whitespace_to_middle and reused.infilling_echo(PREFIX) == ""
+    assert "whitespace_to_middle" not in json.loads((extended("starcoder") / INFILLING_TOKENS_FILE).read_text())
+    assert reused.infilling_prompt(PREFIX, SUFFIX) != reused.infilling_prompt(PREFIX.rstrip(), SUFFIX)
+
+
+def test_a_bad_whitespace_record_is_a_clear_error(extended, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(extended("chatml"), copy)
+    record = json.loads((copy / INFILLING_TOKENS_FILE).read_text())
+    (copy / INFILLING_TOKENS_FILE).write_text(json.dumps({**record, "whitespace_to_middle": "yes"}))
+    with pytest.raises(ValueError, match="whitespace_to_middle must be true or false"):
+        load_tokenizer(copy)
+
+
+@pytest.mark.parametrize("mode", ["psm", "spm"])
+def test_fim_training_rows_start_with_the_prompt_generation_uses(extended, mode):
+    """What training shows before the middle is exactly the inference prompt, and the text survives."""
+    tok = load_tokenizer(extended("chatml"))
+    middle = "return w * h"
+    ids = fim_tokens(FimSample(mode, PREFIX, middle, SUFFIX), tok, eos=False)
+    prompt = tok.infilling_prompt(PREFIX, SUFFIX, suffix_first=mode == "spm")
+    assert ids[: len(prompt)] == prompt
+    assert tok.decode_infilling(ids[len(prompt) : -1]) == "\n    " + middle
+    back = parse_fim_tokens(ids, tok)
+    assert back.mode == mode and back.text == PREFIX + middle + SUFFIX
+    plain = fim_tokens(FimSample("plain", PREFIX + middle + SUFFIX), tok, eos=False)
+    assert tok.decode(plain) == PREFIX + middle + SUFFIX  # left-to-right documents are untouched
+
+
+def test_skip_echo_leaves_out_only_what_the_model_wrote_back():
+    assert skip_echo("\n    ", "\n    return 1") == "return 1"
+    assert skip_echo("\n    ", "\n  ") == ""  # still all echo: a stream holds it back
+    assert skip_echo("\n    ", "\n\n    x = 1") == "\n    x = 1"  # an empty line first is the model's own
+    assert skip_echo("\n    ", "x") == "x"
+    assert skip_echo("", "\n    x") == "\n    x"
+
+
+def test_generation_leaves_the_echo_out_of_the_middle(extended):
+    """A real generator on an extended base: the middle is the decoded tokens less the echo, and a stop
+    string that the echo itself holds (a newline) does not end the row before the model wrote anything."""
+    gen = HFGenerator.from_pretrained(extended("chatml"))
+    tok = gen.tokenizer
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, stop=("\n",))
+    [done] = gen.generate([GenerationRequest(PREFIX, suffix=SUFFIX, params=params)])
+    raw = tok.decode_infilling(done.token_ids)
+    visible = skip_echo("\n    ", raw)
+    assert done.text == visible.split("\n")[0]
+    assert done.prompt_tokens == len(tok.infilling_prompt(PREFIX, SUFFIX))
+
+
+def test_fitted_editor_prompts_agree_with_the_plain_prompt(extended):
+    """The server's fitted prompt: untyped, as `infilling_prompt`; with typed text after <MID>, the prefix's
+    whitespace and the typed text follow <MID> and the typed text's own trailing whitespace is left out."""
+    tok = load_tokenizer(extended("chatml"))
+    limits = FitLimits(room=512, window=512)
+    untyped = fit_infill(tok, PREFIX, SUFFIX, limits)
+    assert untyped.prompt_ids == tok.infilling_prompt(PREFIX, SUFFIX) and tok.infilling_echo(untyped.prefix)
+    typed = fit_infill(tok, PREFIX, SUFFIX, limits, middle="return ")
+    assert typed.prompt_ids == tok.infilling_prompt(PREFIX, SUFFIX) + tok.encode_infilling("\n    return")
+    assert tok.infilling_echo(typed.prefix) == " "
+    spaces = fit_infill(tok, PREFIX, SUFFIX, limits, middle="  ")
+    assert spaces.prompt_ids == tok.infilling_prompt(PREFIX, SUFFIX)
+    assert tok.infilling_echo(spaces.prefix) == "\n      "
+
+
+def test_random_cuts_reassemble(extended):
+    tok = load_tokenizer(extended("chatml"))
+    text = "class A:\n    def f(self):\n        return 1\n\n    def g(self):\n        pass\n"
+    rng = random.Random(0)
+    for _ in range(30):
+        a, b = sorted(rng.randint(0, len(text)) for _ in range(2))
+        for mode in ("psm", "spm"):
+            sample = FimSample(mode, text[:a], text[a:b], text[b:])
+            assert parse_fim_tokens(fim_tokens(sample, tok), tok).text == text
