@@ -188,7 +188,7 @@ def register(cli) -> None:
     p = cli.command(
         "code-loss",
         parent="eval",
-        help="held-out code loss: mean NLL per token over whole source files, with a 95% interval",
+        help="held-out code loss: mean NLL per token over whole source files, with a 95%% interval",
         epilog="examples:\n"
         "  # the test loss that shows whether FIM training cost left-to-right quality\n"
         "  codellama eval code-loss --model runs/fim --source heldout/ --out runs/loss-fim\n"

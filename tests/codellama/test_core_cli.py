@@ -36,6 +36,13 @@ def test_every_command_has_help_with_an_example():
         assert parser.epilog and "codellama " in parser.epilog, f"`codellama {name} --help` has no example"
 
 
+def test_every_help_page_renders():
+    """Group pages too (`codellama eval --help` once failed on a bare % in one subcommand's summary)."""
+    for name, parser in [("", build_parser()), *_subcommands(build_parser())]:
+        text = parser.format_help()
+        assert text.startswith("usage: codellama"), f"`codellama {name} --help`"
+
+
 @pytest.mark.parametrize("name", ["llama2-7b", "llama2-13b", "llama2-34b", "llama2-70b"])
 def test_model_info_prints_meta_parameter_counts(name, capsys):
     from codellama.presets import PUBLISHED_PARAMETER_COUNTS
