@@ -88,16 +88,48 @@ def test_skip_echo_leaves_out_only_what_the_model_wrote_back():
     assert skip_echo("", "\n    x") == "\n    x"
 
 
+def _scripted(model, script: dict[int, int]):
+    """Make `model` choose `script[last input token]` next (a forward hook on its logits)."""
+    import torch
+
+    def hook(module, args, kwargs, output):
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        for b, last in enumerate(ids[:, -1].tolist()):
+            if last in script:
+                output.logits[b, -1] = torch.full_like(output.logits[b, -1], -1e4)
+                output.logits[b, -1, script[last]] = 1e4
+        return output
+
+    return model.register_forward_hook(hook, with_kwargs=True)
+
+
 def test_generation_leaves_the_echo_out_of_the_middle(extended):
-    """A real generator on an extended base: the middle is the decoded tokens less the echo, and a stop
-    string that the echo itself holds (a newline) does not end the row before the model wrote anything."""
+    """A model that writes the left-out whitespace back, then the middle, then <EOT>: the middle, streamed
+    and whole, is the text after the whitespace, and a newline stop string does not fire on the echo."""
+    from codellama.generation import Sink
+
     gen = HFGenerator.from_pretrained(extended("chatml"))
     tok = gen.tokenizer
-    params = SamplingParams(max_new_tokens=6, temperature=0.0, stop=("\n",))
-    [done] = gen.generate([GenerationRequest(PREFIX, suffix=SUFFIX, params=params)])
-    raw = tok.decode_infilling(done.token_ids)
-    visible = skip_echo("\n    ", raw)
-    assert done.text == visible.split("\n")[0]
+    written = tok.encode_infilling("\n    return w")
+    assert len(set(written)) == len(written) and tok.decode_infilling(written[:1]).startswith("\n")
+    chain = [tok.middle_id, *written, tok.eot_id]
+    handle = _scripted(gen.model, dict(zip(chain, chain[1:])))
+
+    class Collect(Sink):
+        def __init__(self):
+            self.parts = []
+
+        def text(self, delta):
+            self.parts.append(delta)
+
+    sink = Collect()
+    params = SamplingParams(max_new_tokens=16, temperature=0.0, stop=("\n",))
+    try:
+        [done] = gen.generate([GenerationRequest(PREFIX, suffix=SUFFIX, params=params)], [sink])
+    finally:
+        handle.remove()
+    assert done.token_ids == written and done.finish_reason == "stop"
+    assert done.text == "return w" and "".join(sink.parts) == "return w"
     assert done.prompt_tokens == len(tok.infilling_prompt(PREFIX, SUFFIX))
 
 
