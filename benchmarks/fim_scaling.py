@@ -53,6 +53,8 @@ log = logging.getLogger("fim_scaling")
 
 DEFAULT_BUDGETS = "250k,750k,1.5M,3M"
 MODES = ("psm", "spm", "prefix")
+# pass@1 also with PSM / SPM answers cut to the hole's lines, as the prefix-only baseline's are (no generation)
+PASS_MODES = (*MODES, "psm-lines", "spm-lines")
 BENCHMARK = "single-line"
 STUDY_FILE = "study.json"
 SCORES_FILE = "scores.json"
@@ -143,7 +145,7 @@ def eval_settings(cfg, settings: Settings) -> dict:
 
     return {
         "benchmark": BENCHMARK,
-        "modes": list(MODES),
+        "modes": list(PASS_MODES),
         "limit": settings.limit,
         "max_new_tokens": settings.max_new_tokens or cfg.eval.infilling.max_new_tokens,
         "dtype": cfg.eval.dtype,
@@ -258,7 +260,7 @@ def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Pat
     wanted = eval_settings(cfg, settings)
     config = BenchmarkConfig(
         benchmark=BENCHMARK,
-        modes=MODES,
+        modes=PASS_MODES,
         limit=settings.limit,
         max_new_tokens=wanted["max_new_tokens"],
         seed=cfg.seed,
@@ -278,7 +280,7 @@ def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Pat
         "problems": report["problems"],
         "pass@1": {
             m: _interval(report["modes"][m]["pass@k"].get("pass@1"), report["modes"][m]["pass@1_interval"])
-            for m in MODES
+            for m in PASS_MODES
         },
         "nll": {
             m: {
@@ -291,8 +293,8 @@ def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Pat
         },
         # per-problem paired gaps: below 0 (NLL) / above 0 (pass@1) with the interval = the suffix is used
         "paired": {"pass@1": report.get("pass@1_paired", {}), "nll": nll.get("paired", {})},
-        "failures": {m: report["modes"][m]["failure_kinds"] for m in MODES},
-        "unsandboxed": any(report["modes"][m].get("warnings") for m in MODES),
+        "failures": {m: report["modes"][m]["failure_kinds"] for m in PASS_MODES},
+        "unsandboxed": any(report["modes"][m].get("warnings") for m in PASS_MODES),
         "train_loss": train_loss(settings.run / TRAIN_DIR, budget.steps),
         "eval": wanted,
     }
@@ -369,6 +371,7 @@ def run_study(settings: Settings) -> dict:
         },
         "benchmark": BENCHMARK,
         "modes": list(MODES),
+        "pass_modes": list(PASS_MODES),
         "eval": wanted,
         "rows": rows,
         "budgets_planned": 1 + len(plan),
@@ -409,7 +412,12 @@ def _partial_note(study: dict) -> list[str]:
     return ["", f"**Partial: {done} of the {planned} budgets (the base included) are scored so far.**"]
 
 
+def _label(mode: str) -> str:
+    return "prefix" if mode == "prefix" else mode.replace("-lines", ", cut").upper().replace(", CUT", ", cut")
+
+
 def render_markdown(study: dict) -> str:
+    pass_modes = study.get("pass_modes", study["modes"])
     r = study["recipe"]
     pad = f" ({100 * r['padding_fraction']:.1f}% of them padding)" if r.get("padding_fraction") is not None else ""
     unit = r["fim_unit"] if not r.get("fim_unit_tokens") else f"chunk of at most {r['fim_unit_tokens']} tokens"
@@ -423,19 +431,21 @@ def render_markdown(study: dict) -> str:
         *_partial_note(study),
         "",
         f"HumanEval-infilling {study['benchmark']}, greedy pass@1 and NLL per token of the true middle (nats) "
-        "under PSM / SPM / prefix-only (left-to-right), 95% bootstrap intervals over problems; the last NLL "
-        "column is the paired per-problem gap PSM - prefix (below 0 with its interval: the suffix is used).",
+        "under PSM / SPM / prefix-only (left-to-right), 95% bootstrap intervals over problems; the NLL gap "
+        "columns are the paired per-problem gaps PSM - prefix and SPM - prefix (below 0 with the interval: the "
+        "suffix is used). PSM / SPM pass@1 takes each answer as the model ended it (`<EOT>` or the token limit); "
+        '"cut": the same answer cut to the hole\'s lines, as the prefix-only answer always is.',
         "",
-        "| tokens | steps | pass@1 PSM | pass@1 SPM | pass@1 prefix | NLL PSM | NLL SPM | NLL prefix "
-        "| NLL PSM - prefix | n |",
-        "|---:|---:|---|---|---|---|---|---|---|---:|",
+        "| tokens | steps | " + " | ".join(f"pass@1 {_label(m)}" for m in pass_modes) + " | NLL PSM | NLL SPM | "
+        "NLL prefix | NLL PSM - prefix | NLL SPM - prefix | n |",
+        "|---:|---:|" + "---|" * (len(pass_modes) + 5) + "---:|",
     ]
     for row in study["rows"]:
         tokens = "0 (base)" if row["tokens"] == 0 else f"{row['tokens']:,}"
         cells = [tokens, str(row["steps"])]
-        cells += [_pct(row["pass@1"][m]) for m in study["modes"]]
+        cells += [_pct(row["pass@1"][m]) if m in row["pass@1"] else "-" for m in pass_modes]
         cells += [_nats(row["nll"][m]) for m in study["modes"]]
-        cells += [_nats(row["paired"]["nll"].get("psm-prefix")), str(row["problems"])]
+        cells += [_nats(row["paired"]["nll"].get(f"{m}-prefix")) for m in ("psm", "spm")] + [str(row["problems"])]
         lines.append("| " + " | ".join(cells) + " |")
     if any("code_loss" in row for row in study["rows"]):
         lines += ["", "| tokens | held-out code loss (nats/token) |", "|---:|---|"]
@@ -458,15 +468,18 @@ def render_png(study: dict) -> bytes:
     colors = {"psm": "tab:blue", "spm": "tab:orange", "prefix": "tab:gray"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     panels = (("pass@1", 100.0, "greedy pass@1 (%)"), ("nll", 1.0, "NLL of the true middle (nats/token)"))
+    pass_modes = [m for m in study.get("pass_modes", study["modes"]) if all(m in r["pass@1"] for r in rows)]
     for ax, (key, scale, ylabel) in zip(axes, panels):
-        for j, mode in enumerate(study["modes"]):
+        for j, mode in enumerate(pass_modes if key == "pass@1" else study["modes"]):
+            style = {"linestyle": ":", "marker": "s"} if mode.endswith("-lines") else {"marker": "o"}
+            color = colors[mode.removesuffix("-lines")]
             xs = [r["tokens"] * (1 + 0.03 * (j - 1)) for r in trained]  # side by side: the bars stay apart
             ys = [scale * (r[key][mode]["value"] or 0.0) for r in trained]
             lo = [y - scale * r[key][mode]["low"] for y, r in zip(ys, trained)]
             hi = [scale * r[key][mode]["high"] - y for y, r in zip(ys, trained)]
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, color=colors[mode], label=mode.upper())
-            if base is not None:
-                ax.axhline(scale * (base[key][mode]["value"] or 0.0), color=colors[mode], linestyle="--", lw=1)
+            ax.errorbar(xs, ys, yerr=[lo, hi], capsize=3, color=color, label=_label(mode), **style)
+            if base is not None and not mode.endswith("-lines"):
+                ax.axhline(scale * (base[key][mode]["value"] or 0.0), color=color, linestyle="--", lw=1)
         if trained:
             ax.set_xscale("log")
         if key == "pass@1":

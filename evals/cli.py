@@ -82,6 +82,8 @@ INFILLING_EXAMPLES = """examples:
   # does the model use the suffix? PSM, SPM and the prefix-only (left-to-right) baseline, plus the NLL
   # of the true middle under each prompt, with 95% intervals and the paired PSM-prefix / SPM-prefix gaps
   codellama eval infilling --model runs/fim --mode all --nll --limit 150 --out runs/eval-fim
+  # ... and PSM / SPM answers judged like the baseline too (cut to the hole's lines)
+  codellama eval infilling --model runs/fim --mode all --lines --limit 150 --out runs/eval-fim
   # a base without infilling tokens yet (the control): the left-to-right baseline and its middle NLL
   codellama eval infilling --model smollm2-135m --mode prefix --nll --limit 150 --out runs/eval-base
 
@@ -169,6 +171,12 @@ def register(cli) -> None:
         "--nll",
         action="store_true",
         help="also score the NLL per token of the true middle under PSM, SPM and prefix-only (local --model)",
+    )
+    p.add_argument(
+        "--lines",
+        action="store_true",
+        help="also judge each PSM / SPM answer cut to the hole's lines, as the prefix-only baseline is "
+        "(modes psm-lines, spm-lines: no extra generation)",
     )
     p.add_argument("--samples", type=int, default=1, help="samples per problem and mode (pass@k needs k of them)")
     p.add_argument("--temperature", type=float, default=0.0)
@@ -370,6 +378,10 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
         raise ValueError("--nll needs a local --model: an endpoint or --canonical gives no log-likelihoods")
     named = {"both": ("psm", "spm"), "all": ("psm", "spm", "prefix")}
     modes = (CANONICAL,) if args.canonical else named.get(args.mode, (args.mode,))
+    if args.lines:
+        if args.canonical or not set(modes) & {"psm", "spm"}:
+            raise ValueError("--lines cuts PSM / SPM answers: use it with --mode psm, spm, both or all")
+        modes = (*modes, *(f"{m}-lines" for m in modes if m in ("psm", "spm")))
     model = "canonical" if args.canonical else str(args.model.resolve() if args.model else args.endpoint)
     config = BenchmarkConfig(
         benchmark=args.benchmark,

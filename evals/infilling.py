@@ -46,6 +46,10 @@ BENCHMARKS = {
 MODES = ("psm", "spm")
 PREFIX = "prefix"  # the left-to-right baseline: the code before the hole only, no infilling markers
 NLL_MODES = (*MODES, PREFIX)
+# PSM / SPM answers cut to the hole's lines, as the prefix-only baseline's are (`cut_prefix_completion`):
+# judged like the baseline, a model that writes the right line and then goes on instead of ending the middle
+# passes. Made from the mode's own samples (no generation of their own).
+LINES = {f"{mode}-lines": mode for mode in MODES}
 CANONICAL = "canonical"  # pseudo-mode: score the reference middles (validates data + sandbox)
 NLL_FILE = "nll.jsonl"
 JOINT = "joint"  # prefix-only records scored on jointly tokenized text (earlier runs split prefix and middle)
@@ -80,9 +84,14 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {self.benchmark!r} (choose from {', '.join(BENCHMARKS)})")
-        bad = [m for m in self.modes if m not in NLL_MODES + (CANONICAL,)]
+        bad = [m for m in self.modes if m not in (*NLL_MODES, *LINES, CANONICAL)]
         if bad or not self.modes:
-            raise ValueError(f"modes must be among {', '.join(NLL_MODES)} (got {', '.join(self.modes) or 'none'})")
+            raise ValueError(
+                f"modes must be among {', '.join((*NLL_MODES, *LINES))} (got {', '.join(self.modes) or 'none'})"
+            )
+        orphans = [m for m in self.modes if m in LINES and LINES[m] not in self.modes]
+        if orphans:
+            raise ValueError(f"{', '.join(orphans)} cut the answers of {', '.join(LINES[m] for m in orphans)}: add it")
         if self.samples < 1:
             raise ValueError("samples must be >= 1")
         if self.samples > 1 and self.temperature == 0 and CANONICAL not in self.modes:
@@ -227,7 +236,11 @@ def generate_samples(
     if not todo:
         return 0
     with tqdm(total=len(todo), desc="generating", unit="sample") as bar:
-        for mode in config.modes:
+        for mode in sorted(config.modes, key=lambda m: m in LINES):  # a mode's own answers before their cut
+            if mode in LINES:
+                made = _cut_records(path, mode, [(p, s) for m, p, s in todo if m == mode])
+                bar.update(made)
+                continue
             for sample in range(config.samples):
                 # Sample s of every problem has its own seed (as HumanEval runs do): a seeded request is
                 # deterministic, so one seed for all samples would make k samples one sample k times.
@@ -244,6 +257,19 @@ def generate_samples(
                         append_jsonl(path, {"task_id": p.task_id, "mode": mode, "sample": s, **rec})
                     bar.update(len(part))
     return len(todo)
+
+
+def _cut_records(path: Path, mode: str, pairs) -> int:
+    """Append `mode`'s records (a LINES mode): its base mode's answers cut to each hole's lines."""
+    answers = {(r["task_id"], r["sample"]): r for r in read_jsonl(path) if r["mode"] == LINES[mode]}
+    for p, s in pairs:
+        answer = answers[(p.task_id, s)]
+        cut = cut_prefix_completion(answer["completion"], p.canonical_solution)
+        record = {"task_id": p.task_id, "mode": mode, "sample": s, "completion": cut}
+        append_jsonl(
+            path, {**record, "finish_reason": answer["finish_reason"], "truncated": cut != answer["completion"]}
+        )
+    return len(pairs)
 
 
 def _generate_part(generator, mode: str, part, params: SamplingParams, config: BenchmarkConfig) -> list[dict]:
@@ -484,7 +510,7 @@ def summarize_run(problems: Sequence[InfillingProblem], config: BenchmarkConfig,
     if PREFIX in config.modes:  # does infilling beat the left-to-right baseline on the same problems?
         base = pass_at_1_by_problem(out_dir, PREFIX, wanted)
         report["pass@1_paired"] = {}
-        for mode in (m for m in MODES if m in config.modes):
+        for mode in (m for m in (*MODES, *LINES) if m in config.modes):
             scores = pass_at_1_by_problem(out_dir, mode, wanted)
             if any(t in base for t in scores):
                 report["pass@1_paired"][f"{mode}-{PREFIX}"] = compare(scores, base)

@@ -15,6 +15,16 @@ from evals.intervals import Interval, bootstrap_mean, compare, paired_difference
 
 SUPPORTED, NOT_SUPPORTED, NOT_MEASURED = "supported", "not supported at this budget", "not measured"
 INFILL_BENCH = "single-line"  # the benchmark the infilling claim is judged on (the issue's criterion)
+# Infilling modes as the report lists them: the answer as the model ended it, then judged like the baseline.
+INFILL_COLUMNS = ("psm", "spm", "prefix", "psm-lines", "spm-lines")
+
+
+def mode_label(mode: str) -> str:
+    """PSM, SPM, prefix-only, "PSM, cut to the hole" (evals' psm-lines), ..."""
+    if mode == "prefix":
+        return "prefix-only"
+    base, _, lines = mode.partition("-")
+    return base.upper() + (", cut to the hole" if lines else "")
 
 
 @dataclass
@@ -228,14 +238,14 @@ def fim_enables_infilling(results: dict) -> Claim:
         )
     rows = []
     for name in ("base", "code-nofim", "code"):
-        for mode in ("psm", "spm", "prefix"):
+        for mode in INFILL_COLUMNS:
             p, (nll, tokens) = _pass(models, name, mode), _nll(models, name, mode)
             if not p and not nll:
                 continue
             rows.append(
                 [
                     name,
-                    mode.upper() if mode != "prefix" else "prefix-only",
+                    mode_label(mode),
                     _with_interval(bootstrap_mean(list(p.values())), "pass@1") if p else "–",
                     _with_interval(bootstrap_mean(list(nll.values()), weights=list(tokens.values())), "nll")
                     if nll
@@ -245,7 +255,9 @@ def fim_enables_infilling(results: dict) -> Claim:
             )
     what = (
         f"HumanEval {INFILL_BENCH} infilling (greedy pass@1; NLL of the true middle: its total nats in each prompt "
-        "mode over its token count as a FIM middle, the prefix-only text tokenized as one), paired over problems"
+        "mode over its token count as a FIM middle, the prefix-only text tokenized as one), paired over problems; "
+        "the claim is judged on PSM / SPM answers as the model ended them (the rows cut to the hole are shown, "
+        "not judged: they tell a model that writes the line but does not stop from one that writes it wrong)"
     )
     title = "FIM enables infilling"
     return _judged(

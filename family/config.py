@@ -105,7 +105,8 @@ class InfillingSettings:
     limit: int | None = 150
     limits: dict[str, int] = field(default_factory=dict)  # per benchmark, over `limit` (e.g. multi-line: 40)
     max_new_tokens: int = 64
-    modes: list[str] = field(default_factory=lambda: ["psm", "spm"])  # + prefix: the left-to-right baseline
+    # + prefix: the left-to-right baseline; + psm-lines / spm-lines: PSM / SPM answers judged like it
+    modes: list[str] = field(default_factory=lambda: ["psm", "spm"])
     nll: bool = False  # also the NLL per token of the true middle in every mode (needs no generation)
 
     def limit_for(self, benchmark: str) -> int | None:
@@ -205,9 +206,13 @@ class PipelineConfig:
         bad_limits = {k: v for k, v in self.eval.infilling.limits.items() if not isinstance(v, int) or v < 1}
         if bad_limits:
             raise ValueError(f"eval.infilling.limits must be problem counts >= 1, got {bad_limits}")
-        bad_modes = set(self.eval.infilling.modes) - {"psm", "spm", "prefix"}
-        if bad_modes or not self.eval.infilling.modes:
-            raise ValueError(f"eval.infilling.modes must be among psm, spm, prefix, got {self.eval.infilling.modes}")
+        modes = self.eval.infilling.modes
+        known = ("psm", "spm", "prefix", "psm-lines", "spm-lines")
+        if set(modes) - set(known) or not modes:
+            raise ValueError(f"eval.infilling.modes must be among {', '.join(known)}, got {modes}")
+        orphans = [m for m in modes if m.endswith("-lines") and m.removesuffix("-lines") not in modes]
+        if orphans:
+            raise ValueError(f"eval.infilling.modes: {', '.join(orphans)} cut the answers of a mode that is not there")
         if not 0.0 <= self.data.heldout_fraction < 1.0:
             raise ValueError(f"data.heldout_fraction must be in [0, 1), got {self.data.heldout_fraction}")
         if self.eval.code_loss.models and not self.data.heldout_fraction:

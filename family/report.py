@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from codellama.io import atomic_write_json, atomic_write_text
-from family.claims import Claim, judge_claims
+from family.claims import INFILL_COLUMNS, Claim, judge_claims, mode_label
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +135,19 @@ def _markdown(results: dict, plots: dict[str, Path], claims: list[Claim] = ()) -
             "",
             "## Infilling (HumanEval infilling, pass@1)",
             "",
-            "| model | benchmark | PSM | SPM | prefix-only | problems |",
-            "|---|---|---|---|---|---|",
+            "| model | benchmark | PSM | SPM | prefix-only | PSM, cut to the hole | SPM, cut to the hole | problems |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, benches in inf.items():
             for bench, r in benches.items():
-                lines.append(
-                    f"| {name} | {bench} | {_pct((r.get('psm') or {}).get('pass@1'))} | "
-                    f"{_pct((r.get('spm') or {}).get('pass@1'))} | {_pct((r.get('prefix') or {}).get('pass@1'))} | "
-                    f"{r.get('problems', '–')} |"
-                )
+                cells = " | ".join(_pct((r.get(m) or {}).get("pass@1")) for m in INFILL_COLUMNS)
+                lines.append(f"| {name} | {bench} | {cells} | {r.get('problems', '–')} |")
+        lines += [
+            "",
+            "Cut to the hole: a PSM / SPM answer cut to the true middle's number of lines, as the prefix-only "
+            "answer always is (it cannot know where the hole ends); the other columns take the answer as the model "
+            "ended it (`<EOT>` or the token limit).",
+        ]
         if "infilling" in plots:
             lines += ["", f"![infilling]({plots['infilling'].name})"]
 
@@ -212,7 +215,7 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
     rows = [(f"{n}\n{b}", r) for n, m in models.items() for b, r in (m.get("infilling") or {}).items()]
     if rows:
         fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(rows)), 4))
-        modes = [m for m in ("psm", "spm", "prefix") if any(r.get(m) for _, r in rows)]
+        modes = [m for m in INFILL_COLUMNS if any(r.get(m) for _, r in rows)]
         width = 0.8 / len(modes)
         for j, mode in enumerate(modes):
             ax.bar(
@@ -221,7 +224,7 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
                 width,
                 yerr=_pass_errors([(r.get(mode) or {}).get("per_problem") for _, r in rows]),
                 capsize=3,
-                label=mode.upper() if mode != "prefix" else "prefix-only",
+                label=mode_label(mode),
             )
         ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(rows))], [label for label, _ in rows])
         ax.set(ylabel="pass@1 %", title="HumanEval infilling")
@@ -264,7 +267,7 @@ def _plots(results: dict, out_dir: Path) -> dict[str, Path]:
                     [s["high"] - s["mean"] if s else 0 for s in stats],
                 ],
                 capsize=3,
-                label=mode.upper() if mode != "prefix" else "prefix-only",
+                label=mode_label(mode),
             )
         ax.set_xticks([i + width for i in range(len(nll))], [n for n, _ in nll])
         ax.set(ylabel="nats per token (95% interval)", title="NLL of the true middle (single-line), per prompt mode")

@@ -12,9 +12,13 @@ from _bases_helpers import BPE_VARIANTS, write_bpe_tokenizer, write_tied_llama
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if "CODELLAMA_CACHE" not in os.environ:  # caches written by tests (packed chat data, ...) stay out of ~/.cache
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["CODELLAMA_CACHE"] = tempfile.mkdtemp(prefix="codellama-test-cache-")
+    # and go when the run ends: a converted base is ~0.5 GB, and every run made a new directory
+    atexit.register(shutil.rmtree, os.environ["CODELLAMA_CACHE"], ignore_errors=True)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LLAMA2_TOKENIZER = SHARED / "data" / "llama2-tokenizer" / "tokenizer.model"

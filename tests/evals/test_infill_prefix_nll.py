@@ -301,6 +301,37 @@ def test_prefix_mode_runs_left_to_right_and_is_judged_on_the_hole(bench, tiny, t
     assert bad["modes"]["prefix"]["pass@k"]["pass@1"] < 0.5
 
 
+class _GoesOnGenerator:
+    """A TEST DOUBLE of an infilling model that writes the true middle and then goes on instead of ending it."""
+
+    def __init__(self, problems, extra="    raise SystemExit(3)\n"):
+        self.truth = {(p.prompt, p.suffix): p.canonical_solution for p in problems}
+        self.extra, self.requests = extra, []
+
+    def generate(self, requests, sinks=None):
+        self.requests += requests
+        texts = [self.truth[(r.prompt, r.suffix)] + self.extra for r in requests]
+        return [Completion(t, [1] * len(t), "length", 10) for t in texts]
+
+
+def test_lines_modes_judge_infilling_answers_like_the_baseline(tmp_path):
+    """psm-lines / spm-lines cut PSM / SPM answers to the hole's lines (no generation of their own): the
+    model that goes on past the hole fails as it ended and passes judged like the prefix-only baseline."""
+    problems = load_problems(data_path("single-line"), limit=6)
+    gen = _GoesOnGenerator(problems)
+    config = BenchmarkConfig(modes=("psm", "spm", "psm-lines", "spm-lines"), ks=(1,), limit=6, model="scripted")
+    report = run_benchmark(config, tmp_path / "run", gen)
+    assert len(gen.requests) == 12  # PSM and SPM only
+    assert report["modes"]["psm-lines"]["pass@k"] == {"pass@1": 1.0} == report["modes"]["spm-lines"]["pass@k"]
+    assert report["modes"]["psm"]["pass@k"]["pass@1"] < 0.5
+    samples = {(r["mode"], r["task_id"]): r for r in read_jsonl(tmp_path / "run" / "samples.jsonl")}
+    for p in problems:
+        assert samples[("spm-lines", p.task_id)]["completion"] == p.canonical_solution
+        assert samples[("spm-lines", p.task_id)]["truncated"]
+    with pytest.raises(ValueError, match="psm-lines cut the answers of psm"):
+        BenchmarkConfig(modes=("spm", "psm-lines"))
+
+
 def test_all_modes_with_nll_through_a_real_model_resume_and_extend(tiny_model_dir, tmp_path):
     from _infill_helpers import taught_model_dir
 
@@ -340,6 +371,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["--endpoint", url, "--nll", "--mode", "psm"], "--nll needs a local --model"),
         (["--canonical", "--nll"], "--nll needs a local --model"),
         (["--endpoint", url, "--mode", "all"], "pass --mode psm, spm or prefix"),
+        (["--endpoint", url, "--mode", "prefix", "--lines"], "--lines cuts PSM / SPM answers"),
     ]
     for argv, message in cases:
         assert main(["eval", "infilling", *argv, "--out", str(tmp_path / "x")]) == 2

@@ -170,3 +170,19 @@ def test_scores_on_different_problems_are_not_compared():
     a["models"]["code-nofim"] = {"humaneval": {"per_problem": {"t/2": 0.0}}}
     claim = fim_costs_little(a)
     assert claim.comparisons == [] and claim.verdict == NOT_MEASURED and len(claim.rows) == 2
+
+
+def test_answers_cut_to_the_hole_are_shown_not_judged(tmp_path):
+    """psm-lines / spm-lines rows appear in the claim's table and the report's infilling table, but the
+    verdict stays on the answers as the model ended them (a model that never stops is not "infilling")."""
+    results = _results(fim_works=False)
+    inf = results["models"]["code"]["infilling"]["single-line"]
+    inf["spm-lines"] = {"pass@1": 0.4, "per_problem": _passes(0.4, seed=9)}
+    claim = fim_enables_infilling(results)
+    assert claim.verdict == NOT_SUPPORTED and len(claim.comparisons) == 8
+    cut = [row for row in claim.rows if row[:2] == ["code", "SPM, cut to the hole"]]
+    assert len(cut) == 1 and cut[0][2].startswith("4")  # ~40% with its interval
+    report = write_report(results, tmp_path)["report"].read_text()
+    assert "| PSM, cut to the hole | SPM, cut to the hole |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| code | single-line |"))
+    assert row.split("|")[7].strip().startswith("4") and row.split("|")[6].strip() in ("–", "-")
