@@ -78,7 +78,10 @@ def test_smollm2_dry_run(capsys):
     out = capsys.readouterr().out
     for stage in ("train-code-nofim", "eval-base", "eval-code-nofim", "eval-rope", "report"):
         assert f"  {stage} " in out
-    assert "multi-line (<= 20 problems) in PSM+SPM+PREFIX+PSM-LINES+SPM-LINES, middle NLL" in out and "held-out code loss" in out
+    assert (
+        "multi-line (<= 20 problems) in PSM+SPM+PREFIX+PSM-LINES+SPM-LINES, middle NLL" in out
+        and "held-out code loss" in out
+    )
     assert "5% of the files" in out and "[1024, 2048, 4096]" in out
 
 
