@@ -130,3 +130,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def extended_bpe(bpe_base, tmp_path_factory):
+    """variant -> the base checkpoint after `codellama tokenizer extend --base CKPT --out DIR` (read-only)."""
+    from codellama.cli import main
+
+    done = {}
+
+    def make(variant: str) -> Path:
+        if variant not in done:
+            out = tmp_path_factory.mktemp(f"extended-{variant}") / "ckpt"
+            assert main(["tokenizer", "extend", "--base", str(bpe_base(variant)), "--out", str(out)]) == 0
+            done[variant] = out
+        return done[variant]
+
+    return make

@@ -12,7 +12,6 @@ import random
 
 import pytest
 
-from codellama.cli import main
 from codellama.data.fim import FimSample, fim_tokens, parse_fim_tokens
 from codellama.generation import GenerationRequest, HFGenerator, SamplingParams
 from codellama.generation.stopping import skip_echo
@@ -24,41 +23,26 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PREFIX, SUFFIX = "def area(w, h):\n    ", "\n\nprint(area(2, 3))\n"
 
 
-@pytest.fixture(scope="module")
-def extended(bpe_base, tmp_path_factory):
-    """variant -> the base extended by `codellama tokenizer extend` (a checkpoint directory)."""
-    made = {}
-
-    def make(variant: str):
-        if variant not in made:
-            out = tmp_path_factory.mktemp(f"ws-{variant}") / "extended"
-            assert main(["tokenizer", "extend", "--base", str(bpe_base(variant)), "--out", str(out)]) == 0
-            made[variant] = out
-        return made[variant]
-
-    return make
-
-
-def test_added_tokens_on_a_merging_bpe_move_the_whitespace_and_reused_ones_do_not(extended):
-    added, reused = load_tokenizer(extended("chatml")), load_tokenizer(extended("starcoder"))
+def test_added_tokens_on_a_merging_bpe_move_the_whitespace_and_reused_ones_do_not(extended_bpe):
+    added, reused = load_tokenizer(extended_bpe("chatml")), load_tokenizer(extended_bpe("starcoder"))
     assert added.merges_newline_with_indent()
     assert added.infilling.whitespace_to_middle and added.infilling_echo(PREFIX) == "\n    "
-    assert json.loads((extended("chatml") / INFILLING_TOKENS_FILE).read_text())["whitespace_to_middle"] is True
+    assert json.loads((extended_bpe("chatml") / INFILLING_TOKENS_FILE).read_text())["whitespace_to_middle"] is True
     for suffix_first in (False, True):
         assert added.infilling_prompt(PREFIX, SUFFIX, suffix_first=suffix_first) == added.infilling_prompt(
             PREFIX.rstrip(), SUFFIX, suffix_first=suffix_first
         )
     # StarCoder-style FIM tokens keep the format their base was trained in (and the record stays as it was)
     assert not reused.infilling.whitespace_to_middle and reused.infilling_echo(PREFIX) == ""
-    assert "whitespace_to_middle" not in json.loads((extended("starcoder") / INFILLING_TOKENS_FILE).read_text())
+    assert "whitespace_to_middle" not in json.loads((extended_bpe("starcoder") / INFILLING_TOKENS_FILE).read_text())
     assert reused.infilling_prompt(PREFIX, SUFFIX) != reused.infilling_prompt(PREFIX.rstrip(), SUFFIX)
 
 
-def test_a_bad_whitespace_record_is_a_clear_error(extended, tmp_path):
+def test_a_bad_whitespace_record_is_a_clear_error(extended_bpe, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
-    shutil.copytree(extended("chatml"), copy)
+    shutil.copytree(extended_bpe("chatml"), copy)
     record = json.loads((copy / INFILLING_TOKENS_FILE).read_text())
     (copy / INFILLING_TOKENS_FILE).write_text(json.dumps({**record, "whitespace_to_middle": "yes"}))
     with pytest.raises(ValueError, match="whitespace_to_middle must be true or false"):
@@ -66,9 +50,9 @@ def test_a_bad_whitespace_record_is_a_clear_error(extended, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["psm", "spm"])
-def test_fim_training_rows_start_with_the_prompt_generation_uses(extended, mode):
+def test_fim_training_rows_start_with_the_prompt_generation_uses(extended_bpe, mode):
     """What training shows before the middle is exactly the inference prompt, and the text survives."""
-    tok = load_tokenizer(extended("chatml"))
+    tok = load_tokenizer(extended_bpe("chatml"))
     middle = "return w * h"
     ids = fim_tokens(FimSample(mode, PREFIX, middle, SUFFIX), tok, eos=False)
     prompt = tok.infilling_prompt(PREFIX, SUFFIX, suffix_first=mode == "spm")
@@ -103,12 +87,12 @@ def _scripted(model, script: dict[int, int]):
     return model.register_forward_hook(hook, with_kwargs=True)
 
 
-def test_generation_leaves_the_echo_out_of_the_middle(extended):
+def test_generation_leaves_the_echo_out_of_the_middle(extended_bpe):
     """A model that writes the left-out whitespace back, then the middle, then <EOT>: the middle, streamed
     and whole, is the text after the whitespace, and a newline stop string does not fire on the echo."""
     from codellama.generation import Sink
 
-    gen = HFGenerator.from_pretrained(extended("chatml"))
+    gen = HFGenerator.from_pretrained(extended_bpe("chatml"))
     tok = gen.tokenizer
     written = tok.encode_infilling("\n    return w")
     assert len(set(written)) == len(written) and tok.decode_infilling(written[:1]).startswith("\n")
@@ -133,10 +117,10 @@ def test_generation_leaves_the_echo_out_of_the_middle(extended):
     assert done.prompt_tokens == len(tok.infilling_prompt(PREFIX, SUFFIX))
 
 
-def test_fitted_editor_prompts_agree_with_the_plain_prompt(extended):
+def test_fitted_editor_prompts_agree_with_the_plain_prompt(extended_bpe):
     """The server's fitted prompt: untyped, as `infilling_prompt`; with typed text after <MID>, the prefix's
     whitespace and the typed text follow <MID> and the typed text's own trailing whitespace is left out."""
-    tok = load_tokenizer(extended("chatml"))
+    tok = load_tokenizer(extended_bpe("chatml"))
     limits = FitLimits(room=512, window=512)
     untyped = fit_infill(tok, PREFIX, SUFFIX, limits)
     assert untyped.prompt_ids == tok.infilling_prompt(PREFIX, SUFFIX) and tok.infilling_echo(untyped.prefix)
@@ -148,8 +132,8 @@ def test_fitted_editor_prompts_agree_with_the_plain_prompt(extended):
     assert tok.infilling_echo(spaces.prefix) == "\n      "
 
 
-def test_random_cuts_reassemble(extended):
-    tok = load_tokenizer(extended("chatml"))
+def test_random_cuts_reassemble(extended_bpe):
+    tok = load_tokenizer(extended_bpe("chatml"))
     text = "class A:\n    def f(self):\n        return 1\n\n    def g(self):\n        pass\n"
     rng = random.Random(0)
     for _ in range(30):

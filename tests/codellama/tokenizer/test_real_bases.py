@@ -37,26 +37,11 @@ LITERALS = ["<PRE>", "<SUF>", "<MID>", "<EOT>", "<fim_prefix>", "<fim_suffix>", 
 LITERALS += ["<|im_start|>", "<|im_end|>", "▁<PRE>", "x<PRE>y", "s = '<fim_prefix>' + '<|endoftext|>'\n"]
 
 
-@pytest.fixture(scope="module")
-def extended(bpe_base, tmp_path_factory):
-    """variant -> the base checkpoint after `codellama tokenizer extend --base CKPT --out DIR`."""
-    done = {}
-
-    def make(variant: str):
-        if variant not in done:
-            out = tmp_path_factory.mktemp(f"extended-{variant}") / "ckpt"
-            assert main(["tokenizer", "extend", "--base", str(bpe_base(variant)), "--out", str(out)]) == 0
-            done[variant] = out
-        return done[variant]
-
-    return make
-
-
 @pytest.mark.parametrize("variant", ["starcoder", "chatml"])
-def test_extend_reuses_fim_tokens_or_adds_special_ones(variant, bpe_base, extended, stdlib_texts, capsys):
+def test_extend_reuses_fim_tokens_or_adds_special_ones(variant, bpe_base, extended_bpe, stdlib_texts, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base, out = bpe_base(variant), extended(variant)
+    base, out = bpe_base(variant), extended_bpe(variant)
     before, tok = load_tokenizer(base), load_tokenizer(out)
     assert before.infilling is None and before.bos_id is None and tok.backend == "tokenizers"
     with pytest.raises(KeyError, match="tokenizer extend"):
@@ -136,8 +121,8 @@ def test_new_rows_start_described_padded_or_grown(tied, padding, bpe_base):
 
 
 @pytest.mark.parametrize("variant", ["starcoder", "chatml"])
-def test_markers_are_single_ids_that_no_text_produces(variant, extended, stdlib_texts):
-    out = extended(variant)
+def test_markers_are_single_ids_that_no_text_produces(variant, extended_bpe, stdlib_texts):
+    out = extended_bpe(variant)
     tok = load_tokenizer(out)
     markers = tok.infilling
     for text, i in zip(markers.tokens, markers.ids):
@@ -157,20 +142,20 @@ def test_markers_are_single_ids_that_no_text_produces(variant, extended, stdlib_
 
 
 @pytest.mark.slow
-def test_no_stdlib_file_produces_a_marker(extended):
+def test_no_stdlib_file_produces_a_marker(extended_bpe):
     from codellama.data.stdlib import iter_source_texts
 
     texts = list(iter_source_texts())
     assert len(texts) > 1000
     for variant in ("starcoder", "chatml"):
-        tok = load_tokenizer(extended(variant))
+        tok = load_tokenizer(extended_bpe(variant))
         forbidden = set(tok.infilling.ids) | {tok.eos_id}
         hits = [i for i, ids in enumerate(tok.encode_batch(texts, num_threads=-1)) if forbidden & set(ids)]
         assert hits == [], [texts[i][:60] for i in hits[:3]]
 
 
-def test_layout_and_files_round_trip(extended, tmp_path, stdlib_texts):
-    tok = load_tokenizer(extended("chatml"))
+def test_layout_and_files_round_trip(extended_bpe, tmp_path, stdlib_texts):
+    tok = load_tokenizer(extended_bpe("chatml"))
     infill = tok.infilling
     pre, suf = "def f(x):\n    ", "\n    return y\n"
     kept = pre.rstrip()  # added tokens on this BPE leave the prefix's trailing whitespace to the middle
@@ -183,7 +168,7 @@ def test_layout_and_files_round_trip(extended, tmp_path, stdlib_texts):
     assert copy.fingerprint() == tok.fingerprint() and copy.infilling == infill
     clone = pickle.loads(pickle.dumps(tok))  # data workers get the tokenizer this way
     assert clone.fingerprint() == tok.fingerprint() and clone.encode(stdlib_texts[0]) == tok.encode(stdlib_texts[0])
-    assert tok.fingerprint() != load_tokenizer(extended("starcoder")).fingerprint()
+    assert tok.fingerprint() != load_tokenizer(extended_bpe("starcoder")).fingerprint()
     # Generation ends at EOS (<|im_end|>), <EOT> and the base's document end <|endoftext|>.
     assert tok.end_ids == {tok.vocab["<|im_end|>"], infill.eot_id, tok.vocab["<|endoftext|>"]}
 
@@ -205,10 +190,10 @@ def test_sentencepiece_converted_tokenizer_json_keeps_the_no_dummy_prefix_rule(
     assert hf.infilling_prompt("def f(", "):\n  pass") == sp.infilling_prompt("def f(", "):\n  pass")
 
 
-def test_chat_template_masks_exactly_the_assistant_turns(extended, tmp_path):
+def test_chat_template_masks_exactly_the_assistant_turns(extended_bpe, tmp_path):
     from codellama.data.shards import TokenShards
 
-    tok = load_tokenizer(extended("chatml"))
+    tok = load_tokenizer(extended_bpe("chatml"))
     ids, mask = encode_dialog(tok, DIALOG)
     assert ids == tok.encode(tok.render_chat(DIALOG), special=True) and len(mask) == len(ids)
     runs, run = [], []
@@ -225,13 +210,13 @@ def test_chat_template_masks_exactly_the_assistant_turns(extended, tmp_path):
     # `data prepare-chat` packs with the template and this mask.
     chats, shards = tmp_path / "chats.jsonl", tmp_path / "chat-shards"
     chats.write_text(json.dumps({"messages": DIALOG}) + "\n")
-    argv = ["data", "prepare-chat", "--input", str(chats), "--tokenizer", str(extended("chatml"))]
+    argv = ["data", "prepare-chat", "--input", str(chats), "--tokenizer", str(extended_bpe("chatml"))]
     assert main([*argv, "--seq-len", "256", "--out", str(shards)]) == 0
     packed = TokenShards(shards)
     assert packed.index.meta["template"] == "chat-template" and packed.index.meta["answer_tokens"] == sum(mask)
     assert packed[0][: len(ids)].tolist() == ids and packed.loss_mask(0)[: len(ids)].tolist() == mask
     # A tokenizer without a chat template is prompted in Llama 2's [INST] format.
-    plain = load_tokenizer(extended("starcoder"))
+    plain = load_tokenizer(extended_bpe("starcoder"))
     assert plain.chat_template is None and prompt_text(plain, DIALOG[:2]).startswith("[INST] <<SYS>>")
 
 
@@ -246,7 +231,7 @@ def test_extend_a_sentencepiece_checkpoint(llama2_tokenizer_path, tmp_path):
     assert tok.end_ids == {2, 32010}
 
 
-def test_bad_tokenizer_inputs_are_one_line_errors(bpe_base, extended, tmp_path, capsys):
+def test_bad_tokenizer_inputs_are_one_line_errors(bpe_base, extended_bpe, tmp_path, capsys):
     def fails(argv, *needles):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -262,7 +247,7 @@ def test_bad_tokenizer_inputs_are_one_line_errors(bpe_base, extended, tmp_path, 
     )
     fails(["tokenizer", "extend", "--base", str(empty), "--out", str(tmp_path / "e")], "neither")
     small = tmp_path / "small"
-    shutil.copytree(extended("chatml"), small)
+    shutil.copytree(extended_bpe("chatml"), small)
     config = json.loads((small / "config.json").read_text())
     (small / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
     fails(["model", "info", str(small)], str(small / "config.json"), "smaller than its tokenizer")
@@ -272,7 +257,7 @@ def test_bad_tokenizer_inputs_are_one_line_errors(bpe_base, extended, tmp_path, 
     with pytest.raises(ValueError, match="not a valid tokenizer.json"):
         load_tokenizer(broken)
     wrong = tmp_path / "wrong"
-    shutil.copytree(extended("chatml"), wrong)
+    shutil.copytree(extended_bpe("chatml"), wrong)
     record = json.loads((wrong / "infilling_tokens.json").read_text())
     (wrong / "infilling_tokens.json").write_text(json.dumps({**record, "prefix_id": 5}))
     with pytest.raises(ValueError, match="infilling_tokens.json: prefix_id 5"):
@@ -281,20 +266,20 @@ def test_bad_tokenizer_inputs_are_one_line_errors(bpe_base, extended, tmp_path, 
 
 # -- every command on the extended chatml base ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def shards(extended, stdlib_texts, tmp_path_factory):
+def shards(extended_bpe, stdlib_texts, tmp_path_factory):
     root = tmp_path_factory.mktemp("bpe-data")
     src = source_dir(root, stdlib_texts[:30])
     out = root / "shards"
-    argv = ["data", "prepare", "--source", str(src), "--tokenizer", str(extended("chatml")), "--out", str(out)]
+    argv = ["data", "prepare", "--source", str(src), "--tokenizer", str(extended_bpe("chatml")), "--out", str(out)]
     assert main([*argv, "--seq-len", "128", "--num-proc", "1", "--max-documents", "20"]) == 0
     return out
 
 
-def test_data_prepare_and_inspect(shards, extended, capsys):
+def test_data_prepare_and_inspect(shards, extended_bpe, capsys):
     from codellama.data.fim import parse_fim_tokens
     from codellama.data.shards import TokenShards
 
-    tok = load_tokenizer(extended("chatml"))
+    tok = load_tokenizer(extended_bpe("chatml"))
     data = TokenShards(shards)
     assert data.index.dtype == np.dtype("<u2") and data.vocab_size == tok.vocab_size
     meta = data.index.meta["tokenizer"]
@@ -312,10 +297,10 @@ def test_data_prepare_and_inspect(shards, extended, capsys):
 
 
 @pytest.fixture(scope="module")
-def trained(shards, extended, tmp_path_factory):
+def trained(shards, extended_bpe, tmp_path_factory):
     """code -> python / long-context / instruct, two steps each, through `codellama train`."""
     root = tmp_path_factory.mktemp("bpe-train")
-    base = extended("chatml")
+    base = extended_bpe("chatml")
     chats = root / "chats.jsonl"
     chats.write_text("\n".join(json.dumps({"messages": DIALOG}) for _ in range(4)) + "\n")
     runs = {}
@@ -333,8 +318,8 @@ def trained(shards, extended, tmp_path_factory):
     return runs
 
 
-def test_every_branch_trains_and_keeps_the_tokenizer(trained, extended):
-    tok = load_tokenizer(extended("chatml"))
+def test_every_branch_trains_and_keeps_the_tokenizer(trained, extended_bpe):
+    tok = load_tokenizer(extended_bpe("chatml"))
     for branch, final in trained.items():
         assert load_tokenizer(final).fingerprint() == tok.fingerprint(), branch
         assert (final / "infilling_tokens.json").is_file() and (final / "tokenizer_config.json").is_file()
@@ -373,14 +358,14 @@ def test_infilling_and_long_context_evals(trained, tmp_path, capsys):
     assert "tokenizer.json (tokenizers)" in info and "<PRE>=" in info and "chat-template" in info
 
 
-def test_serve_and_infill_on_the_bpe_model(extended, tmp_path, capsys):
+def test_serve_and_infill_on_the_bpe_model(extended_bpe, tmp_path, capsys):
     import httpx
     import openai
 
     from infilling.server import ServerConfig, build_app, serve_in_thread
 
     prefix, middle, suffix = EXAMPLES[0]
-    taught = taught_model_dir(extended("chatml"), tmp_path, steps=60)
+    taught = taught_model_dir(extended_bpe("chatml"), tmp_path, steps=60)
     app = build_app(taught, ServerConfig(model_name="bpe", max_tokens=64))
     with serve_in_thread(app) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
@@ -419,7 +404,7 @@ def test_instruct_data_prompts_use_the_bases_template(trained, tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_on_a_bpe_checkpoint_base(bpe_base, stdlib_texts, tmp_path):
-    """`base.model` set to a checkpoint with a tokenizer.json: its tokenizer is extended, its embedding grown."""
+    """`base.model` set to a checkpoint with a tokenizer.json: its tokenizer is extended_bpe, its embedding grown."""
     import yaml
 
     base = bpe_base("chatml")
