@@ -330,14 +330,19 @@ def fim_costs_little(results: dict) -> Claim:
 
 
 def rope_extends_context(results: dict) -> Claim:
-    """Past the fine-tuning length, the LCFT model (raised base) has lower perplexity than the untouched code model."""
+    """Past the fine-tuning length, the LCFT model (raised base) has lower perplexity than the untouched code model.
+
+    Judged past the untouched model's own trained context too when some length is: a pretrained base that
+    already reads 8,192 tokens has nothing to extend below that (SmolLM2 fine-tuned at 1,024 tokens)."""
     rope = results.get("rope") or {}
     methods, lengths = rope.get("methods") or {}, rope.get("lengths") or []
     ft = rope.get("fine_tune_length") or 0
+    past = max(ft, rope.get("trained_context") or 0)
+    judged = [n for n in lengths if n > past] or [n for n in lengths if n > ft]
     comps = []
     if "raised-base" in methods and "untouched" in methods:
         for i, n in enumerate(lengths):
-            if n <= ft:
+            if n not in judged:
                 continue
             raised = dict(enumerate(methods["raised-base"]["nll"][i]))
             untouched = dict(enumerate(methods["untouched"]["nll"][i]))
@@ -363,7 +368,9 @@ def rope_extends_context(results: dict) -> Claim:
         f"perplexity of {rope.get('samples', '?')} windows ({rope.get('corpus', '?')}) at "
         f"{', '.join(f'{n:,}' for n in lengths)} tokens (fine-tuning length {ft:,}), paired over windows; "
         f"linear, dynamic NTK and YaRN stretch the code model's trained context "
-        f"{rope.get('trained_context', 0):,} by {rope.get('scaling_factor', 1):g}x without training"
+        f"{rope.get('trained_context', 0):,} by {rope.get('scaling_factor', 1):g}x without training; judged at "
+        f"{', '.join(f'{n:,}' for n in judged) or 'no length'} tokens (past the fine-tuning length"
+        + (" and the untouched model's trained context)" if judged and min(judged) > past else ")")
     )
     title = "A raised RoPE base extends the usable context"
     return _judged(

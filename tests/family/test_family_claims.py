@@ -131,6 +131,25 @@ def test_rope_claim_compares_past_the_fine_tuning_length_only():
     assert worse.verdict == NOT_SUPPORTED and "not supported at this budget" in worse.text
 
 
+def test_a_base_that_already_reads_long_context_is_judged_past_its_own_context():
+    """SmolLM2 reads 8,192 tokens before any fine-tuning at 1,024: only lengths past 8,192 test the claim (a
+    raised base a little worse inside that context does not refute it); with no such length, past 1,024."""
+    results = _rope(0.5)
+    rope = results["rope"]
+    rope.update(lengths=[1024, 4096, 16384], fine_tune_length=1024, trained_context=8192)
+    untouched = rope["methods"]["untouched"]["nll"]
+    rope["methods"]["raised-base"]["nll"] = [[v + 0.05 for v in untouched[0]], [v + 0.05 for v in untouched[1]]]
+    rope["methods"]["raised-base"]["nll"].append([v - 1.0 for v in untouched[2]])
+    claim = rope_extends_context(results)
+    assert [c.label for c in claim.comparisons] == ["raised base - untouched NLL at 16,384 tokens"]
+    assert claim.verdict == SUPPORTED and "judged at 16,384 tokens" in claim.text
+    rope.update(lengths=[1024, 2048, 4096])
+    rope["methods"]["raised-base"]["nll"] = rope["methods"]["raised-base"]["nll"][:2] + [untouched[2]]
+    inside = rope_extends_context(results)
+    assert [c.label.split(" at ")[1] for c in inside.comparisons] == ["2,048 tokens", "4,096 tokens"]
+    assert inside.verdict == NOT_SUPPORTED
+
+
 def test_chat_claim_and_missing_models():
     results = {
         "models": {
