@@ -413,7 +413,10 @@ def _partial_note(study: dict) -> list[str]:
 
 
 def _label(mode: str) -> str:
-    return "prefix" if mode == "prefix" else mode.replace("-lines", ", cut").upper().replace(", CUT", ", cut")
+    """PSM, SPM, prefix, "PSM, cut" (psm-lines: the answer cut to the hole's lines), ..."""
+    if mode == "prefix":
+        return mode
+    return mode.removesuffix("-lines").upper() + (", cut" if mode.endswith("-lines") else "")
 
 
 def render_markdown(study: dict) -> str:

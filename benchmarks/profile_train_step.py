@@ -12,6 +12,7 @@ speed up); it is not itself a speed measurement.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -42,16 +43,12 @@ def profile_step(base: str, *, batch: int, seq_len: int, bf16: bool, threads: in
     model.config.use_cache = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     tokens = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None
+    # as the loop does (codellama.train.loop): bf16 autocast, or nothing
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     dtype = torch.bfloat16 if bf16 else torch.float32
 
     def step():
-        import contextlib
-
-        loss = (
-            causal_lm_loss(model, tokens, tokens, autocast=autocast or contextlib.nullcontext, compute_dtype=dtype)
-            / tokens.numel()
-        )
+        loss = causal_lm_loss(model, tokens, tokens, autocast=autocast, compute_dtype=dtype) / tokens.numel()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

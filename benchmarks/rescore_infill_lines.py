@@ -12,6 +12,7 @@ baseline's cut, so the two can be compared like for like; it writes nothing into
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,31 +22,41 @@ sys.path.insert(0, str(REPO))
 
 
 def rescore(run: Path, timeout: float = 3.0) -> dict:
-    """pass@1 per mode: as scored (results.jsonl) and, for PSM / SPM, cut to the hole's lines."""
+    """pass@1 per mode: as scored (results.jsonl) and, for PSM / SPM, cut to the hole's lines.
+
+    The cut is `codellama eval infilling --lines`' own (modes psm-lines / spm-lines), made and executed on a
+    copy of the run's records, so nothing is written into the run and no model is needed."""
+    import shutil
+    import tempfile
+
     from codellama.io import read_jsonl
-    from evals.infilling import BENCHMARKS, PREFIX, build_program, cut_prefix_completion, data_path, load_problems
-    from evals.sandbox import SandboxConfig, SandboxPool
+    from evals.infilling import (
+        LINES,
+        BenchmarkConfig,
+        data_path,
+        execute_samples,
+        generate_samples,
+        load_problems,
+    )
 
     settings = json.loads((run / "run.json").read_text()).get("fingerprint", {}).get("settings", {})
-    benchmark = settings.get("benchmark", "single-line")
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"{run}/run.json: unknown benchmark {benchmark!r}")
-    problems = {p.task_id: p for p in load_problems(data_path(benchmark))}
-    scored = {(r["mode"], r["task_id"], r["sample"]): bool(r["passed"]) for r in read_jsonl(run / "results.jsonl")}
-    samples = [r for r in read_jsonl(run / "samples.jsonl") if r["mode"] != PREFIX and r["task_id"] in problems]
-    programs = [
-        build_program(
-            problems[r["task_id"]], cut_prefix_completion(r["completion"], problems[r["task_id"]].canonical_solution)
-        )
-        for r in samples
-    ]
-    with SandboxPool(SandboxConfig(timeout=timeout)) as pool:
-        results = pool.run(programs, progress="executing")
+    config = BenchmarkConfig(**{**settings, "modes": ("psm",)})  # a bad recorded setting is a ValueError here
+    records = list(read_jsonl(run / "samples.jsonl"))
+    own = sorted({r["mode"] for r in records} & set(LINES.values()))
+    answered = [{r["task_id"] for r in records if r["mode"] == mode} for mode in own]
+    sampled = set.intersection(*answered) if answered else set()  # problems answered in every mode cut
+    problems = [p for p in load_problems(data_path(config.benchmark)) if p.task_id in sampled]
+    config = dataclasses.replace(config, modes=(*own, *(lines for lines, mode in LINES.items() if mode in own)))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("samples.jsonl", "results.jsonl"):
+            shutil.copy(run / name, Path(tmp) / name)
+        generate_samples(None, problems, config, Path(tmp))  # only the cut modes are missing: nothing to generate
+        execute_samples(problems, Path(tmp), timeout=timeout)
+        results = list(read_jsonl(Path(tmp) / "results.jsonl"))
     table: dict[str, dict] = {}
-    for (mode, _, _), passed in scored.items():
-        table.setdefault(mode, {"as scored": [], "cut to the hole's lines": []})["as scored"].append(passed)
-    for r, result in zip(samples, results):
-        table[r["mode"]]["cut to the hole's lines"].append(bool(result.passed))
+    for r in results:
+        mode, rule = (LINES[r["mode"]], "cut to the hole's lines") if r["mode"] in LINES else (r["mode"], "as scored")
+        table.setdefault(mode, {"as scored": [], "cut to the hole's lines": []})[rule].append(bool(r["passed"]))
     return {
         mode: {rule: {"passed": sum(v), "of": len(v)} for rule, v in rules.items() if v}
         for mode, rules in table.items()
@@ -62,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         table = rescore(args.run)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # TypeError: a run.json with unknown settings
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for mode, rules in table.items():

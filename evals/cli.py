@@ -365,7 +365,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 # -- infilling -----------------------------------------------------------------------------
 def cmd_eval_infilling(args: argparse.Namespace) -> int:
-    from evals.infilling import CANONICAL, BenchmarkConfig, run_benchmark
+    from evals.infilling import CANONICAL, LINES, BenchmarkConfig, run_benchmark
 
     check_positive(args.limit, "--limit")
     check_positive(args.batch_size, "--batch-size")
@@ -379,9 +379,9 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
     named = {"both": ("psm", "spm"), "all": ("psm", "spm", "prefix")}
     modes = (CANONICAL,) if args.canonical else named.get(args.mode, (args.mode,))
     if args.lines:
-        if args.canonical or not set(modes) & {"psm", "spm"}:
+        if args.canonical or not set(modes) & set(LINES.values()):
             raise ValueError("--lines cuts PSM / SPM answers: use it with --mode psm, spm, both or all")
-        modes = (*modes, *(f"{m}-lines" for m in modes if m in ("psm", "spm")))
+        modes = (*modes, *(lines for lines, own in LINES.items() if own in modes))
     model = "canonical" if args.canonical else str(args.model.resolve() if args.model else args.endpoint)
     config = BenchmarkConfig(
         benchmark=args.benchmark,

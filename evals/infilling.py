@@ -50,6 +50,7 @@ NLL_MODES = (*MODES, PREFIX)
 # judged like the baseline, a model that writes the right line and then goes on instead of ending the middle
 # passes. Made from the mode's own samples (no generation of their own).
 LINES = {f"{mode}-lines": mode for mode in MODES}
+SCORED_MODES = (*NLL_MODES, *LINES)  # every mode a model's answers are scored in
 CANONICAL = "canonical"  # pseudo-mode: score the reference middles (validates data + sandbox)
 NLL_FILE = "nll.jsonl"
 JOINT = "joint"  # prefix-only records scored on jointly tokenized text (earlier runs split prefix and middle)
@@ -84,18 +85,23 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {self.benchmark!r} (choose from {', '.join(BENCHMARKS)})")
-        bad = [m for m in self.modes if m not in (*NLL_MODES, *LINES, CANONICAL)]
-        if bad or not self.modes:
-            raise ValueError(
-                f"modes must be among {', '.join((*NLL_MODES, *LINES))} (got {', '.join(self.modes) or 'none'})"
-            )
-        orphans = [m for m in self.modes if m in LINES and LINES[m] not in self.modes]
-        if orphans:
-            raise ValueError(f"{', '.join(orphans)} cut the answers of {', '.join(LINES[m] for m in orphans)}: add it")
+        check_modes(self.modes, "modes", also=(CANONICAL,))
         if self.samples < 1:
             raise ValueError("samples must be >= 1")
         if self.samples > 1 and self.temperature == 0 and CANONICAL not in self.modes:
             raise ValueError("several samples per problem need sampling: set a temperature > 0")
+
+
+def check_modes(modes: Sequence[str], what: str, *, also: Sequence[str] = ()) -> None:
+    """ValueError naming `what` unless `modes` are scored modes (or `also`), and each -lines mode's own is there."""
+    bad = [m for m in modes if m not in (*SCORED_MODES, *also)]
+    if bad or not modes:
+        raise ValueError(f"{what} must be among {', '.join(SCORED_MODES)} (got {', '.join(modes) or 'none'})")
+    orphans = [m for m in modes if m in LINES and LINES[m] not in modes]
+    if orphans:
+        raise ValueError(
+            f"{what}: {', '.join(orphans)} cut the answers of {', '.join(LINES[m] for m in orphans)}: add it"
+        )
 
 
 def data_path(benchmark: str) -> Path:
@@ -510,7 +516,7 @@ def summarize_run(problems: Sequence[InfillingProblem], config: BenchmarkConfig,
     if PREFIX in config.modes:  # does infilling beat the left-to-right baseline on the same problems?
         base = pass_at_1_by_problem(out_dir, PREFIX, wanted)
         report["pass@1_paired"] = {}
-        for mode in (m for m in (*MODES, *LINES) if m in config.modes):
+        for mode in (m for m in (*MODES, *LINES) if m in config.modes):  # not prefix against itself
             scores = pass_at_1_by_problem(out_dir, mode, wanted)
             if any(t in base for t in scores):
                 report["pass@1_paired"][f"{mode}-{PREFIX}"] = compare(scores, base)

@@ -15,7 +15,8 @@ from evals.intervals import Interval, bootstrap_mean, compare, paired_difference
 
 SUPPORTED, NOT_SUPPORTED, NOT_MEASURED = "supported", "not supported at this budget", "not measured"
 INFILL_BENCH = "single-line"  # the benchmark the infilling claim is judged on (the criterion)
-# Infilling modes as the report lists them: the answer as the model ended it, then judged like the baseline.
+# Infilling modes as the report lists them: the answer as the model ended it, then judged like the baseline
+# (evals.infilling.SCORED_MODES in the report's order: that module loads torch, and this one does not).
 INFILL_COLUMNS = ("psm", "spm", "prefix", "psm-lines", "spm-lines")
 
 

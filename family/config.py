@@ -194,6 +194,7 @@ class PipelineConfig:
                     f"models are {', '.join(MODELS)}"
                 )
         from evals.infilling import BENCHMARKS as INFILLING_BENCHMARKS  # not at import: it loads torch (--help)
+        from evals.infilling import check_modes
 
         known = set(INFILLING_BENCHMARKS)
         for key, names in (("benchmarks", self.eval.infilling.benchmarks), ("limits", self.eval.infilling.limits)):
@@ -206,13 +207,7 @@ class PipelineConfig:
         bad_limits = {k: v for k, v in self.eval.infilling.limits.items() if not isinstance(v, int) or v < 1}
         if bad_limits:
             raise ValueError(f"eval.infilling.limits must be problem counts >= 1, got {bad_limits}")
-        modes = self.eval.infilling.modes
-        known = ("psm", "spm", "prefix", "psm-lines", "spm-lines")
-        if set(modes) - set(known) or not modes:
-            raise ValueError(f"eval.infilling.modes must be among {', '.join(known)}, got {modes}")
-        orphans = [m for m in modes if m.endswith("-lines") and m.removesuffix("-lines") not in modes]
-        if orphans:
-            raise ValueError(f"eval.infilling.modes: {', '.join(orphans)} cut the answers of a mode that is not there")
+        check_modes(self.eval.infilling.modes, "eval.infilling.modes")
         if not 0.0 <= self.data.heldout_fraction < 1.0:
             raise ValueError(f"data.heldout_fraction must be in [0, 1), got {self.data.heldout_fraction}")
         if self.eval.code_loss.models and not self.data.heldout_fraction:

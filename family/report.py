@@ -135,8 +135,8 @@ def _markdown(results: dict, plots: dict[str, Path], claims: list[Claim] = ()) -
             "",
             "## Infilling (HumanEval infilling, pass@1)",
             "",
-            "| model | benchmark | PSM | SPM | prefix-only | PSM, cut to the hole | SPM, cut to the hole | problems |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | benchmark | " + " | ".join(mode_label(m) for m in INFILL_COLUMNS) + " | problems |",
+            "|---|---|" + "---|" * len(INFILL_COLUMNS) + "---|",
         ]
         for name, benches in inf.items():
             for bench, r in benches.items():

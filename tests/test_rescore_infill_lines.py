@@ -29,9 +29,8 @@ def test_an_answer_that_goes_on_past_the_hole_passes_once_cut(tmp_path, capsys):
         ("prefix", right, right.canonical_solution, True),
     ]
     for mode, p, completion, passed in rows:
-        append_jsonl(
-            tmp_path / "samples.jsonl", {"task_id": p.task_id, "mode": mode, "sample": 0, "completion": completion}
-        )
+        sample = {"task_id": p.task_id, "mode": mode, "sample": 0, "completion": completion, "finish_reason": "length"}
+        append_jsonl(tmp_path / "samples.jsonl", sample)
         append_jsonl(tmp_path / "results.jsonl", {"task_id": p.task_id, "mode": mode, "sample": 0, "passed": passed})
     table = rescore_infill_lines.rescore(tmp_path)
     assert table["spm"] == {"as scored": {"passed": 0, "of": 2}, "cut to the hole's lines": {"passed": 1, "of": 2}}
