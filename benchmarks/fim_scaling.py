@@ -54,6 +54,7 @@ log = logging.getLogger("fim_scaling")
 DEFAULT_BUDGETS = "250k,750k,1.5M,3M"
 MODES = ("psm", "spm", "prefix")
 # pass@1 also with PSM / SPM answers cut to the hole's lines, as the prefix-only baseline's are (no generation)
+# (evals.infilling.SCORED_MODES, spelled here because this script imports evals, and torch, only when it runs)
 PASS_MODES = (*MODES, "psm-lines", "spm-lines")
 BENCHMARK = "single-line"
 STUDY_FILE = "study.json"
