@@ -339,15 +339,19 @@ def middle_nll_rows(
     prefix-only model on a boundary it never saw: a byte-level BPE writes a newline and the next line's
     indentation as one token, so a middle that starts with indentation would follow a lone newline.
     The same holds for infilling tokens that leave the prefix's trailing whitespace to the middle
-    (`Tokenizer.infilling_echo`): their target is that whitespace and the middle, as their training wrote it.
+    (`Tokenizer.infilling_echo`), and the suffix's leading whitespace (`Tokenizer.infilling_tail`): their
+    target is that whitespace, the middle and the suffix's whitespace, as their training wrote it. Prefix-only
+    then scores the same text (middle + that suffix whitespace), so every mode ends on the token the text
+    has there (a newline and the next indent) rather than on a lone newline only prefix-only would pay for.
     The targets then differ in tokens (the joint one may also cover the prefix's last newline), so
     the modes are compared in total nats per middle (`middle_nll_record` keeps one denominator).
     """
-    target = tokenizer.encode_infilling(tokenizer.infilling_echo(problem.prompt) + problem.canonical_solution)
+    echo, tail = tokenizer.infilling_echo(problem.prompt), tokenizer.infilling_tail(problem.suffix)
+    target = tokenizer.encode_infilling(echo + problem.canonical_solution + tail)
     rows = {}
     for mode in modes:
         if mode == PREFIX:
-            rows[mode] = _joint_prefix_row(tokenizer, problem.prompt, problem.canonical_solution)
+            rows[mode] = _joint_prefix_row(tokenizer, problem.prompt, problem.canonical_solution + tail)
         else:
             rows[mode] = (
                 tokenizer.infilling_prompt(problem.prompt, problem.suffix, suffix_first=mode == "spm"),

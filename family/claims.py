@@ -216,11 +216,15 @@ def fim_enables_infilling(results: dict) -> Claim:
                 weights=tokens,
             )
         )
-    for mode in ("psm", "spm"):
+    for plain in ("psm", "spm"):
+        # Judged as HumanEval-infilling is scored in the field (InCoder's evaluation, Code Llama's table): each
+        # answer cut to the hole's number of lines, as the prefix-only baseline always is; runs without the
+        # cut rows are judged on the answers as ended. Whether the model ends them itself is shown in the table.
+        mode = f"{plain}-lines" if _pass(models, "code", f"{plain}-lines") else plain
         fim = _pass(models, "code", mode)
         comps.append(
             paired(
-                f"code {mode.upper()} - code prefix-only pass@1",
+                f"code {mode_label(mode)} - code prefix-only pass@1",
                 fim,
                 _pass(models, "code", "prefix"),
                 unit="pass@1",
@@ -230,7 +234,7 @@ def fim_enables_infilling(results: dict) -> Claim:
         base_mode = "prefix" if _pass(models, "base", "prefix") else mode
         comps.append(
             paired(
-                f"code {mode.upper()} - base {base_mode if base_mode == 'prefix' else mode.upper()} pass@1",
+                f"code {mode_label(mode)} - base {mode_label(base_mode)} pass@1",
                 fim,
                 _pass(models, "base", base_mode),
                 unit="pass@1",
@@ -257,8 +261,9 @@ def fim_enables_infilling(results: dict) -> Claim:
     what = (
         f"HumanEval {INFILL_BENCH} infilling (greedy pass@1; NLL of the true middle: its total nats in each prompt "
         "mode over its token count as a FIM middle, the prefix-only text tokenized as one), paired over problems; "
-        "the claim is judged on PSM / SPM answers as the model ended them (the rows cut to the hole are shown, "
-        "not judged: they tell a model that writes the line but does not stop from one that writes it wrong)"
+        "pass@1 is judged on PSM / SPM answers cut to the hole's number of lines, as the prefix-only baseline is "
+        "and as the field scores this benchmark (InCoder's evaluation); the rows as the model ended them show "
+        "whether it also ends its middles with <EOT> (shown, not judged)"
     )
     title = "FIM enables infilling"
     return _judged(

@@ -7,7 +7,7 @@ so that the model learns to generate the middle after seeing both sides:
     SPM: <PRE> <SUF> enc_infilling(suffix) <MID> enc(prefix) enc_infilling(middle) <EOT>
 
 (SPM with probability `spm_rate`; the layout itself is `codellama.tokenizer.layout`, shared with
-inference prompts, and so is where prefix and middle meet: see `heal_whitespace`); otherwise the
+inference prompts, and so is where the middle meets prefix and suffix: see `heal_whitespace`); otherwise the
 document stays plain left-to-right text. The markers are single special ids, never text, and the
 suffix and middle are encoded without SentencePiece's dummy leading space, so decoding the pieces
 gives back exactly prefix, middle and suffix. Each document then gets BOS before (when the base has
@@ -113,14 +113,20 @@ def fim_tokens_batch(
 
 
 def heal_whitespace(sample: FimSample, tokenizer: Tokenizer) -> FimSample:
-    """The sample as infilling prompts cut it: the prefix's trailing whitespace moved to the middle where
-    the tokenizer's infilling tokens say so (`Tokenizer.infilling_echo`), so training and prompts agree."""
+    """The sample as infilling prompts cut it: the prefix's trailing whitespace and the suffix's leading
+    whitespace moved to the middle where the tokenizer's infilling tokens say so (`Tokenizer.infilling_echo`,
+    `Tokenizer.infilling_tail`), so training and prompts agree."""
     if sample.mode == "plain":
         return sample
-    echo = tokenizer.infilling_echo(sample.prefix)
-    if not echo:
+    echo, tail = tokenizer.infilling_echo(sample.prefix), tokenizer.infilling_tail(sample.suffix)
+    if not echo and not tail:
         return sample
-    return replace(sample, prefix=sample.prefix[: -len(echo)], middle=echo + sample.middle)
+    return replace(
+        sample,
+        prefix=sample.prefix[: len(sample.prefix) - len(echo)],
+        middle=echo + sample.middle + tail,
+        suffix=sample.suffix[len(tail) :],
+    )
 
 
 def parse_fim_tokens(ids: list[int], tokenizer: Tokenizer) -> FimSample:

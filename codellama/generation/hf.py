@@ -25,7 +25,7 @@ from codellama.generation.cache import PromptCache, common_prefix
 from codellama.generation.kv import growing_cache
 from codellama.generation.protocol import Completion, GenerationRequest, Sink
 from codellama.generation.sampling import sample_next
-from codellama.generation.stopping import check_stop, safe_to_stream, skip_echo
+from codellama.generation.stopping import check_stop, drop_tail, safe_to_stream, skip_echo
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,20 @@ class _Row:
     """One request inside the decoder: its prompt, what it has made so far, and why it ended."""
 
     def __init__(
-        self, request: GenerationRequest, sink: Sink, prompt_ids: list[int], stop_ids: set[int], device, echo: str = ""
+        self,
+        request: GenerationRequest,
+        sink: Sink,
+        prompt_ids: list[int],
+        stop_ids: set[int],
+        device,
+        echo: str = "",
+        tail: str = "",
     ):
         self.request, self.sink, self.params = request, sink, request.params
         self.prompt_ids, self.stop_ids = prompt_ids, stop_ids
-        self.echo = echo  # what the prompt left out and the model writes back first: not part of the text
+        # What the prompt left out of the prefix's end and of the suffix's start: the model writes the echo
+        # first and the tail last (then ends the middle); neither is part of the text.
+        self.echo, self.tail = echo, tail
         self.ids: list[int] = []
         self.text = ""  # after stop rules
         self.decoded = 0  # length of the last full decode (where the next token's text starts)
@@ -387,6 +396,7 @@ class Decoder:
         """Apply one sampled token: end of text, stop rules, budget, streamed text."""
         if token in row.stop_ids:
             row.finish = "stop"
+            row.text = drop_tail(row.tail, row.text)
             return
         now = time.perf_counter()
         if row.t_first is None:
@@ -399,7 +409,7 @@ class Decoder:
         row.decoded = len(text)
         row.finish = why or ("length" if len(row.ids) >= row.budget else None)
         if not row.finish:
-            safe = safe_to_stream(row.text, row.params.stop)
+            safe = safe_to_stream(row.text, row.params.stop, row.tail)
             if safe > row.emitted:
                 row.sink.text(row.text[row.emitted : safe])
                 row.emitted = safe
@@ -555,8 +565,10 @@ class HFGenerator:
         self.check_ids(ids)
         # An infilling prompt may leave the prefix's trailing whitespace for the model to write (the tokenizer's
         # infilling convention); the fitted prompts of the server end where the request's prefix does.
-        echo = self.tokenizer.infilling_echo(request.prompt) if request.suffix is not None else ""
-        row = _Row(request, sink, ids, self._stop_ids, self.device, echo)
+        echo, tail = "", ""
+        if request.suffix is not None:
+            echo, tail = self.tokenizer.infilling_echo(request.prompt), self.tokenizer.infilling_tail(request.suffix)
+        row = _Row(request, sink, ids, self._stop_ids, self.device, echo, tail)
         if not self.fits(len(ids)):
             row.finish = "context"
         elif self.max_context:

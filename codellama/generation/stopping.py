@@ -23,6 +23,12 @@ def skip_echo(echo: str, text: str) -> str:
     return text[shared:]
 
 
+def drop_tail(tail: str, text: str) -> str:
+    """`text` without `tail` at its end: a middle the model ended after writing the suffix's leading
+    whitespace its prompt left out (`Tokenizer.infilling_tail`). A text that ends otherwise is kept."""
+    return text[: len(text) - len(tail)] if tail and text.endswith(tail) else text
+
+
 def indent_cut(text: str, n_indent: int) -> int | None:
     """Where llama.cpp's `n_indent` rule cuts `text`, or None.
 
@@ -69,9 +75,11 @@ def stop_holdback(text: str, stop: Sequence[str]) -> int:
     return hold
 
 
-def safe_to_stream(text: str, stop: Sequence[str]) -> int:
-    """How much of `text` can be sent now: not a possible stop-string start, not a half-decoded character."""
-    safe = len(text) - stop_holdback(text, stop)
+def safe_to_stream(text: str, stop: Sequence[str], tail: str = "") -> int:
+    """How much of `text` can be sent now: not a possible stop-string start, not a possible start of the
+    `tail` the row drops if it ends there (`drop_tail`), not a half-decoded character."""
+    hold = max(stop_holdback(text, stop), next((k for k in range(len(tail), 0, -1) if text.endswith(tail[:k])), 0))
+    safe = len(text) - hold
     while safe > 0 and text[safe - 1] == "\ufffd":  # a multi-byte character still being assembled
         safe -= 1
     return safe

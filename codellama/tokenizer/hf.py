@@ -367,6 +367,8 @@ class HFTokenizer(Tokenizer):
                 raise ValueError(f"{self.source}: {t!r} could not be made a special token")
         # New tokens get the toolkit's own convention; a base's own FIM tokens keep the format it was trained in.
         heal = tokens == NEW_TOKENS and self.merges_newline_with_indent()
-        infill = InfillingTokens(*(raw.token_to_id(t) for t in tokens), *tokens, whitespace_to_middle=heal)
+        infill = InfillingTokens(
+            *(raw.token_to_id(t) for t in tokens), *tokens, whitespace_to_middle=heal, suffix_whitespace_to_middle=heal
+        )
         extended = HFTokenizer(raw.to_str(), config=self.config, infilling=infill, files=self.files, source=self.source)
         return extended, how

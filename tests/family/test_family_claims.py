@@ -191,17 +191,26 @@ def test_scores_on_different_problems_are_not_compared():
     assert claim.comparisons == [] and claim.verdict == NOT_MEASURED and len(claim.rows) == 2
 
 
-def test_answers_cut_to_the_hole_are_shown_not_judged(tmp_path):
-    """psm-lines / spm-lines rows appear in the claim's table and the report's infilling table, but the
-    verdict stays on the answers as the model ended them (a model that never stops is not "infilling")."""
-    results = _results(fim_works=False)
+def test_pass_at_1_is_judged_on_answers_cut_to_the_hole_like_the_baseline(tmp_path):
+    """With psm-lines / spm-lines scored, pass@1 is judged on them (the prefix-only baseline is always cut to the
+    hole's lines; the field scores the benchmark so); the answers as the model ended them stay in the table."""
+    results = _results(fim_works=True)
     inf = results["models"]["code"]["infilling"]["single-line"]
-    inf["spm-lines"] = {"pass@1": 0.4, "per_problem": _passes(0.4, seed=9)}
+    for k, mode in enumerate(("psm", "spm")):  # the model writes the line but does not stop: as ended, 0%
+        inf[mode] = {"pass@1": 0.0, "per_problem": _passes(0.0, seed=k)}
+        inf[f"{mode}-lines"] = {"pass@1": 0.4, "per_problem": _passes(0.4, seed=9 + k)}
     claim = fim_enables_infilling(results)
-    assert claim.verdict == NOT_SUPPORTED and len(claim.comparisons) == 8
+    assert claim.verdict == SUPPORTED, claim.text
+    judged = [c.label for c in claim.comparisons if c.unit == "pass@1"]
+    assert judged and all("cut to the hole" in label for label in judged)
+    assert "code SPM, cut to the hole - code prefix-only pass@1" in judged
     cut = [row for row in claim.rows if row[:2] == ["code", "SPM, cut to the hole"]]
-    assert len(cut) == 1 and cut[0][2].startswith("4")  # ~40% with its interval
+    assert len(cut) == 1 and 25 < float(cut[0][2].split("%")[0]) < 55 and "[" in cut[0][2]  # ~40%, interval
+    ended = [row for row in claim.rows if row[:2] == ["code", "SPM"]]
+    assert ended[0][2].startswith("0")  # shown: the model does not end its answers
+    inf["spm-lines"] = {"pass@1": 0.04, "per_problem": _passes(0.04, seed=3)}  # cut, no better than the baseline
+    assert fim_enables_infilling(results).verdict == NOT_SUPPORTED
     report = write_report(results, tmp_path)["report"].read_text()
     assert "| PSM, cut to the hole | SPM, cut to the hole |" in report
     row = next(line for line in report.splitlines() if line.startswith("| code | single-line |"))
-    assert row.split("|")[7].strip().startswith("4") and row.split("|")[6].strip() in ("–", "-")
+    assert 25 < float(row.split("|")[6].split("%")[0]) < 55 and row.split("|")[4].strip().startswith("0")

@@ -158,12 +158,14 @@ def test_layout_and_files_round_trip(extended_bpe, tmp_path, stdlib_texts):
     tok = load_tokenizer(extended_bpe("chatml"))
     infill = tok.infilling
     pre, suf = "def f(x):\n    ", "\n    return y\n"
-    kept = pre.rstrip()  # added tokens on this BPE leave the prefix's trailing whitespace to the middle
+    # added tokens on this BPE leave the prefix's trailing whitespace and the suffix's leading one to the middle
+    kept, after = pre.rstrip(), suf[len(tok.infilling_tail(suf)) :]
+    assert after == " return y\n"
     psm = tok.infilling_prompt(pre, suf)
-    assert psm == [infill.prefix_id, *tok.encode(kept), infill.suffix_id, *tok.encode(suf), infill.middle_id]
-    assert tok.render(psm) == f"<PRE>{kept}<SUF>{suf}<MID>"  # no BOS: this base has none
+    assert psm == [infill.prefix_id, *tok.encode(kept), infill.suffix_id, *tok.encode(after), infill.middle_id]
+    assert tok.render(psm) == f"<PRE>{kept}<SUF>{after}<MID>"  # no BOS: this base has none
     spm = tok.infilling_prompt(pre, suf, suffix_first=True)
-    assert spm == [infill.prefix_id, infill.suffix_id, *tok.encode(suf), infill.middle_id, *tok.encode(kept)]
+    assert spm == [infill.prefix_id, infill.suffix_id, *tok.encode(after), infill.middle_id, *tok.encode(kept)]
     copy = load_tokenizer(tok.save(tmp_path / "copy"))
     assert copy.fingerprint() == tok.fingerprint() and copy.infilling == infill
     clone = pickle.loads(pickle.dumps(tok))  # data workers get the tokenizer this way
