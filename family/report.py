@@ -145,8 +145,9 @@ def _markdown(results: dict, plots: dict[str, Path], claims: list[Claim] = ()) -
         lines += [
             "",
             "Cut to the hole: a PSM / SPM answer cut to the true middle's number of lines, as the prefix-only "
-            "answer always is (it cannot know where the hole ends); the other columns take the answer as the model "
-            "ended it (`<EOT>` or the token limit).",
+            "answer always is (it cannot know where the hole ends) and as the field scores this benchmark; the "
+            "infilling claim's pass@1 is judged on these. The PSM / SPM columns take the answer as the model "
+            "ended it (`<EOT>` or the token limit): whether it stops by itself.",
         ]
         if "infilling" in plots:
             lines += ["", f"![infilling]({plots['infilling'].name})"]
