@@ -64,22 +64,21 @@ def check_stop(text: str, new_from: int, params: SamplingParams, ms_since_first:
     return text, None
 
 
+def _started(text: str, s: str, most: int) -> int:
+    """The longest k <= `most` with `text` ending in the first k chars of `s` (0 if none)."""
+    return next((k for k in range(min(most, len(text)), 0, -1) if text.endswith(s[:k])), 0)
+
+
 def stop_holdback(text: str, stop: Sequence[str]) -> int:
-    """How many trailing chars might be the start of a stop string (not yet safe to stream)."""
-    hold = 0
-    for s in stop:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return hold
+    """How many trailing chars might be the start of a stop string (not yet safe to stream); a whole one
+    has already stopped the row, so at most all but its last char."""
+    return max((_started(text, s, len(s) - 1) for s in stop), default=0)
 
 
 def safe_to_stream(text: str, stop: Sequence[str], tail: str = "") -> int:
     """How much of `text` can be sent now: not a possible stop-string start, not a possible start of the
-    `tail` the row drops if it ends there (`drop_tail`), not a half-decoded character."""
-    hold = max(stop_holdback(text, stop), next((k for k in range(len(tail), 0, -1) if text.endswith(tail[:k])), 0))
-    safe = len(text) - hold
+    `tail` the row drops if it ends there (`drop_tail`; the whole of it too), not a half-decoded character."""
+    safe = len(text) - max(stop_holdback(text, stop), _started(text, tail, len(tail)))
     while safe > 0 and text[safe - 1] == "\ufffd":  # a multi-byte character still being assembled
         safe -= 1
     return safe

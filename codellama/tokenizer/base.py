@@ -45,9 +45,9 @@ class InfillingTokens:
     whitespace_to_middle: bool = False
     # The same at the other end: whether the middle also ends with the suffix's leading whitespace that such a
     # BPE writes together with a newline before it (`Tokenizer.infilling_tail`). Otherwise a middle of whole
-    # lines ends on a lone newline, a token the model never writes there (it writes the newline and the next
-    # indent as one), so it never reaches the point where training put <EOT>: on SmolLM2 after 122,880 FIM
-    # tokens the lone newline had 2-10% of the probability after the hole's line and no answer ended.
+    # lines ends on a lone newline, a token the model hardly writes there (it writes the newline and the next
+    # indent as one), so it seldom reaches the point where training put <EOT>: on SmolLM2 after 122,880 FIM
+    # tokens the lone newline had 2-10% of the probability after the hole's line.
     suffix_whitespace_to_middle: bool = False
 
     @property
