@@ -84,6 +84,7 @@ class Settings:
     overrides: tuple[str, ...] = ()
     budgets: tuple[int, ...] = ()
     limit: int | None = 150
+    pick: str = "spread"  # which `limit` problems: spread over the benchmark or the first (evals.infilling)
     max_new_tokens: int | None = None  # None: the config's eval.infilling.max_new_tokens
     code_loss: bool = False
     checkpoint_every: int | None = None  # None: the recipe's
@@ -148,6 +149,7 @@ def eval_settings(cfg, settings: Settings) -> dict:
         "benchmark": BENCHMARK,
         "modes": list(PASS_MODES),
         "limit": settings.limit,
+        "pick": settings.pick,
         "max_new_tokens": settings.max_new_tokens or cfg.eval.infilling.max_new_tokens,
         "dtype": cfg.eval.dtype,
         "seed": cfg.seed,
@@ -263,6 +265,7 @@ def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Pat
         benchmark=BENCHMARK,
         modes=PASS_MODES,
         limit=settings.limit,
+        pick=settings.pick,
         max_new_tokens=wanted["max_new_tokens"],
         seed=cfg.seed,
         ks=(1,),
@@ -270,7 +273,8 @@ def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Pat
         nll=True,
     )
     generator = eval_generator(cfg, model_dir)
-    report = run_benchmark(config, out / "infilling", generator)
+    # each pick in its own folder: the first-N samples of studies from before "spread" stay readable
+    report = run_benchmark(config, out / ("infilling" if settings.pick == "first" else "infilling-spread"), generator)
     del generator
     nll = report["nll"]
     row = {
@@ -524,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BUDGETS,
         help=f"training tokens, increasing (k, M suffixes; default {DEFAULT_BUDGETS})",
     )
-    p.add_argument("--limit", type=int, default=150, help="first N single-line problems (default 150)")
+    p.add_argument(
+        "--limit", type=int, default=150, help="N single-line problems, spread over the benchmark (default 150)"
+    )
+    p.add_argument("--pick", choices=("spread", "first"), default="spread", help="which N: spread or the first N")
     p.add_argument("--max-new-tokens", type=int, help="per infill (default: the config's eval.infilling value)")
     p.add_argument("--code-loss", action="store_true", help="also the held-out code loss of every budget")
     p.add_argument("--checkpoint-every", type=int, help="training checkpoint interval in steps (default: the recipe's)")
@@ -558,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides=tuple(args.overrides),
             budgets=tuple(parse_budgets(args.budgets)),
             limit=args.limit,
+            pick=args.pick,
             max_new_tokens=args.max_new_tokens,
             code_loss=args.code_loss,
             checkpoint_every=args.checkpoint_every,

@@ -184,7 +184,13 @@ def register(cli) -> None:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--syntax-truncate", action="store_true", help="tree-sitter truncation of each middle")
-    p.add_argument("--limit", type=int, help="first N problems only")
+    p.add_argument("--limit", type=int, help="N problems only, spread evenly over the benchmark (see --pick)")
+    p.add_argument(
+        "--pick",
+        choices=("spread", "first"),  # evals.infilling.PICKS (imported lazily, with torch)
+        default="spread",
+        help="which N problems --limit takes: spread (default: 150 single-line problems reach 110 of 164 functions) or the first N",
+    )
     p.add_argument("--k", type=ks, default=(1, 10, 100), help="comma-separated k values for pass@k")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per program in the sandbox")
     p.add_argument("--workers", type=int, help="parallel sandboxes (default: all cores)")
@@ -393,6 +399,7 @@ def cmd_eval_infilling(args: argparse.Namespace) -> int:
         seed=args.seed,
         syntax_truncate=args.syntax_truncate,
         limit=args.limit,
+        pick=args.pick,
         ks=args.k,
         model=model,
         timeout=args.timeout,

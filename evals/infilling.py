@@ -76,7 +76,8 @@ class BenchmarkConfig:
     top_p: float = 0.95
     seed: int = 0
     syntax_truncate: bool = False
-    limit: int | None = None  # first N problems only
+    limit: int | None = None  # N problems only, chosen by `pick`
+    pick: str = "spread"  # which N: "spread" evenly over the file, or the "first" N (see load_problems)
     ks: tuple[int, ...] = (1, 10, 100)
     model: str = ""  # what generated the samples (recorded, checked on resume)
     timeout: float = 3.0  # seconds per program in the sandbox
@@ -88,6 +89,8 @@ class BenchmarkConfig:
         check_modes(self.modes, "modes", also=(CANONICAL,))
         if self.samples < 1:
             raise ValueError("samples must be >= 1")
+        if self.pick not in PICKS:
+            raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
         if self.samples > 1 and self.temperature == 0 and CANONICAL not in self.modes:
             raise ValueError("several samples per problem need sampling: set a temperature > 0")
 
@@ -110,8 +113,18 @@ def data_path(benchmark: str) -> Path:
     return DATA_DIR / BENCHMARKS[benchmark]
 
 
-def load_problems(path: str | os.PathLike, limit: int | None = None) -> list[InfillingProblem]:
-    """Rows of a HumanEval-infilling .jsonl(.gz) file, in file order."""
+PICKS = ("spread", "first")
+
+
+def load_problems(path: str | os.PathLike, limit: int | None = None, pick: str = "spread") -> list[InfillingProblem]:
+    """Rows of a HumanEval-infilling .jsonl(.gz) file in file order: all, or `limit` of them.
+
+    The files list each function's holes together (the first 150 single-line problems are 28 of the 164
+    functions; the first 20 multi-line ones, one), so a sample of the first N measures a few functions and a
+    bootstrap over its problems understates the interval. "spread" takes N spread evenly over the file
+    (`spread_sample`), which reaches most functions; "first" keeps the first N (quick checks, older runs)."""
+    if pick not in PICKS:
+        raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {pick!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
@@ -128,13 +141,29 @@ def load_problems(path: str | os.PathLike, limit: int | None = None) -> list[Inf
                 if missing:
                     raise ValueError(f"{path}:{n}: missing {', '.join(missing)}")
                 problems.append(InfillingProblem(**{k: row[k] for k in fields}))
-                if limit is not None and len(problems) >= limit:
+                if pick == "first" and limit is not None and len(problems) >= limit:
                     break
     except (OSError, EOFError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a HumanEval-infilling JSONL file ({exc})") from None
     if not problems:
         raise ValueError(f"{path}: no problems")
-    return problems
+    return spread_sample(problems, limit) if pick == "spread" else problems
+
+
+def spread_sample(items: Sequence, n: int | None) -> list:
+    """`n` of `items`, in their order, at the first positions of the van der Corput sequence (0, 1/2, 1/4,
+    3/4, 1/8, ...) scaled to the list: evenly spread for any n, and the n picked are among the n + 1 picked, so
+    a run continued with a larger limit keeps what it has scored. All when n is None or not smaller."""
+    if n is None or n >= len(items):
+        return list(items)
+    picked: set[int] = set()
+    i = 0
+    while len(picked) < n:  # the positions k / 2^m cover every index once 2^m >= len(items)
+        bits = i.bit_length()
+        reversed_bits = int(format(i, "b")[::-1], 2) if i else 0
+        picked.add((reversed_bits * len(items)) >> bits)
+        i += 1
+    return [items[k] for k in sorted(picked)]
 
 
 def build_program(problem: InfillingProblem, completion: str) -> str:
@@ -216,6 +245,8 @@ ALLOWED_CHANGES = ("settings.modes",)
 def run_fingerprint(config: BenchmarkConfig, data: str | os.PathLike | None = None) -> dict:
     """What a rerun must share to continue: the settings, the problems and the model itself (not its path)."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES}
+    if config.limit is None:
+        settings.pop("pick")  # all problems either way: a run of them all continues under either pick
     fingerprint = rundir.source_fingerprint(config.model) if config.model not in ("", CANONICAL) else {}
     if "model" in fingerprint:
         settings.pop("model")
@@ -539,7 +570,7 @@ def run_benchmark(
 ) -> dict:
     """Score the middle NLL (with `config.nll`), generate, execute (all resumably); write report.json + .png."""
     out_dir = Path(out_dir)
-    problems = load_problems(data or data_path(config.benchmark), config.limit)
+    problems = load_problems(data or data_path(config.benchmark), config.limit, config.pick)
     if generator is None and any(m != CANONICAL for m in config.modes):
         raise ValueError("a model or endpoint is needed to generate (or score the canonical solutions)")
     model = getattr(generator, "model", None)
@@ -630,6 +661,7 @@ __all__ = [
     "execute_samples",
     "generate_samples",
     "load_problems",
+    "spread_sample",
     "middle_nll_rows",
     "nll_by_problem",
     "nll_modes",

@@ -176,11 +176,11 @@ def test_study_end_to_end_then_resumes_without_training(tmp_path, source_dir, ca
 def test_a_study_started_before_a_new_setting_continues_while_it_keeps_its_default(tmp_path):
     from family.config import load_config
 
-    record = fim_scaling.study_record(load_config("smollm2"))
+    record = fim_scaling.study_record(load_config("smollm2", ["data.fim_unit_tokens=null"]))
     older = json.loads(json.dumps(record))
     del older["config"]["data"]["fim_unit_tokens"]  # a study.json written before the setting existed
     (tmp_path / fim_scaling.STUDY_FILE).write_text(json.dumps(older))
     fim_scaling.check_study(tmp_path, record)  # continues
-    changed = fim_scaling.study_record(load_config("smollm2", ["data.fim_unit_tokens=256"]))
+    changed = fim_scaling.study_record(load_config("smollm2"))  # today's default: 256-token FIM units
     with pytest.raises(ValueError, match="differs in: config, data"):
         fim_scaling.check_study(tmp_path, changed)

@@ -56,13 +56,36 @@ def test_canonical_solutions_pass_and_wrong_ones_fail(spread_subset, tmp_path):
     assert report["modes"]["canonical"]["pass@k"]["pass@1"] < 0.2
 
 
+def test_a_limited_run_spreads_its_problems_over_the_functions():
+    """150 single-line problems reach 108 of the 164 functions by default, not the first 150's 28; a larger
+    limit keeps the problems of a smaller one (a continued run reuses its samples)."""
+
+    def functions(problems):
+        return {p.task_id.split("/")[2] for p in problems}
+
+    spread = load_problems(data_path("single-line"), limit=150)
+    first = load_problems(data_path("single-line"), limit=150, pick="first")
+    everything = load_problems(data_path("single-line"))
+    assert len(spread) == len(first) == 150 and len(set(p.task_id for p in spread)) == 150
+    assert len(functions(first)) == 28 and len(functions(spread)) == 108
+    at = [everything.index(p) for p in spread]
+    assert at[0] == 0 and at == sorted(at) and max(b - a for a, b in zip(at, at[1:])) <= 1033 // 128 + 1
+    assert set(load_problems(data_path("single-line"), limit=149)) < set(spread)
+    assert set(load_problems(data_path("single-line"), limit=1000)) > set(spread)
+    assert load_problems(data_path("multi-line"), limit=5000) != load_problems(data_path("multi-line"))[:5000]
+    with pytest.raises(ValueError, match="pick must be one of spread, first"):
+        load_problems(data_path("single-line"), limit=3, pick="random")
+
+
 @pytest.mark.slow
 def test_model_run_is_resumable_in_psm_and_spm(tiny_model_dir, tmp_path):
     from codellama.generation import HFGenerator
 
     gen = HFGenerator.from_pretrained(taught_model_dir(tiny_model_dir, tmp_path), batch_size=8)
     out = tmp_path / "run"
-    config = BenchmarkConfig(benchmark="random-span-light", max_new_tokens=8, limit=3, ks=(1,), model="taught")
+    config = BenchmarkConfig(
+        benchmark="random-span-light", max_new_tokens=8, limit=3, pick="first", ks=(1,), model="taught"
+    )
     first = run_benchmark(config, out, gen)
     assert first["this_run"] == {**first["this_run"], "generated": 6, "executed": 6}
     assert set(first["modes"]) == {"psm", "spm"} and all(m["samples"] == 3 for m in first["modes"].values())
@@ -76,7 +99,11 @@ def test_model_run_is_resumable_in_psm_and_spm(tiny_model_dir, tmp_path):
     assert again["modes"] == first["modes"]
     # More problems: only the new ones are generated.
     more = run_benchmark(
-        BenchmarkConfig(benchmark="random-span-light", max_new_tokens=8, limit=5, ks=(1,), model="taught"), out, gen
+        BenchmarkConfig(
+            benchmark="random-span-light", max_new_tokens=8, limit=5, pick="first", ks=(1,), model="taught"
+        ),
+        out,
+        gen,
     )
     assert more["this_run"]["generated"] == 4 and more["modes"]["psm"]["samples"] == 5
     with pytest.raises(FileExistsError, match="different settings"):

@@ -16,7 +16,12 @@ def test_named_configs_and_default(capsys):
     assert tiny.base.model == "tiny" and not any(vars(tiny.controls).values()) and tiny.data.heldout_fraction == 0
     real = load_config("smollm2")
     assert real.base.model == "smollm2-135m" and real.tokenizer.base is None
-    assert (real.data.fim_rate, real.data.spm_rate, real.data.fim_unit) == (0.9, 0.5, "row")
+    assert (real.data.fim_rate, real.data.spm_rate, real.data.fim_unit, real.data.fim_unit_tokens) == (
+        0.9,
+        0.5,
+        "row",
+        256,
+    )
     assert real.eval.infilling.limit_for("single-line") == 150 and real.eval.infilling.limit_for("multi-line") == 20
     assert real.controls.no_fim and real.controls.base and real.data.heldout_fraction == 0.05
     assert load_config("smollm2", ["controls.no_fim=false"]).controls.no_fim is False

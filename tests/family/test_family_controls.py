@@ -17,12 +17,12 @@ pytestmark = pytest.mark.slow  # a whole family run (six models, every score): a
 
 @pytest.fixture(scope="module")
 def controls_config(tmp_path_factory, stdlib_texts, bpe_base):
-    # The real recipe's config (row-sized FIM units, a held-out split, PSM/SPM/prefix with the middle NLL,
+    # The real recipe's config (FIM units of part of a row, a held-out split, PSM/SPM/prefix with the middle NLL,
     # bf16 long-context scoring, every control on) at tiny budgets, on a tiny BPE base instead of SmolLM2.
     config = {
         "extends": "smollm2",
         "base": {"model": str(bpe_base("chatml"))},
-        "data": {"heldout_fraction": 0.15},
+        "data": {"heldout_fraction": 0.15, "fim_unit_tokens": 64},  # two to a 128-token row
         "eval": {
             "humaneval": {"models": ["code", "instruct"], "limit": 3, "max_new_tokens": 16},
             "infilling": {"models": ["code"], "benchmarks": ["single-line"], "limit": 3, "max_new_tokens": 12},
