@@ -195,3 +195,27 @@ def test_the_code_documents_are_cut_to_the_fim_unit(tmp_path, stdlib_texts):
     assert all(sum(len(line.split()) + 1 for line in c["text"].splitlines()) <= 100 for c in chunks)
     for path, text in whole.items():
         assert "".join(c["text"] for c in chunks if c["path"].split("#")[0] == path) == text
+
+
+def test_fim_units_are_cut_from_files_without_near_duplicates(tmp_path, stdlib_texts):
+    """A near-copy of a file is dropped before the files are cut into FIM units (the code shards, which
+    then skip their own near-dedup of the units, never see it); the long-context files keep both."""
+    import json
+
+    from _family_helpers import source_dir
+
+    from family.stages import _data_configs, _write_document_files
+
+    class WordTokenizer:
+        def encode_batch(self, lines):
+            return [line.split() + ["\n"] for line in lines]
+
+    texts = [*stdlib_texts[:3], stdlib_texts[0].replace("\n", "\n\n", 1)]  # the last: the first with a blank line
+    src = source_dir(tmp_path, texts)
+    cfg = load_config("tiny", [f"data.sources=[{src}]", "data.fim_unit=row", "data.fim_unit_tokens=100"])
+    files = _write_document_files(cfg, WordTokenizer(), tmp_path / "run")["files"]
+    chunk_files = {json.loads(line)["path"].split("#")[0] for line in open(files["code"])}
+    whole_files = {json.loads(line)["path"] for line in open(files["train"])}
+    assert len(whole_files) == 4 and len(chunk_files) == 3 and chunk_files < whole_files
+    configs = _data_configs(cfg, tmp_path / "run")
+    assert not configs["code"].dedup.near and configs["code"].dedup.exact and configs["long"].dedup.near
