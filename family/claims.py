@@ -259,7 +259,8 @@ def fim_enables_infilling(results: dict) -> Claim:
                 ]
             )
     what = (
-        f"HumanEval {INFILL_BENCH} infilling (greedy pass@1; NLL of the true middle: its total nats in each prompt "
+        f"HumanEval {INFILL_BENCH} infilling (problems spread over the benchmark's functions when limited; greedy "
+        "pass@1; NLL of the true middle: its total nats in each prompt "
         "mode over its token count as a FIM middle, the prefix-only text tokenized as one), paired over problems; "
         "pass@1 is judged on PSM / SPM answers cut to the hole's number of lines, as the prefix-only baseline is "
         "and as the field scores this benchmark (InCoder's evaluation); the rows as the model ended them show "
