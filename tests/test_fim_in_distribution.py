@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("fim_in_distribution", REPO / "benchmarks" / "fim_in_distribution.py")
-fim_in_distribution = importlib.util.module_from_spec(_spec)
-sys.modules["fim_in_distribution"] = fim_in_distribution
-_spec.loader.exec_module(fim_in_distribution)
+from _bench_helpers import load_benchmark
+
+fim_in_distribution = load_benchmark("fim_in_distribution")
 
 
 def test_rows_are_the_training_examples_split_before_the_middle(extended_bpe, stdlib_texts):

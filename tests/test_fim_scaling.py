@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from _bench_helpers import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("fim_scaling", REPO / "benchmarks" / "fim_scaling.py")
-fim_scaling = importlib.util.module_from_spec(_spec)
-sys.modules["fim_scaling"] = fim_scaling  # (dataclasses look their module up there)
-_spec.loader.exec_module(fim_scaling)
+fim_scaling = load_benchmark("fim_scaling")
 
 # One warm-up step, so steps 2..4 are past it: a cosine schedule would differ between a 2- and a 4-step run.
 CODE = "branches.code=[seq_len=128,batch_tokens=512,micro_batch_size=2,checkpoint_every=1,schedule.warmup_steps=1]"

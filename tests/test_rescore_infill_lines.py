@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
+
+from _bench_helpers import load_benchmark
 
 from codellama.io import append_jsonl
 from evals.infilling import data_path, load_problems
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("rescore_infill_lines", REPO / "benchmarks" / "rescore_infill_lines.py")
-rescore_infill_lines = importlib.util.module_from_spec(_spec)
-sys.modules["rescore_infill_lines"] = rescore_infill_lines
-_spec.loader.exec_module(rescore_infill_lines)
+rescore_infill_lines = load_benchmark("rescore_infill_lines")
 
 
 def test_an_answer_that_goes_on_past_the_hole_passes_once_cut(tmp_path, capsys):

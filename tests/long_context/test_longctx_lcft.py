@@ -4,16 +4,15 @@ memory estimate, and the small-scale reproduction script (item 6) on a handful o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _bench_helpers import load_benchmark
 
 pytestmark = pytest.mark.slow  # every test here takes tens of seconds (training runs, subprocesses)
 
@@ -191,11 +190,7 @@ def test_dry_run_states_a_sane_memory_estimate_for_7b_at_16k(capsys):
 
 
 def _repro_module():
-    spec = importlib.util.spec_from_file_location("long_context_repro", REPO / "benchmarks" / "long_context_repro.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("long_context_repro")
 
 
 def test_reproduction_script_runs_every_stage(tmp_path):
