@@ -89,8 +89,7 @@ class BenchmarkConfig:
         check_modes(self.modes, "modes", also=(CANONICAL,))
         if self.samples < 1:
             raise ValueError("samples must be >= 1")
-        if self.pick not in PICKS:
-            raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
+        check_pick(self.pick)
         if self.samples > 1 and self.temperature == 0 and CANONICAL not in self.modes:
             raise ValueError("several samples per problem need sampling: set a temperature > 0")
 
@@ -116,6 +115,12 @@ def data_path(benchmark: str) -> Path:
 PICKS = ("spread", "first")
 
 
+def check_pick(pick: str) -> None:
+    """ValueError unless `pick` is one of PICKS (a config and `load_problems` both take one)."""
+    if pick not in PICKS:
+        raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {pick!r}")
+
+
 def load_problems(path: str | os.PathLike, limit: int | None = None, pick: str = "spread") -> list[InfillingProblem]:
     """Rows of a HumanEval-infilling .jsonl(.gz) file in file order: all, or `limit` of them.
 
@@ -123,8 +128,7 @@ def load_problems(path: str | os.PathLike, limit: int | None = None, pick: str =
     functions; the first 20 multi-line ones, one), so a sample of the first N measures a few functions and a
     bootstrap over its problems understates the interval. "spread" takes N spread evenly over the file
     (`spread_sample`), which reaches most functions; "first" keeps the first N (quick checks, older runs)."""
-    if pick not in PICKS:
-        raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {pick!r}")
+    check_pick(pick)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
@@ -159,9 +163,7 @@ def spread_sample(items: Sequence, n: int | None) -> list:
     picked: set[int] = set()
     i = 0
     while len(picked) < n:  # the positions k / 2^m cover every index once 2^m >= len(items)
-        bits = i.bit_length()
-        reversed_bits = int(format(i, "b")[::-1], 2) if i else 0
-        picked.add((reversed_bits * len(items)) >> bits)
+        picked.add((int(format(i, "b")[::-1], 2) * len(items)) >> i.bit_length())  # i's bits reversed: 0 -> 0
         i += 1
     return [items[k] for k in sorted(picked)]
 
