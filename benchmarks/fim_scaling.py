@@ -22,7 +22,9 @@ What it runs (nothing re-implemented; the pipeline's own pieces):
    intervals over problems, and the paired PSM - prefix gaps; `--code-loss` adds the held-out code loss.
 
 Writes RUN/scaling.json, RUN/scaling.md (the table, also printed) and RUN/scaling.png (pass@1 and middle
-NLL per mode against training tokens). Killed at any point, the same command continues: training from
+NLL per mode against training tokens). With three or more trained budgets it also fits the PSM - prefix-only
+gap as a line in log10(tokens) and says where that line reaches 0, with an interval from resampling the
+problems (`psm_gap_trend`): where infilling would appear if the trend holds, an extrapolation to train at. Killed at any point, the same command continues: training from
 its last checkpoint, evaluation from its last finished sample; a budget whose scores.json matches the
 evaluation settings is not scored again. Budgets may be added later (a larger budget continues the run).
 Cost on a quiet 2-core CPU: training to 3M tokens ~100 min (520 tokens/s measured for this recipe), plus
@@ -380,6 +382,7 @@ def run_study(settings: Settings) -> dict:
         "eval": wanted,
         "rows": rows,
         "budgets_planned": 1 + len(plan),
+        "trend": study_trend(settings, rows),
     }
     if not rows:
         raise ValueError(f"--report-only: no budget of {run} is scored yet")
@@ -387,6 +390,99 @@ def run_study(settings: Settings) -> dict:
     atomic_write_text(run / "scaling.md", render_markdown(study))
     atomic_write_bytes(run / "scaling.png", render_png(study))
     return study
+
+
+def budget_evidence(infilling_dir: Path, task_ids: list[str]) -> dict:
+    """One budget's per-problem middle NLL (PSM, prefix-only: summed nats and tokens) and how many PSM / SPM
+    answers the model ended itself (`<EOT>`): what the trend across budgets is fitted on."""
+    from evals.infilling import SAMPLES_FILE, nll_by_problem
+
+    nll = {mode: nll_by_problem(infilling_dir, mode, task_ids) for mode in ("psm", "prefix")}
+    ended = {"psm": 0, "spm": 0}
+    wanted = set(task_ids)
+    for r in read_jsonl(infilling_dir / SAMPLES_FILE):
+        if r["mode"] in ended and r["task_id"] in wanted and r.get("sample", 0) == 0:
+            ended[r["mode"]] += r.get("finish_reason") == "stop"
+    shared = [t for t in task_ids if t in nll["psm"] and t in nll["prefix"]]
+    return {
+        "task_ids": shared,
+        "psm": [nll["psm"][t][0] * nll["psm"][t][1] for t in shared],  # summed nats of the middle
+        "prefix": [nll["prefix"][t][0] * nll["prefix"][t][1] for t in shared],
+        "tokens": [nll["psm"][t][1] for t in shared],
+        "ended_by_eot": ended,
+    }
+
+
+def psm_gap_trend(budgets: list[tuple[int, dict]], resamples: int = 2000, seed: int = 0) -> dict | None:
+    """The PSM - prefix-only middle NLL gap (token-weighted, nats/token) fitted as a line in log10(tokens)
+    over the trained budgets, and where that line reaches 0: an extrapolation of when PSM starts to use
+    the suffix, with a 95% interval from resampling the problems (the same draw at every budget).
+
+    `budgets`: (tokens, budget_evidence(...)) for each trained budget. None with fewer than three budgets
+    or no problem scored at all of them. A resample whose line does not fall (slope >= 0) never crosses:
+    when more than 2.5% of them do not, the interval's upper end is None ("not within the trend")."""
+    import numpy as np
+
+    budgets = sorted((t, e) for t, e in budgets if t > 0)
+    if len(budgets) < 3:
+        return None
+    shared = set(budgets[0][1]["task_ids"]).intersection(*(set(e["task_ids"]) for _, e in budgets[1:]))
+    ids = sorted(shared)
+    if not ids:
+        return None
+    x = np.log10([t for t, _ in budgets])
+    diffs, weights = [], []  # (budgets, problems): summed PSM - prefix nats, and middle tokens
+    for _, e in budgets:
+        at = {t: i for i, t in enumerate(e["task_ids"])}
+        rows = [at[t] for t in ids]
+        diffs.append([e["psm"][i] - e["prefix"][i] for i in rows])
+        weights.append([e["tokens"][i] for i in rows])
+    diffs, weights = np.asarray(diffs, dtype=float), np.asarray(weights, dtype=float)
+
+    def fit(sample: np.ndarray) -> tuple[float, float, np.ndarray]:
+        gaps = diffs[:, sample].sum(axis=1) / weights[:, sample].sum(axis=1)
+        slope, intercept = np.polyfit(x, gaps, 1)
+        return float(slope), float(intercept), gaps
+
+    slope, intercept, gaps = fit(np.arange(len(ids)))
+    rng = np.random.default_rng(seed)
+    slopes, crossings = [], []
+    for _ in range(resamples):
+        s, c, _ = fit(rng.integers(0, len(ids), len(ids)))
+        slopes.append(s)
+        crossings.append(10 ** (-c / s) if s < 0 else math.inf)
+    low, high = np.percentile(slopes, [2.5, 97.5])
+    c_low, c_high = np.percentile(crossings, [2.5, 97.5], method="inverted_cdf")  # inf: no interpolation
+
+    def tokens(value: float) -> int | None:
+        return None if not math.isfinite(value) or value > 1e15 else int(round(value))
+
+    return {
+        "budgets": [t for t, _ in budgets],
+        "gaps": [round(float(g), 6) for g in gaps],
+        "problems": len(ids),
+        "slope_per_decade": {"value": round(slope, 6), "low": round(float(low), 6), "high": round(float(high), 6)},
+        "crossing_tokens": {
+            "value": tokens(10 ** (-intercept / slope)) if slope < 0 else None,
+            "low": tokens(float(c_low)),
+            "high": tokens(float(c_high)),
+        },
+        "ended_by_eot": {str(t): e["ended_by_eot"] for t, e in budgets},
+    }
+
+
+def study_trend(settings: Settings, rows: list[dict]) -> dict | None:
+    """psm_gap_trend over the scored budgets of a study, from their infilling run directories."""
+    from evals.infilling import data_path, load_problems
+
+    ids = [p.task_id for p in load_problems(data_path(BENCHMARK), settings.limit, settings.pick)]
+    folder = "infilling" if settings.pick == "first" else "infilling-spread"
+    evidence = []
+    for row in rows:
+        directory = settings.run / Budget(row["budget"], row["steps"], row["tokens"]).name / folder
+        if row["tokens"] > 0 and (directory / "nll.jsonl").is_file():
+            evidence.append((row["tokens"], budget_evidence(directory, ids)))
+    return psm_gap_trend(evidence)
 
 
 def _padding_fraction(shards: str) -> float | None:
@@ -424,6 +520,38 @@ def _label(mode: str) -> str:
     return mode.removesuffix("-lines").upper() + (", cut" if mode.endswith("-lines") else "")
 
 
+def _tokens(value: int | None) -> str:
+    if value is None:
+        return "never"  # the (resampled) line does not fall
+    if value >= 1e9:
+        return f"{value / 1e9:,.1f}B"
+    return f"{value / 1e6:,.1f}M" if value >= 1e6 else f"{value:,}"
+
+
+def _trend_lines(trend: dict | None) -> list[str]:
+    if not trend:
+        return []
+    slope, cross = trend["slope_per_decade"], trend["crossing_tokens"]
+    ended = "; ".join(f"{int(t):,}: {e['psm']} / {e['spm']}" for t, e in trend["ended_by_eot"].items())
+    where = (
+        f"the line reaches 0 (PSM as good as prefix-only) at {_tokens(cross['value'])} tokens "
+        f"[{_tokens(cross['low'])}, {_tokens(cross['high'])}]"
+        + (" (never: more than 2.5% of the resampled lines do not fall)" if cross["high"] is None else "")
+        if cross["value"] is not None
+        else "the fitted line does not fall, so it predicts no budget where PSM catches up"
+    )
+    return [
+        "",
+        f"**Trend** ({trend['problems']} problems scored at all {len(trend['budgets'])} trained budgets): the "
+        f"PSM - prefix-only gap, fitted as a line in log10(tokens), moves {slope['value']:+.3f} nats per 10x "
+        f"tokens [{slope['low']:+.3f}, {slope['high']:+.3f}]; {where}. Past the largest budget this is an "
+        "extrapolation, not a measurement: it says where to look, and a study should train there before "
+        "claiming it. 95% intervals from resampling the problems (the same draw at every budget).",
+        "",
+        f"Answers the model ended itself (`<EOT>`), PSM / SPM of each budget's problems: {ended}.",
+    ]
+
+
 def render_markdown(study: dict) -> str:
     pass_modes = study.get("pass_modes", study["modes"])
     r = study["recipe"]
@@ -455,6 +583,7 @@ def render_markdown(study: dict) -> str:
         cells += [_nats(row["nll"][m]) for m in study["modes"]]
         cells += [_nats(row["paired"]["nll"].get(f"{m}-prefix")) for m in ("psm", "spm")] + [str(row["problems"])]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _trend_lines(study.get("trend"))
     if any("code_loss" in row for row in study["rows"]):
         lines += ["", "| tokens | held-out code loss (nats/token) |", "|---:|---|"]
         lines += [f"| {row['tokens']:,} | {_nats(row.get('code_loss'))} |" for row in study["rows"]]
@@ -474,10 +603,10 @@ def render_png(study: dict) -> bytes:
     trained = [r for r in rows if r["tokens"] > 0]
     base = next((r for r in rows if r["tokens"] == 0), None)
     colors = {"psm": "tab:blue", "spm": "tab:orange", "prefix": "tab:gray"}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
     panels = (("pass@1", 100.0, "greedy pass@1 (%)"), ("nll", 1.0, "NLL of the true middle (nats/token)"))
     pass_modes = [m for m in study.get("pass_modes", study["modes"]) if all(m in r["pass@1"] for r in rows)]
-    for ax, (key, scale, ylabel) in zip(axes, panels):
+    for ax, (key, scale, ylabel) in zip(axes[:2], panels):
         for j, mode in enumerate(pass_modes if key == "pass@1" else study["modes"]):
             style = {"linestyle": ":", "marker": "s"} if mode.endswith("-lines") else {"marker": "o"}
             color = colors[mode.removesuffix("-lines")]
@@ -499,7 +628,36 @@ def render_png(study: dict) -> bytes:
     n = rows[0]["problems"] if rows else 0
     axes[0].set_title(f"HumanEval-infilling {study['benchmark']}: {n} problems, 95% intervals")
     axes[1].set_title("middle NLL: below prefix-only = the suffix is used")
+    _plot_trend(axes[2], trained, study.get("trend"))
     return figure_png(fig, unsandboxed=any(r.get("unsandboxed") for r in rows))
+
+
+def _plot_trend(ax, trained: list[dict], trend: dict | None) -> None:
+    """The PSM - prefix-only gap per budget (its paired interval) and the fitted line, out to where it meets 0."""
+    import numpy as np
+
+    gaps = [(r["tokens"], r["paired"]["nll"].get("psm-prefix")) for r in trained]
+    gaps = [(t, g) for t, g in gaps if g]
+    if gaps:
+        ys = [g["mean"] for _, g in gaps]
+        yerr = [[y - g["low"] for y, (_, g) in zip(ys, gaps)], [g["high"] - y for y, (_, g) in zip(ys, gaps)]]
+        ax.errorbar([t for t, _ in gaps], ys, yerr=yerr, capsize=3, marker="o", color="tab:blue", label="measured")
+        ax.set_xscale("log")
+    if trend:
+        slope, cross = trend["slope_per_decade"]["value"], trend["crossing_tokens"]["value"]
+        first, last = min(trend["budgets"]), max(trend["budgets"])
+        end = min(cross, 100 * last) if cross else 10 * last  # a line followed past 100x is no guide
+        xs = np.logspace(math.log10(first), math.log10(end), 50)
+        fitted = np.polyval(np.polyfit(np.log10(trend["budgets"]), trend["gaps"], 1), np.log10(xs))
+        ax.plot(xs, fitted, linestyle="--", color="tab:red", label=f"fit: {slope:+.2f} nats per 10x")
+        if cross and cross <= 100 * last:
+            ax.axvline(cross, color="tab:red", lw=1, alpha=0.5)
+    ax.axhline(0.0, color="black", lw=1)
+    ax.set_xlabel("training tokens (log); dashed: extrapolation")
+    ax.set_ylabel("PSM - prefix-only middle NLL (nats/token)")
+    ax.set_title("where PSM would catch up with prefix-only")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ LINES = {f"{mode}-lines": mode for mode in MODES}
 SCORED_MODES = (*NLL_MODES, *LINES)  # every mode a model's answers are scored in
 CANONICAL = "canonical"  # pseudo-mode: score the reference middles (validates data + sandbox)
 NLL_FILE = "nll.jsonl"
+SAMPLES_FILE = "samples.jsonl"
 JOINT = "joint"  # prefix-only records scored on jointly tokenized text (earlier runs split prefix and middle)
 
 
@@ -263,7 +264,7 @@ def generate_samples(
     """Generate every missing (mode, problem, sample) and append it to samples.jsonl; returns how many."""
     from tqdm.auto import tqdm
 
-    path = out_dir / "samples.jsonl"
+    path = out_dir / SAMPLES_FILE
     done = {_key(r) for r in read_jsonl(path)}
     todo = [
         (mode, p, s)
@@ -342,7 +343,7 @@ def execute_samples(
 
     by_id = {p.task_id: p for p in problems}
     executed = {_key(r) for r in read_jsonl(out_dir / "results.jsonl")}
-    todo = [r for r in read_jsonl(out_dir / "samples.jsonl") if _key(r) not in executed and r["task_id"] in by_id]
+    todo = [r for r in read_jsonl(out_dir / SAMPLES_FILE) if _key(r) not in executed and r["task_id"] in by_id]
     if not todo:
         return 0, 0.0
     programs = [build_program(by_id[r["task_id"]], r["completion"]) for r in todo]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -180,3 +181,53 @@ def test_a_study_started_before_a_new_setting_continues_while_it_keeps_its_defau
     changed = fim_scaling.study_record(load_config("smollm2"))  # today's default: 256-token FIM units
     with pytest.raises(ValueError, match="differs in: config, data"):
         fim_scaling.check_study(tmp_path, changed)
+
+
+def _write_budget(directory: Path, gaps: dict[str, float], ended: set[str]) -> None:
+    """An infilling run directory: each problem's middle is 4 tokens, prefix-only 1 nat/token, PSM 1 + gap."""
+    from codellama.io import append_jsonl
+
+    directory.mkdir(parents=True)
+    for task, gap in gaps.items():
+        append_jsonl(directory / "nll.jsonl", {"task_id": task, "mode": "psm", "tokens": 4, "nll": 4 * (1 + gap)})
+        append_jsonl(
+            directory / "nll.jsonl", {"task_id": task, "mode": "prefix", "tokens": 4, "nll": 4.0, "split": "joint"}
+        )
+        for mode in ("psm", "spm"):
+            reason = "stop" if f"{task}/{mode}" in ended else "length"
+            append_jsonl(
+                directory / "samples.jsonl",
+                {"task_id": task, "mode": mode, "sample": 0, "completion": "x", "finish_reason": reason},
+            )
+
+
+def test_the_psm_gap_trend_says_where_psm_would_catch_up(tmp_path):
+    # The gap falls 0.25 nats per 10x tokens from 1.0 at 100k: it reaches 0 at 10^9 tokens.
+    tasks = [f"T/{i}" for i in range(6)]
+    evidence = []
+    for tokens in (100_000, 1_000_000, 10_000_000):
+        gap = 1.0 - 0.25 * math.log10(tokens / 100_000)
+        spread = {t: gap + (0.1 if i % 2 else -0.1) for i, t in enumerate(tasks)}  # mean `gap` per budget
+        _write_budget(tmp_path / str(tokens), spread, ended={"T/0/psm"} if tokens > 100_000 else set())
+        evidence.append((tokens, fim_scaling.budget_evidence(tmp_path / str(tokens), [*tasks, "T/absent"])))
+    trend = fim_scaling.psm_gap_trend(evidence, resamples=200)
+    assert trend["problems"] == 6 and trend["budgets"] == [100_000, 1_000_000, 10_000_000]
+    assert trend["gaps"] == pytest.approx([1.0, 0.75, 0.5])
+    slope = trend["slope_per_decade"]
+    assert slope["value"] == pytest.approx(-0.25) and slope["low"] <= slope["value"] <= slope["high"] < 0
+    cross = trend["crossing_tokens"]
+    assert cross["value"] == pytest.approx(1e9, rel=1e-6) and cross["low"] <= cross["value"] <= cross["high"]
+    assert trend["ended_by_eot"]["1000000"] == {"psm": 1, "spm": 0}
+    text = "\n".join(fim_scaling._trend_lines(trend))
+    assert "-0.250 nats per 10x" in text and "at 1.0B tokens" in text
+
+    # A gap that grows has no crossing; two budgets are too few for a trend.
+    rising = [(t, {**e, "psm": [x + 4 * 0.5 * i for x in e["psm"]]}) for i, (t, e) in enumerate(evidence)]
+    trend = fim_scaling.psm_gap_trend(rising, resamples=200)
+    assert trend["slope_per_decade"]["value"] > 0 and trend["crossing_tokens"] == {
+        "value": None,
+        "low": None,
+        "high": None,
+    }
+    assert "predicts no budget" in "\n".join(fim_scaling._trend_lines(trend))
+    assert fim_scaling.psm_gap_trend(evidence[:2]) is None
