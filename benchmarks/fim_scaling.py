@@ -24,7 +24,8 @@ What it runs (nothing re-implemented; the pipeline's own pieces):
 Writes RUN/scaling.json, RUN/scaling.md (the table, also printed) and RUN/scaling.png (pass@1 and middle
 NLL per mode against training tokens). With three or more trained budgets it also fits the PSM - prefix-only
 gap as a line in log10(tokens) and says where that line reaches 0, with an interval from resampling the
-problems (`psm_gap_trend`): where infilling would appear if the trend holds, an extrapolation to train at. Killed at any point, the same command continues: training from
+problems (`psm_gap_trend`): where infilling would appear if the trend held, an extrapolation that says where
+to train next, not a measurement. Killed at any point, the same command continues: training from
 its last checkpoint, evaluation from its last finished sample; a budget whose scores.json matches the
 evaluation settings is not scored again. Budgets may be added later (a larger budget continues the run).
 Cost on a quiet 2-core CPU: training to 3M tokens ~100 min (520 tokens/s measured for this recipe), plus
@@ -539,6 +540,8 @@ def _trend_lines(trend: dict | None) -> list[str]:
         + (" (never: more than 2.5% of the resampled lines do not fall)" if cross["high"] is None else "")
         if cross["value"] is not None
         else "the fitted line does not fall, so it predicts no budget where PSM catches up"
+        if slope["value"] >= 0
+        else "the fitted line falls too slowly to reach 0 within 10^15 tokens"
     )
     return [
         "",
