@@ -257,6 +257,12 @@ def _interval(value: float | None, bounds) -> dict:
     return {"value": value, "low": low, "high": high}
 
 
+def infilling_dir(out: Path, pick: str) -> Path:
+    """A budget's infilling run directory; each pick in its own, so the first-N samples of studies from before
+    "spread" stay readable."""
+    return out / ("infilling" if pick == "first" else "infilling-spread")
+
+
 def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Path, out: Path) -> dict:
     """Infilling pass@1 and middle NLL (and optionally held-out code loss) of one model, resumable."""
     from codellama.config import torch_dtype
@@ -276,8 +282,7 @@ def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Pat
         nll=True,
     )
     generator = eval_generator(cfg, model_dir)
-    # each pick in its own folder: the first-N samples of studies from before "spread" stay readable
-    report = run_benchmark(config, out / ("infilling" if settings.pick == "first" else "infilling-spread"), generator)
+    report = run_benchmark(config, infilling_dir(out, settings.pick), generator)
     del generator
     nll = report["nll"]
     row = {
@@ -477,10 +482,9 @@ def study_trend(settings: Settings, rows: list[dict]) -> dict | None:
     from evals.infilling import data_path, load_problems
 
     ids = [p.task_id for p in load_problems(data_path(BENCHMARK), settings.limit, settings.pick)]
-    folder = "infilling" if settings.pick == "first" else "infilling-spread"
     evidence = []
     for row in rows:
-        directory = settings.run / Budget(row["budget"], row["steps"], row["tokens"]).name / folder
+        directory = infilling_dir(settings.run / Budget(row["budget"], row["steps"], row["tokens"]).name, settings.pick)
         if row["tokens"] > 0 and (directory / "nll.jsonl").is_file():
             evidence.append((row["tokens"], budget_evidence(directory, ids)))
     return psm_gap_trend(evidence)
