@@ -36,7 +36,8 @@ from codellama.io import read_jsonl
 from codellama.model import build_model
 from codellama.presets import get_preset
 from codellama.train import resolve_config, train
-from codellama.train.loop import build_optimizer, use_bf16
+from codellama.train.loop import build_optimizer
+from codellama.train.precision import PRECISIONS, use_bf16
 
 
 def matmul_tflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 10) -> float:
@@ -181,7 +182,7 @@ def bench(name: str, args) -> dict:
     return {
         "preset": name,
         "device": args.device,
-        "precision": "bf16" if bf16 else "fp32",
+        "precision": args.precision if args.precision == "bf16-weights" else ("bf16" if bf16 else "fp32"),
         "compile": args.compile,
         "threads": torch.get_num_threads(),
         "seq_len": args.seq_len,
@@ -307,7 +308,12 @@ def main() -> None:
         "--base", action="append", default=[], help="checkpoint directory or named base (its real weights); repeatable"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="the loop's precision (bf16-weights: a bf16 twin, fp32 masters; the reference runs bf16 autocast)",
+    )
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--micro", type=int, default=16, help="sequences per forward pass (tiny recipe: 16)")
     p.add_argument("--accum", type=int, default=1, help="micro-batches per step (tiny recipe: 1)")

@@ -2,6 +2,7 @@
 
     python benchmarks/profile_train_step.py --base smollm2-135m                # bf16 autocast, 4 x 1,024 tokens
     python benchmarks/profile_train_step.py --base smollm2-135m --fp32 --top 10
+    python benchmarks/profile_train_step.py --base smollm2-135m --bf16-weights   # pure bf16, no autocast
 
 The step is the loop's own (`causal_lm_loss` under bf16 autocast, backward, fused AdamW) on random tokens;
 the table lists the operators by their own CPU time, and the summary groups them into matrix products,
@@ -28,7 +29,7 @@ GROUPS = {  # operator name fragments -> group
 }
 
 
-def profile_step(base: str, *, batch: int, seq_len: int, bf16: bool, threads: int | None):
+def profile_step(base: str, *, batch: int, seq_len: int, bf16: bool, threads: int | None, bf16_weights: bool = False):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -41,11 +42,14 @@ def profile_step(base: str, *, batch: int, seq_len: int, bf16: bool, threads: in
     model = load_model(resolve_base(base))
     model.train()
     model.config.use_cache = False
+    if bf16_weights:  # weights, activations and optimizer state in bf16 (torchtune's default): no casts at all
+        model.to(torch.bfloat16)
+        bf16 = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     tokens = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
     # as the loop does (codellama.train.loop): bf16 autocast, or nothing
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = torch.bfloat16 if bf16 or bf16_weights else torch.float32
 
     def step():
         loss = causal_lm_loss(model, tokens, tokens, autocast=autocast, compute_dtype=dtype) / tokens.numel()
@@ -72,12 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--fp32", action="store_true", help="no autocast (the plain fp32 loop's precision)")
+    parser.add_argument(
+        "--bf16-weights",
+        action="store_true",
+        help="the model itself in bf16, no autocast (is a cast-free step faster?)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--top", type=int, default=15, help="operators shown")
     args = parser.parse_args(argv)
     try:
         table, seconds, n = profile_step(
-            args.base, batch=args.batch, seq_len=args.seq_len, bf16=not args.fp32, threads=args.threads
+            args.base,
+            batch=args.batch,
+            seq_len=args.seq_len,
+            bf16=not args.fp32,
+            threads=args.threads,
+            bf16_weights=args.bf16_weights,
         )
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -48,7 +48,7 @@ from family.report import write_report
 from family.runner import RunContext, RunState, Stage
 from family.split import chunk_rows, is_heldout, split_documents
 from long_context.key_retrieval import build_prompts, plot_key_retrieval, run_key_retrieval
-from long_context.perplexity import corpus_tokens, evaluate_models, plot_long_ppl, sample_windows, token_nll
+from long_context.perplexity import corpus_tokens, evaluate_models, plot_long_ppl, prefix_token_nll, sample_windows
 
 log = logging.getLogger(__name__)
 
@@ -759,10 +759,10 @@ def run_rope(ctx: RunContext) -> dict:
         model = _rope_model(method, code_dir, lcft_dir, factor, torch_dtype(cfg.eval.dtype))
         model.eval()
         with torch.inference_mode():
-            nll = [
-                [float(token_nll(model, row[None, :n]).double().mean()) for row in windows]
-                for n in tqdm(lengths, desc=f"long-ppl {method}", unit="length")
+            by_window = [  # one forward a window scores every length (prefix_token_nll)
+                prefix_token_nll(model, row, lengths) for row in tqdm(windows, desc=f"long-ppl {method}", unit="window")
             ]
+            nll = [[float(w[n].double().mean()) for w in by_window] for n in lengths]
         generator = HFGenerator(model, tokenizer, batch_size=4, max_context=max(p.prompt_tokens for p in prompts) + 16)
         kr = run_key_retrieval(generator, prompts)
         entry = {

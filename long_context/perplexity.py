@@ -103,6 +103,30 @@ def token_nll(
     return torch.cat(pieces, dim=1)
 
 
+LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope"})  # rope types whose frequencies follow the sequence length
+
+
+def rope_depends_on_length(config) -> bool:
+    """Whether the model's RoPE changes with the length of the sequence it is given (dynamic NTK, LongRoPE)."""
+    params = getattr(config, "rope_parameters", None) or {}
+    nested = [v for v in params.values() if isinstance(v, dict)]  # per-layer-type parameters
+    return any(p.get("rope_type") in LENGTH_DEPENDENT_ROPE for p in [params, *nested])
+
+
+def prefix_token_nll(model, row: torch.Tensor, lengths: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Per-token NLL of the first n tokens of `row` ([L]) for each n in `lengths` ({n: [n-1]}).
+
+    Attention is causal, so a token's NLL depends only on the tokens before it: one forward over the
+    longest length scores every shorter one. A RoPE that rescales with the sequence length (dynamic
+    NTK, LongRoPE) would see another length than the one named, so it gets one forward per length.
+    """
+    lengths = sorted(set(lengths))
+    if rope_depends_on_length(model.config):
+        return {n: token_nll(model, row[None, :n])[0] for n in lengths}
+    longest = token_nll(model, row[None, : lengths[-1]])[0]
+    return {n: longest[: n - 1] for n in lengths}
+
+
 def long_ppl(
     model,
     windows: torch.Tensor,
@@ -121,13 +145,17 @@ def long_ppl(
     model.eval()
     points = []
     bar = tqdm(total=len(lengths) * windows.shape[0], desc=desc, disable=not progress, unit="seq")
-    for length in sorted(lengths):
-        total, count = 0.0, 0
-        for row in windows:
-            nll = token_nll(model, row[None, :length], window=window, stride=stride)
-            total += nll.double().sum().item()
-            count += nll.numel()
-            bar.update(1)
+    totals = {n: [0.0, 0] for n in sorted(lengths)}  # length -> [summed NLL, tokens]
+    for row in windows:
+        if window is None:  # one forward scores every length (see prefix_token_nll)
+            nlls = prefix_token_nll(model, row, lengths)
+        else:  # a sliding window's last window depends on where the row ends
+            nlls = {n: token_nll(model, row[None, :n], window=window, stride=stride) for n in totals}
+        for n, nll in nlls.items():
+            totals[n][0] += nll.double().sum().item()
+            totals[n][1] += nll.numel()
+        bar.update(len(totals))
+    for length, (total, count) in totals.items():
         mean = total / count
         points.append(PPLPoint(length, mean, math.exp(mean), count, window))
         log.debug("%s: length %d ppl %.3f", desc, length, math.exp(mean))

@@ -128,8 +128,8 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
 
     import yaml
 
-    from codellama.train.loop import use_bf16
     from codellama.train.memory import estimate
+    from codellama.train.precision import describe, use_bf16
 
     if nodes < 1 or (world_size is not None and world_size < 1):
         raise ValueError("--nodes and --world-size must be >= 1")
@@ -169,7 +169,7 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
         f"  tokens per step     {config.tokens_per_step:,} ({config.batch_sequences:,} sequences of {config.seq_len:,})",
         f"  token budget        {budget:,} ({budget / 1e9:.2f}B)",
         f"  batch split         {split}",
-        f"  precision           {'bf16 autocast' if bf16 else 'fp32'}"
+        f"  precision           {describe(config.precision, bf16)}"
         f"{', activation checkpointing' if config.gradient_checkpointing else ''}"
         f"{', torch.compile' if config.compile else ''}",
         f"memory per {'GPU' if device == 'cuda' else 'process'} (estimate, {sharding}):",

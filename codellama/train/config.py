@@ -17,8 +17,7 @@ import yaml
 
 from codellama.config import BRANCHES, apply_overrides, build, deep_merge
 from codellama.presets import PRESETS
-
-PRECISIONS = ("auto", "bf16", "fp32")
+from codellama.train.precision import PRECISIONS
 
 
 @dataclass
@@ -66,7 +65,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     rope: RopeConfig = field(default_factory=RopeConfig)
-    precision: str = "auto"  # auto = bf16 autocast where the device supports it
+    precision: str = "auto"  # auto = bf16 autocast where the device supports it; see train/precision.py
     gradient_checkpointing: bool = False
     activation_offload: bool = False  # with checkpointing: keep saved layer inputs in host memory (GPU only)
     compile: bool = False  # decoder layers through torch.compile: +14% on `small`, ~+5% on tiny

@@ -37,6 +37,7 @@ from codellama.train.data import MixedStream, count_targets, open_stream, rank_b
 from codellama.train.distributed import DistEnv
 from codellama.train.loss import causal_lm_loss, release_buffers
 from codellama.train.metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_loss
+from codellama.train.precision import BF16Twin, describe, use_bf16, use_bf16_weights
 from codellama.train.schedule import cosine_schedule
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,6 @@ class TrainResult:
 
 
 # -- setup ---------------------------------------------------------------------------------------
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast where the hardware does bf16 matmuls natively (GPUs; CPUs with AMX/AVX512-BF16)."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
 def load_base_model(config: TrainConfig, vocab_size: int, *, dtype: torch.dtype | str = torch.float32):
     """Base weights (checkpoint dir) or a fresh model (preset name), with the data's vocabulary.
 
@@ -121,7 +111,7 @@ def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, 
         raise ValueError(f"the data uses {vocab_size} token ids but the model has only {model.config.vocab_size}")
     if config.gradient_checkpointing:
         set_gradient_checkpointing(model, True, offload=config.activation_offload)
-    if config.compile:
+    if config.compile and not use_bf16_weights(config.precision):  # (the bf16 twin compiles its own layers)
         for layer in model.model.layers:
             layer.compile()
     if not env.distributed:
@@ -279,6 +269,11 @@ def train(
         raise ValueError("no output directory: pass --out")
     out = Path(config.out)
     env = dist_utils.init(config.device)
+    if env.distributed and use_bf16_weights(config.precision):
+        raise ValueError(
+            "precision=bf16-weights is for one process; under torchrun FSDP2 keeps fp32 shards and gathers "
+            "them in bf16 already: use precision=bf16 (or auto)"
+        )
     if not env.is_main:  # one voice: other ranks only warn
         logging.getLogger("codellama").setLevel(logging.WARNING)
     inputs = check_inputs(config, allow_tokenizer_mismatch=allow_tokenizer_mismatch, fingerprint=env.is_main)
@@ -340,7 +335,18 @@ def _train(config: TrainConfig, out: Path, env: DistEnv, inputs: RunInputs, *, r
         log.info("no checkpoint in %s yet: starting from step 0", ckpt_root)
     metrics = MetricsLog(out, resume_step=start) if env.is_main else None
 
-    autocast = (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    twin = None  # bf16-weights: a bf16 copy computes, `model` keeps the fp32 masters (codellama.train.precision)
+    if bf16 and use_bf16_weights(config.precision):
+        twin = BF16Twin(model)
+        if config.compile:
+            for layer in twin.model.model.layers:
+                layer.compile()
+    compute = twin.model if twin is not None else model
+    autocast = (
+        (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16))
+        if bf16 and twin is None
+        else contextlib.nullcontext
+    )
     compute_dtype = torch.bfloat16 if bf16 else torch.float32
     params = [p for p in model.parameters() if p.requires_grad]
     hsdp = env.distributed and dist_utils.shard_mesh_shape(env, config.fsdp_shard_size)[0] > 1
@@ -354,7 +360,7 @@ def _train(config: TrainConfig, out: Path, env: DistEnv, inputs: RunInputs, *, r
         env.world_size,
         accum,
         config.micro_batch_size,
-        "bf16 autocast" if bf16 else "fp32",
+        describe(config.precision, bf16),
     )
     bar = None
     if env.is_main and progress:
@@ -379,14 +385,18 @@ def _train(config: TrainConfig, out: Path, env: DistEnv, inputs: RunInputs, *, r
                     model.set_requires_all_reduce(micro == accum - 1)
                 rows = slice(micro * config.micro_batch_size, (micro + 1) * config.micro_batch_size)
                 x, y = tokens[rows].to(env.device, non_blocking=True), labels[rows].to(env.device, non_blocking=True)
-                loss = causal_lm_loss(model, x, y, autocast=autocast, compute_dtype=compute_dtype) / n_targets
+                loss = causal_lm_loss(compute, x, y, autocast=autocast, compute_dtype=compute_dtype) / n_targets
                 (loss * env.world_size).backward()  # FSDP averages over ranks; we want the sum
+                if twin is not None:
+                    twin.accumulate_grads()
                 loss_sum += loss.detach()
             max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             if hasattr(grad_norm, "full_tensor"):
                 grad_norm = grad_norm.full_tensor()
             optimizer.step()
+            if twin is not None:
+                twin.refresh()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step_loss = dist_utils.all_sum(loss_sum.item(), env)
@@ -445,7 +455,7 @@ def _train(config: TrainConfig, out: Path, env: DistEnv, inputs: RunInputs, *, r
                 "tokens": total_steps * config.tokens_per_step,
                 "tokens_per_s": (total_steps - start) * config.tokens_per_step / train_time if train_time else None,
                 "world_size": env.world_size,
-                "precision": "bf16" if bf16 else "fp32",
+                "precision": config.precision if config.precision != "auto" else ("bf16" if bf16 else "fp32"),
                 "final": str(final_dir),
             },
         )

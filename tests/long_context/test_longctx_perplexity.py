@@ -10,8 +10,8 @@ import torch
 
 from codellama.checkpoint import load_model
 from codellama.cli import main
-from codellama.rope import rope_set
-from long_context.perplexity import corpus_tokens, long_ppl, sample_windows, token_nll
+from codellama.rope import rope_set, set_rope
+from long_context.perplexity import corpus_tokens, long_ppl, prefix_token_nll, sample_windows, token_nll
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,22 @@ def test_long_ppl_matches_a_direct_computation(model, windows):
         assert point.length == length and point.tokens == 2 * (length - 1) == nll.numel()
         assert point.nll == pytest.approx(nll.mean().item(), rel=1e-5)
         assert point.ppl == pytest.approx(math.exp(nll.mean().item()), rel=1e-5)
+
+
+def test_one_forward_scores_every_length_unless_the_rope_follows_the_length(tiny_model_dir, windows):
+    """The shorter lengths come from the longest forward's prefix, except for dynamic NTK, whose
+    frequencies change with the sequence it is given: there each length gets its own forward."""
+    row, lengths = windows[0], [64, 700]
+    for scaling in (None, {"rope_type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0}):
+        model = load_model(tiny_model_dir).eval()
+        if scaling:
+            set_rope(model, scaling=scaling, max_context=model.config.max_position_embeddings)
+        got = prefix_token_nll(model, row, lengths)
+        for n in lengths:
+            assert got[n].shape == (n - 1,)
+            assert torch.allclose(got[n], token_nll(model, row[None, :n])[0], atol=1e-5), (scaling, n)
+    # dynamic NTK really does score a prefix differently inside a longer sequence
+    assert not torch.allclose(token_nll(model, row[None, :700])[0, :63], got[64], atol=1e-3)
 
 
 def test_sliding_window_scores_each_token_once_with_at_most_window_context(model, windows):
