@@ -2,7 +2,7 @@
 
 `bf16` (autocast) keeps the weights and the residual stream in fp32 and casts each matrix product's
 inputs to bf16: every norm, activation and residual add then runs on fp32 tensors, and on a CPU, where
-those element-wise passes are bound by memory, that is a fifth of a SmolLM2 step in casts alone.
+those element-wise passes are bound by memory, the casts alone took a tenth of a SmolLM2 step.
 `bf16-weights` computes with a bf16 twin of the model instead (activations in bf16 throughout, as FSDP2's
 `param_dtype=bf16` and most GPU recipes run), while the fp32 model keeps the master weights that the
 optimizer updates, the checkpoints save and the export writes: the gradients are summed into the masters
