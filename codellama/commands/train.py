@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   # override any recipe field; continue a killed run exactly where its last checkpoint left it
   codellama train code --data runs/shards --out runs/code --set optim.lr=1e-3 --set max_steps=500
   codellama train code --out runs/code --resume
+  # on one CPU or GPU: a bf16 copy of the model computes, fp32 master weights take the step (faster than autocast)
+  codellama train code --base smollm2-135m --data shards --out runs/code --set precision=bf16-weights
   # what a 7B run needs: steps, token budget, memory per GPU on 4 nodes of 8 GPUs
   codellama train code --scale 7b --nodes 4 --dry-run
   # multi-GPU / multi-node: the same command under torchrun (FSDP2; HSDP across nodes)
