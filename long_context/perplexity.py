@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from codellama.checkpoint import load_model
 from codellama.data.stdlib import iter_source_texts
+from codellama.rope import rope_parameters
 from codellama.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope"})  # rope types whose f
 
 def rope_depends_on_length(config) -> bool:
     """Whether the model's RoPE changes with the length of the sequence it is given (dynamic NTK, LongRoPE)."""
-    params = getattr(config, "rope_parameters", None) or {}
+    params = rope_parameters(config)
     nested = [v for v in params.values() if isinstance(v, dict)]  # per-layer-type parameters
     return any(p.get("rope_type") in LENGTH_DEPENDENT_ROPE for p in [params, *nested])
 
@@ -144,8 +145,8 @@ def long_ppl(
         raise ValueError(f"length {max(lengths)} exceeds the sample windows ({windows.shape[1]} tokens)")
     model.eval()
     points = []
-    bar = tqdm(total=len(lengths) * windows.shape[0], desc=desc, disable=not progress, unit="seq")
     totals = {n: [0.0, 0] for n in sorted(lengths)}  # length -> [summed NLL, tokens]
+    bar = tqdm(total=len(totals) * windows.shape[0], desc=desc, disable=not progress, unit="seq")
     for row in windows:
         if window is None:  # one forward scores every length (see prefix_token_nll)
             nlls = prefix_token_nll(model, row, lengths)
