@@ -265,9 +265,8 @@ def infilling_dir(out: Path, pick: str) -> Path:
 
 def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Path, out: Path) -> dict:
     """Infilling pass@1 and middle NLL (and optionally held-out code loss) of one model, resumable."""
-    from codellama.config import torch_dtype
     from evals.infilling import BenchmarkConfig, run_benchmark
-    from family.stages import eval_generator, held_out_code_loss
+    from family.stages import eval_dtype, eval_generator, held_out_code_loss
 
     wanted = eval_settings(cfg, settings)
     config = BenchmarkConfig(
@@ -313,9 +312,7 @@ def score(cfg, settings: Settings, outputs: dict, budget: Budget, model_dir: Pat
     }
     if settings.code_loss:
         heldout = outputs["data"]["documents"]["files"]["heldout"]
-        loss = held_out_code_loss(
-            out / "code-loss", str(model_dir), heldout, cfg.eval.code_loss, torch_dtype(cfg.eval.dtype)
-        )
+        loss = held_out_code_loss(out / "code-loss", str(model_dir), heldout, cfg.eval.code_loss, eval_dtype(cfg))
         row["code_loss"] = {**loss["nll"], "tokens": loss["tokens"], "files": loss["files"]}
     atomic_write_json(out / SCORES_FILE, row)
     return row
@@ -337,6 +334,7 @@ def run_study(settings: Settings) -> dict:
 
     cfg = load_config(settings.config, list(settings.overrides))
     cfg.controls.no_fim = False  # the data stage then skips the no-FIM control's shards: not scored here
+    cfg.data.sample_factor = None  # one run trains through every budget: prepare the whole corpus
     recipe = code_recipe(cfg)  # a bad recipe override is an error before anything is written
     plan = plan_budgets(list(settings.budgets), recipe.tokens_per_step)
     if settings.code_loss and not cfg.data.heldout_fraction:

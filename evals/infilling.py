@@ -259,9 +259,12 @@ def run_fingerprint(config: BenchmarkConfig, data: str | os.PathLike | None = No
 
 
 def generate_samples(
-    generator, problems: Sequence[InfillingProblem], config: BenchmarkConfig, out_dir: Path, *, chunk: int = 64
+    generator, problems: Sequence[InfillingProblem], config: BenchmarkConfig, out_dir: Path, *, chunk: int = 256
 ) -> int:
-    """Generate every missing (mode, problem, sample) and append it to samples.jsonl; returns how many."""
+    """Generate every missing (mode, problem, sample) and append it to samples.jsonl; returns how many.
+
+    `chunk` requests go to the generator at once: its batch refills from them as rows end, so only the
+    last rows of a chunk run in a part-empty batch; a killed run loses at most one chunk's samples."""
     from tqdm.auto import tqdm
 
     path = out_dir / SAMPLES_FILE

@@ -14,6 +14,7 @@ skips those already in results.jsonl.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from pathlib import Path
 from codellama import rundir
 from codellama.io import append_jsonl, check_writable, read_jsonl
 from evals.execution import HUMANEVAL_STOPS, after_prompt, check_samples, truncate_at_stops
-from evals.humaneval_chat import chat_prompt, completion_from_answer
+from evals.humaneval_chat import answer_end, chat_prompt, completion_from_answer
 from evals.passk import DEFAULT_KS
 from evals.problems import Problem, load_problems
 from evals.report import summarize, write_report
@@ -136,6 +137,7 @@ def generate_missing(out: Path, problems: dict[str, Problem], config: RunConfig,
                         top_p=config.top_p,
                         stop=config.stops,
                         seed=config.seed * 1_000_003 + s,
+                        stop_at=functools.partial(answer_end, entry_point=problems[tid].entry_point) if chat else None,
                     ),
                 )
                 for tid, s in chunk

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from codellama.commands.args import add_set_option
 from family.config import DEFAULT_CONFIG, with_new_settings
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   codellama pipeline --run runs/family                      # the default config on the Python stdlib
@@ -58,13 +61,18 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         print(f"# built-in configs (--config NAME): {names}\n# this is {DEFAULT_CONFIG}.yaml:")
         print(default_config_path().read_text(), end="")
         return 0
+    from codellama.config import BRANCHES
+    from family.hardware import slow_machine_note
     from family.runner import RunContext, RunState, run_stages
-    from family.stages import build_stages
+    from family.stages import branch_recipe, build_stages
 
     cfg = load_config(args.config, args.overrides)
     stages = build_stages(cfg)
     only = {s.strip() for s in args.stages.split(",") if s.strip()} if args.stages else None
     ctx = RunContext(args.run, cfg)
+    note = slow_machine_note(cfg, [branch_recipe(cfg, b).precision for b in BRANCHES])
+    if note:
+        log.warning("%s", note)
     if args.dry_run:
         return _print_plan(stages, ctx, only, RunState(args.run) if args.run.exists() else None)
     _check_same_config(args.run, cfg)

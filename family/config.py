@@ -69,6 +69,10 @@ class DataSettings:
     # into a row, so a token budget holds more of them
     fim_unit_tokens: int | None = None
     max_documents: int | None = None
+    # prepare a uniform sample of the documents, about this many times each branch's training tokens (a byte
+    # count at 4 bytes a token, above code's ~3), instead of the whole corpus: a 120k-token run then tokenizes
+    # a few percent of the stdlib, not all of it. None: every document (what the scaling study trains on)
+    sample_factor: float | None = None
     # files kept out of every training stage (by a hash of their relative path), for held-out code loss
     heldout_fraction: float = 0.0
 
@@ -140,7 +144,8 @@ class EvalSettings:
     long_context: LongContextSettings = field(default_factory=LongContextSettings)
     code_loss: CodeLossSettings = field(default_factory=CodeLossSettings)
     # every scored model in this dtype (one dtype for all, so their scores compare); bfloat16 is faster on CPUs
-    # with AMX and close enough for means (evals measured NLL/token within 0.002 of float32)
+    # with AMX and close enough for means (evals measured NLL/token within 0.002 of float32); auto: bfloat16
+    # on GPUs and AMX CPUs, float32 elsewhere (an AVX2-only CPU emulates bf16 products ~100x slower)
     dtype: str = "float32"
     # rows decoding together (continuous batching): on a CPU a larger batch reads the weights once for more rows
     # (SmolLM2 bf16 greedy HumanEval, 164 prompts x 128 tokens: 141 tokens/s at 16 rows, 178 at 64)
@@ -212,6 +217,8 @@ class PipelineConfig:
             raise ValueError(f"data.heldout_fraction must be in [0, 1), got {self.data.heldout_fraction}")
         if self.eval.code_loss.models and not self.data.heldout_fraction:
             raise ValueError("eval.code_loss needs held-out files: set data.heldout_fraction (e.g. 0.05)")
+        if self.data.sample_factor is not None and not self.data.sample_factor > 0:
+            raise ValueError(f"data.sample_factor must be > 0 or null, got {self.data.sample_factor!r}")
         if self.eval.dtype not in DTYPES:
             raise ValueError(f"eval.dtype must be one of {', '.join(DTYPES)}, got {self.eval.dtype!r}")
         if self.eval.batch_size < 1:

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from codellama.checkpoint import load_config, load_model, save_checkpoint
-from codellama.config import torch_dtype
+from codellama.config import serving_dtype
 from codellama.convert import convert_meta_to_hf
 from codellama.data.chat import read_chat_jsonl
 from codellama.data.dedup import DedupConfig, near_dedup
@@ -93,7 +93,7 @@ def _uses_document_files(cfg: PipelineConfig) -> bool:
 
 def _unit_tokens(cfg: PipelineConfig) -> int:
     """The size of a row FIM unit in tokens: data.fim_unit_tokens, at most (and by default) the code row."""
-    row = _recipe(cfg, "code").seq_len
+    row = branch_recipe(cfg, "code").seq_len
     unit = cfg.data.fim_unit_tokens or row
     if unit > row:
         raise ValueError(f"data.fim_unit_tokens {unit} is longer than the code branch's rows ({row} tokens)")
@@ -238,8 +238,8 @@ def plan_base(ctx: RunContext) -> dict:
 
 
 # -- data --------------------------------------------------------------------------------------
-def _recipe(cfg: PipelineConfig, branch: str):
-
+def branch_recipe(cfg: PipelineConfig, branch: str):
+    """A branch's training recipe with the config's overrides (budget, learning rate, precision)."""
     return resolve_config(branch, cfg.scale, list(cfg.branches.get(branch, [])))
 
 
@@ -249,6 +249,10 @@ def _data_configs(cfg: PipelineConfig, run_dir: Path) -> dict:
 
     fim = FimOptions(fim_rate=cfg.data.fim_rate, spm_rate=cfg.data.spm_rate, span_mode=cfg.data.span_mode)
     common = dict(seed=cfg.seed, max_documents=cfg.data.max_documents)
+
+    def sample(branch: str) -> dict:
+        return {"sample_bytes": _sample_bytes(cfg, branch)}
+
     if _uses_document_files(cfg):
         files = _document_files(run_dir)
         code_sources = (SourceSpec(location=str(files["code"]), name="code"),)
@@ -259,19 +263,43 @@ def _data_configs(cfg: PipelineConfig, run_dir: Path) -> dict:
         python_sources = tuple(SourceSpec(location=s.location, languages=("python",)) for s in code_sources)
     # row-sized FIM units are packed whole (padded), so no FIM example is cut across rows
     code_packing = "whole-files" if cfg.data.fim_unit == "row" else "concat"
-    code_len = _recipe(cfg, "code").seq_len
+    code_len = branch_recipe(cfg, "code").seq_len
     # FIM units are cut from files already near-deduplicated (_write_document_files)
-    code = dict(seq_len=code_len, packing=code_packing, dedup=DedupConfig(near=cfg.data.fim_unit != "row"), **common)
+    dedup = DedupConfig(near=cfg.data.fim_unit != "row")
+    code = dict(seq_len=code_len, packing=code_packing, dedup=dedup, **common, **sample("code"))
     configs = {"code": PrepareConfig(sources=code_sources, fim=fim, **code)}
-    if cfg.controls.no_fim:
+    if cfg.controls.no_fim:  # the same sample of documents (same seed and byte budget): only FIM differs
         configs["code-nofim"] = PrepareConfig(sources=code_sources, fim=FimOptions(fim_rate=0.0), **code)
     configs["python"] = PrepareConfig(
-        sources=python_sources, seq_len=_recipe(cfg, "python").seq_len, fim=FimOptions(fim_rate=0.0), **common
+        sources=python_sources,
+        seq_len=branch_recipe(cfg, "python").seq_len,
+        fim=FimOptions(fim_rate=0.0),
+        **common,
+        **sample("python"),
     )
     configs["long"] = PrepareConfig(
-        sources=long_sources, seq_len=_recipe(cfg, "long-context").seq_len, fim=fim, packing="whole-files", **common
+        sources=long_sources,
+        seq_len=branch_recipe(cfg, "long-context").seq_len,
+        fim=fim,
+        packing="whole-files",
+        **common,
+        **sample("long-context"),
     )
     return configs
+
+
+# the prepared data each model trains on, and the branch recipe (budget) it trains with
+DATA_OF = {"code": "code", "code-nofim": "code-nofim", "python": "python", "long-context": "long"}
+DATA_BRANCH = {data: "code" if model == "code-nofim" else model for model, data in DATA_OF.items()}
+SAMPLE_BYTES_PER_TOKEN = 4  # above what code takes in these tokenizers (~3 bytes a token), so a sample over-provides
+
+
+def _sample_bytes(cfg: PipelineConfig, branch: str) -> int | None:
+    """The bytes of documents a branch's data is prepared from: `data.sample_factor` times its training tokens."""
+    if cfg.data.sample_factor is None:
+        return None
+    recipe = branch_recipe(cfg, branch)
+    return math.ceil(cfg.data.sample_factor * recipe.steps * recipe.tokens_per_step * SAMPLE_BYTES_PER_TOKEN)
 
 
 def run_data(ctx: RunContext) -> dict:
@@ -284,6 +312,17 @@ def run_data(ctx: RunContext) -> dict:
     for name, config in _data_configs(cfg, ctx.run_dir).items():
         out = ctx.run_dir / "data" / name
         index = ShardIndex.load(out) if (out / INDEX).is_file() else prepare(config, tokenizer, out)
+        trains = DATA_BRANCH[name]
+        budget = branch_recipe(cfg, trains).steps * branch_recipe(cfg, trains).tokens_per_step
+        if config.sample_bytes is not None and index.num_sequences * index.seq_len < budget:
+            log.warning(
+                "data/%s: the document sample holds %d tokens, fewer than the %d that %s trains on (it will repeat "
+                "them); raise data.sample_factor",
+                name,
+                index.num_sequences * index.seq_len,
+                budget,
+                trains,
+            )
         outputs[name] = {
             "path": str(out),
             "sequences": index.num_sequences,
@@ -299,13 +338,18 @@ def plan_data(ctx: RunContext) -> dict:
         name: f"seq_len {c.seq_len}, FIM {c.fim.fim_rate}, packing {c.packing}"
         for name, c in _data_configs(cfg, ctx.run_dir).items()
     }
+    if cfg.data.sample_factor is not None:
+        plan["sample"] = (
+            f"a uniform sample of the documents: {cfg.data.sample_factor:g}x each branch's training tokens "
+            f"(at {SAMPLE_BYTES_PER_TOKEN} bytes a token)"
+        )
     if cfg.data.heldout_fraction:
         plan["heldout"] = f"{cfg.data.heldout_fraction:.0%} of the files (by path hash), seen by no training stage"
     if cfg.data.fim_unit == "row":
         unit = _unit_tokens(cfg)
         plan["fim_unit"] = (
             f"chunks of at most {unit} tokens cut at line ends, one FIM example per chunk, packed whole into "
-            f"{_recipe(cfg, 'code').seq_len}-token rows: never across rows"
+            f"{branch_recipe(cfg, 'code').seq_len}-token rows: never across rows"
         )
     return plan
 
@@ -318,7 +362,7 @@ def _model_path(ctx: RunContext, model: str) -> str:
 def make_train_stage(model: str) -> Stage:
     """The training stage of a branch, or of the no-FIM control (the code recipe on the no-FIM shards)."""
     branch = "code" if model == "code-nofim" else model
-    data_key = {"code": "code", "code-nofim": "code-nofim", "python": "python", "long-context": "long"}.get(model)
+    data_key = DATA_OF.get(model)
     stage_name = MODEL_STAGES[model]
     # the no-FIM control differs from train-code only in its shards: same recipe, overrides, budget and seed
     control = ["data_expect.fim_rate=0.0"] if model == "code-nofim" else []
@@ -365,7 +409,7 @@ def make_train_stage(model: str) -> Stage:
     def plan(ctx: RunContext) -> dict:
 
         cfg = _cfg(ctx)
-        recipe = _recipe(cfg, branch)
+        recipe = branch_recipe(cfg, branch)
         n = _planned_parameters(cfg)
         tokens = recipe.steps * recipe.tokens_per_step
         return {
@@ -426,7 +470,7 @@ def run_instruct_data(ctx: RunContext) -> dict:
                     tests_sampling=replace(base.tests_sampling, max_new_tokens=tokens),
                     solution_sampling=replace(base.solution_sampling, max_new_tokens=tokens),
                 ),
-                question_model=lambda: eval_generator(cfg, model_dir),  # the eval dtype: bf16 for SmolLM2
+                question_model=lambda: eval_generator(cfg, model_dir),  # the eval dtype (bf16 on AMX CPUs)
                 solver_model=lambda: eval_generator(cfg, model_dir),
                 executor=sandbox,
                 models={"question": model_dir, "solver": model_dir},
@@ -456,11 +500,17 @@ def plan_instruct_data(ctx: RunContext) -> dict:
 
 
 # -- evaluation --------------------------------------------------------------------------------
+def eval_dtype(cfg: PipelineConfig) -> torch.dtype:
+    """Every scored model's dtype; `auto`: bfloat16 where it is native and fast (a GPU, a CPU with AMX), float32
+    elsewhere (an AVX2-only CPU emulates bf16 ~100x slower than fp32)."""
+    return serving_dtype(cfg.eval.dtype)
+
+
 def eval_generator(cfg: PipelineConfig, model_dir) -> HFGenerator:
     """The generator every score of a model uses: the config's eval dtype and batch; an overlong prompt is
     scored as failed, not an error."""
     return HFGenerator.from_pretrained(
-        model_dir, batch_size=cfg.eval.batch_size, overflow="skip", dtype=torch_dtype(cfg.eval.dtype)
+        model_dir, batch_size=cfg.eval.batch_size, overflow="skip", dtype=eval_dtype(cfg)
     )
 
 
@@ -491,11 +541,11 @@ def make_eval_stage(model: str) -> Stage:
             results["infilling"] = _infilling(out / "infilling", model_dir, inf, generator, cfg.seed)
         lc = cfg.eval.long_context
         if _scored(model, lc):
-            results.update(_long_context(out, model_dir, lc, _ppl_lengths(cfg), cfg.seed, torch_dtype(cfg.eval.dtype)))
+            results.update(_long_context(out, model_dir, lc, _ppl_lengths(cfg), cfg.seed, eval_dtype(cfg)))
         if _scored(model, cfg.eval.code_loss):
             heldout = ctx.outputs["data"]["documents"]["files"]["heldout"]
             results["code_loss"] = held_out_code_loss(
-                out / "code-loss", model_dir, heldout, cfg.eval.code_loss, torch_dtype(cfg.eval.dtype)
+                out / "code-loss", model_dir, heldout, cfg.eval.code_loss, eval_dtype(cfg)
             )
         return results
 
@@ -556,7 +606,7 @@ def _prompt_style(model: str, model_dir: str) -> str:
 def _ppl_lengths(cfg: PipelineConfig) -> list[int]:
     """The perplexity lengths: the configured ones plus the multiples of the long-context fine-tuning length."""
     lc = cfg.eval.long_context
-    lcft = _recipe(cfg, "long-context").seq_len
+    lcft = branch_recipe(cfg, "long-context").seq_len
     return sorted(set(lc.ppl_lengths) | {f * lcft for f in lc.ppl_factors})
 
 
@@ -756,7 +806,7 @@ def run_rope(ctx: RunContext) -> dict:
         if path.is_file():  # resume: a finished method is not scored again
             methods[method] = json.loads(path.read_text())
             continue
-        model = _rope_model(method, code_dir, lcft_dir, factor, torch_dtype(cfg.eval.dtype))
+        model = _rope_model(method, code_dir, lcft_dir, factor, eval_dtype(cfg))
         model.eval()
         with torch.inference_mode():
             by_window = [  # one forward a window scores every length (prefix_token_nll)
@@ -780,7 +830,7 @@ def run_rope(ctx: RunContext) -> dict:
         del model, generator
     return {
         "lengths": lengths,
-        "fine_tune_length": _recipe(cfg, "long-context").seq_len,
+        "fine_tune_length": branch_recipe(cfg, "long-context").seq_len,
         "trained_context": trained,
         "scaling_factor": factor,
         "samples": int(windows.shape[0]),
@@ -846,7 +896,7 @@ def _recipe_table(cfg: PipelineConfig, models: dict) -> dict:
         if name == "base":
             continue
         branch = "code" if name == "code-nofim" else name
-        r = _recipe(cfg, branch)
+        r = branch_recipe(cfg, branch)
         fim = 0.0 if name in ("code-nofim", "python", "instruct") else cfg.data.fim_rate
         table[name] = {
             "seq_len": r.seq_len,

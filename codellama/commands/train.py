@@ -131,7 +131,7 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
     import yaml
 
     from codellama.train.memory import estimate
-    from codellama.train.precision import describe, use_bf16
+    from codellama.train.precision import describe, resolve
 
     if nodes < 1 or (world_size is not None and world_size < 1):
         raise ValueError("--nodes and --world-size must be >= 1")
@@ -148,7 +148,11 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
     device = "cuda" if config.scale != "tiny" else "cpu"
     import torch
 
-    bf16 = True if device == "cuda" and config.precision == "auto" else use_bf16(config.precision, torch.device(device))
+    if device == "cuda" and config.precision == "auto":
+        precision = "bf16"  # planned for GPUs that have bf16 (the machine showing the plan may have none)
+    else:
+        precision = resolve(config.precision, torch.device(device), distributed=world > 1)
+    bf16 = precision != "fp32"
     from codellama.train.distributed import DistEnv, shard_mesh_shape
 
     per_node = world // nodes if world % nodes == 0 else world
@@ -161,6 +165,7 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
         world_size=shard,
         gradient_checkpointing=config.gradient_checkpointing,
         bf16=bf16,
+        twin=precision == "bf16-weights",
     )
     budget = config.steps * config.tokens_per_step
     lines += [
@@ -171,7 +176,7 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
         f"  tokens per step     {config.tokens_per_step:,} ({config.batch_sequences:,} sequences of {config.seq_len:,})",
         f"  token budget        {budget:,} ({budget / 1e9:.2f}B)",
         f"  batch split         {split}",
-        f"  precision           {describe(config.precision, bf16)}"
+        f"  precision           {describe(precision)}"
         f"{', activation checkpointing' if config.gradient_checkpointing else ''}"
         f"{', torch.compile' if config.compile else ''}",
         f"memory per {'GPU' if device == 'cuda' else 'process'} (estimate, {sharding}):",
@@ -179,6 +184,7 @@ def dry_run_report(config, *, world_size: int | None = None, nodes: int = 1) -> 
         f"  gradients fp32      {mem.grads_gib:9.2f} GiB",
         f"  AdamW moments       {mem.optimizer_gib:9.2f} GiB",
         f"  gathered layers     {mem.gathered_gib:9.2f} GiB",
+        *([f"  bf16 twin + grads   {mem.twin_gib:9.2f} GiB"] if mem.twin_gib else []),
         f"  activations         {mem.activations_ckpt_gib:9.2f} GiB with checkpointing, "
         f"{mem.activations_gib:.2f} GiB without",
         f"  output layer + loss {mem.logits_gib:9.2f} GiB",

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,9 @@ class PrepareConfig:
     seed: int = 0
     sequences_per_shard: int | None = None  # default: about TOKENS_PER_SHARD tokens per shard
     max_documents: int | None = None  # keep only the first N documents after shuffling (smoke tests)
+    # keep the first documents after shuffling until their text reaches this many bytes: a uniform sample
+    # sized to a training budget, so a short run does not tokenize a whole corpus it will never read
+    sample_bytes: int | None = None
     shuffle: bool = True
 
     def __post_init__(self):
@@ -62,6 +66,8 @@ class PrepareConfig:
             raise ValueError("sequences_per_shard must be positive")
         if self.max_documents is not None and self.max_documents < 1:
             raise ValueError("max_documents must be positive")
+        if self.sample_bytes is not None and self.sample_bytes < 1:
+            raise ValueError("sample_bytes must be positive")
 
     @property
     def shard_size(self) -> int:
@@ -160,8 +166,23 @@ def build_documents(config: PrepareConfig, *, num_proc: int = 1) -> tuple[datase
         docs = docs.select(np.random.default_rng(config.seed).permutation(len(docs)))
     if config.max_documents is not None and config.max_documents < len(docs):
         docs = docs.select(range(config.max_documents))
+    if config.sample_bytes is not None:
+        sizes = _text_bytes(docs)
+        keep = documents_within(sizes, config.sample_bytes)
+        stats["sample"] = {"documents": keep, "of": len(docs), "bytes": int(sizes[:keep].sum())}
+        docs = docs.select(range(keep))
     stats["documents"] = len(docs)
     return docs.flatten_indices(), stats
+
+
+def _text_bytes(docs: datasets.Dataset) -> np.ndarray:
+    return np.fromiter((len(t.encode("utf-8", "surrogatepass")) for t in docs["text"]), dtype=np.int64, count=len(docs))
+
+
+def documents_within(sizes: Sequence[int], budget: int) -> int:
+    """How many leading documents reach `budget` bytes (all of them if they never do)."""
+    reached = np.flatnonzero(np.cumsum(sizes) >= budget)
+    return int(reached[0]) + 1 if len(reached) else len(sizes)
 
 
 def _count(docs: datasets.Dataset) -> dict:

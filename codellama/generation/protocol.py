@@ -6,7 +6,7 @@ Nothing here knows about torch or HTTP, so a remote endpoint and the local model
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +36,9 @@ class SamplingParams:
     seed: int | None = None
     n_indent: int = 0  # > 0: stop when a new line starts indented less than this (llama.cpp's n_indent)
     time_limit_ms: float = 0.0  # > 0: stop at the first newline after this long since the first token
+    # In-process callers only (an endpoint is not told; applied to its text here): where the text so far may end,
+    # or None to go on. E.g. a HumanEval chat answer ends once its code block closes (evals.humaneval_chat).
+    stop_at: Callable[[str], int | None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         checks = (

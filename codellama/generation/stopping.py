@@ -55,6 +55,10 @@ def check_stop(text: str, new_from: int, params: SamplingParams, ms_since_first:
     text, hit = truncate_at_stop(text, params.stop)
     if hit:
         return text, "stop"
+    if params.stop_at is not None:
+        end = params.stop_at(text)
+        if end is not None:
+            return text[:end], "stop"
     if params.n_indent:
         cut = indent_cut(text, params.n_indent)
         if cut is not None:

@@ -37,7 +37,7 @@ from codellama.train.data import MixedStream, count_targets, open_stream, rank_b
 from codellama.train.distributed import DistEnv
 from codellama.train.loss import causal_lm_loss, release_buffers
 from codellama.train.metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_loss
-from codellama.train.precision import BF16Twin, describe, use_bf16, use_bf16_weights
+from codellama.train.precision import BF16Twin, describe, native_bf16, resolve, use_bf16_weights
 from codellama.train.schedule import cosine_schedule
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def load_base_model(config: TrainConfig, vocab_size: int, *, dtype: torch.dtype 
     return model
 
 
-def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, bf16: bool):
+def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, precision: str):
     """The model this rank trains, on its device (sharded under torchrun).
 
     Under FSDP only rank 0 loads the base weights; every rank builds an empty twin on the meta
@@ -111,7 +111,7 @@ def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, 
         raise ValueError(f"the data uses {vocab_size} token ids but the model has only {model.config.vocab_size}")
     if config.gradient_checkpointing:
         set_gradient_checkpointing(model, True, offload=config.activation_offload)
-    if config.compile and not use_bf16_weights(config.precision):  # (the bf16 twin compiles its own layers)
+    if config.compile and not use_bf16_weights(precision):  # (the bf16 twin compiles its own layers)
         for layer in model.model.layers:
             layer.compile()
     if not env.distributed:
@@ -119,7 +119,7 @@ def build_training_model(config: TrainConfig, vocab_size: int, env: DistEnv, *, 
     dist_utils.shard_model(
         model,
         env,
-        param_dtype=torch.bfloat16 if bf16 and env.device.type == "cuda" else None,
+        param_dtype=torch.bfloat16 if precision != "fp32" and env.device.type == "cuda" else None,
         shard_size=config.fsdp_shard_size,
     )
     dist_utils.load_full_state_from_rank0(model, base.state_dict() if base is not None else {}, env)
@@ -314,8 +314,16 @@ def _train(config: TrainConfig, out: Path, env: DistEnv, inputs: RunInputs, *, r
     accum = config.accumulation_steps(env.world_size)
     vocab = stream.sources[0].view.shards.vocab_size
 
-    bf16 = use_bf16(config.precision, env.device)
-    model = build_training_model(config, vocab, env, bf16=bf16)
+    precision = resolve(config.precision, env.device, distributed=env.distributed)
+    if precision != "fp32" and not native_bf16(env.device):
+        log.warning(
+            "precision %s on a %s without native bf16 matrix products: they are emulated, ~100x slower "
+            "than fp32 on an AVX2-only CPU (precision=auto picks fp32 there)",
+            precision,
+            env.device.type,
+        )
+    bf16 = precision != "fp32"
+    model = build_training_model(config, vocab, env, precision=precision)
     model.train()
     optimizer = build_optimizer(model, config)
     total_steps = config.steps
@@ -336,7 +344,7 @@ def _train(config: TrainConfig, out: Path, env: DistEnv, inputs: RunInputs, *, r
     metrics = MetricsLog(out, resume_step=start) if env.is_main else None
 
     twin = None  # bf16-weights: a bf16 copy computes, `model` keeps the fp32 masters (codellama.train.precision)
-    if bf16 and use_bf16_weights(config.precision):
+    if use_bf16_weights(precision):
         twin = BF16Twin(model)
         if config.compile:
             for layer in twin.model.model.layers:
@@ -360,7 +368,7 @@ def _train(config: TrainConfig, out: Path, env: DistEnv, inputs: RunInputs, *, r
         env.world_size,
         accum,
         config.micro_batch_size,
-        describe(config.precision, bf16),
+        describe(precision),
     )
     bar = None
     if env.is_main and progress:
@@ -455,7 +463,7 @@ def _train(config: TrainConfig, out: Path, env: DistEnv, inputs: RunInputs, *, r
                 "tokens": total_steps * config.tokens_per_step,
                 "tokens_per_s": (total_steps - start) * config.tokens_per_step / train_time if train_time else None,
                 "world_size": env.world_size,
-                "precision": config.precision if config.precision != "auto" else ("bf16" if bf16 else "fp32"),
+                "precision": precision,
                 "final": str(final_dir),
             },
         )

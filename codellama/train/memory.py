@@ -28,6 +28,7 @@ class MemoryEstimate:
     grads_gib: float  # fp32 gradients, sharded
     optimizer_gib: float  # AdamW exp_avg + exp_avg_sq, sharded
     gathered_gib: float  # unsharded compute copies of in-flight layers (FSDP prefetch)
+    twin_gib: float  # precision=bf16-weights: the bf16 twin's weights and its micro-batch gradients
     activations_gib: float  # without activation checkpointing
     activations_ckpt_gib: float  # with activation checkpointing
     logits_gib: float
@@ -76,6 +77,7 @@ def estimate(
     world_size: int,
     gradient_checkpointing: bool,
     bf16: bool = True,
+    twin: bool = False,
 ) -> MemoryEstimate:
     n = count_parameters(preset)
     w = max(1, world_size)
@@ -89,7 +91,7 @@ def estimate(
     act_full = tokens * per_layer * preset.n_layers
     act_ckpt = tokens * 4 * preset.dim * preset.n_layers + tokens * per_layer  # block inputs + one recompute
     logits = output_layer_bytes(preset, tokens, compute_bytes)
-    states = 16 * n / w
+    states = 16 * n / w + (4 * n if twin else 0)  # masters, grads, AdamW (sharded); a bf16 twin + its grads
     with_ckpt = states + gathered + act_ckpt + logits
     without = states + gathered + act_full + logits
     return MemoryEstimate(
@@ -99,6 +101,7 @@ def estimate(
         grads_gib=4 * n / w / GIB,
         optimizer_gib=8 * n / w / GIB,
         gathered_gib=gathered / GIB,
+        twin_gib=(4 * n if twin else 0) / GIB,
         activations_gib=act_full / GIB,
         activations_ckpt_gib=act_ckpt / GIB,
         logits_gib=logits / GIB,

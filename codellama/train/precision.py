@@ -20,11 +20,9 @@ import torch
 PRECISIONS = ("auto", "bf16", "bf16-weights", "fp32")
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether the step computes in bf16: where asked, or (auto) where the hardware does bf16 matmuls
-    natively (GPUs; CPUs with AMX/AVX512-BF16)."""
-    if precision != "auto":
-        return precision in ("bf16", "bf16-weights")
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device multiplies bf16 matrices natively: GPUs with bf16, CPUs with AVX512 or AMX (oneDNN).
+    Elsewhere (an AVX2-only CPU) torch emulates bf16 products ~100x slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -32,16 +30,30 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return False
 
 
+def resolve(precision: str, device: torch.device, *, distributed: bool = False) -> str:
+    """The precision a run computes in. `auto` is the fastest one the device does natively: bf16 weights with
+    fp32 masters in one CPU process, bf16 (autocast, or FSDP2's bf16 gathers) on GPUs and under torchrun, and
+    fp32 where bf16 would be emulated."""
+    if precision != "auto":
+        return precision
+    if not native_bf16(device):
+        return "fp32"
+    return "bf16-weights" if device.type == "cpu" and not distributed else "bf16"
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the step computes in bf16 (either way: autocast or bf16 weights)."""
+    return resolve(precision, device) != "fp32"
+
+
 def use_bf16_weights(precision: str) -> bool:
     """Whether the step runs on a bf16 twin of the model (no autocast) rather than under autocast."""
     return precision == "bf16-weights"
 
 
-def describe(precision: str, bf16: bool) -> str:
-    """The precision a run computes in, in words (logs and dry runs)."""
-    if not bf16:
-        return "fp32"
-    return "bf16 weights, fp32 masters" if use_bf16_weights(precision) else "bf16 autocast"
+def describe(precision: str) -> str:
+    """A resolved precision in words (logs and dry runs)."""
+    return {"fp32": "fp32", "bf16": "bf16 autocast", "bf16-weights": "bf16 weights, fp32 masters"}[precision]
 
 
 class BF16Twin:

@@ -261,6 +261,27 @@ def test_n_indent_and_the_time_limit_stop_a_real_decode(tiny_model_dir, monkeypa
     assert timed.text.count("\n") < text.count("\n") // 4
 
 
+def test_a_stop_rule_ends_a_real_decode_where_it_says(tiny_model_dir, monkeypatch):
+    answer = "Here it is:\n```python\ndef f(x):\n    return x\n```\n" + "It returns x. " * 20
+    prompt = "Complete f."
+    gen = scripted(tiny_model_dir, answer, prompt, monkeypatch)
+    block_end = answer.index("```\n", answer.index("def")) + 3
+
+    def after_the_block(text: str) -> int | None:
+        close = text.find("```\n", text.find("def"))
+        return close + 3 if "def" in text and close >= 0 else None
+
+    free, ruled = gen.generate(
+        [
+            GenerationRequest(prompt, params=SamplingParams(max_new_tokens=300)),
+            GenerationRequest(prompt, params=SamplingParams(max_new_tokens=300, stop_at=after_the_block)),
+        ]
+    )
+    assert free.text == answer
+    assert (ruled.text, ruled.finish_reason) == (answer[:block_end], "stop")
+    assert len(ruled.token_ids) < len(free.token_ids) // 2  # the tokens after the block were never generated
+
+
 def test_top_k_and_min_p_filter_before_sampling(generator):
     request = GenerationRequest(PROMPTS[1], params=SamplingParams(max_new_tokens=12))
     greedy = generator.generate([request])[0].token_ids

@@ -219,3 +219,23 @@ def test_fim_units_are_cut_from_files_without_near_duplicates(tmp_path, stdlib_t
     assert len(whole_files) == 4 and len(chunk_files) == 3 and chunk_files < whole_files
     configs = _data_configs(cfg, tmp_path / "run")
     assert not configs["code"].dedup.near and configs["code"].dedup.exact and configs["long"].dedup.near
+
+
+def test_a_cpu_without_native_bf16_is_told_up_front(monkeypatch):
+    """The recipe's auto precision and eval dtype fall back to fp32 on an AVX2-only CPU (bf16 emulated ~100x
+    slower there); the pipeline says so before it starts, and names any setting that still asks for bf16."""
+    import torch
+
+    from family import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config("smollm2")
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)
+    assert hardware.slow_machine_note(cfg, ["auto"]) is None
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: False)
+    monkeypatch.setattr("codellama.train.precision.native_bf16", lambda device: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    note = hardware.slow_machine_note(cfg, ["auto", "auto"])
+    assert "training runs in fp32 and scoring in fp32" in note and "45 minutes" in note
+    forced = hardware.slow_machine_note(load_config("smollm2", ["eval.dtype=bfloat16"]), ["auto", "bf16-weights"])
+    assert "bf16-weights" in forced and "eval.dtype=bfloat16" in forced and "auto" in forced

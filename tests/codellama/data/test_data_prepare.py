@@ -263,3 +263,28 @@ def test_user_errors_are_one_line(tiny_tokenizer_dir, tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # a failed run leaves nothing behind
     assert main(["data", "inspect", str(tmp_path / "full")]) == 2
     assert "not a finished shard directory" in capsys.readouterr().err
+
+
+def test_a_byte_sample_is_a_uniform_prefix_of_the_shuffle_shared_by_fim_and_no_fim(small_repo):
+    """`sample_bytes` keeps the shuffled documents up to the first that reaches the budget: the same
+    documents whatever the FIM settings (the no-FIM control trains on what the FIM model trains on)."""
+    from codellama.data.fim import FimOptions
+    from codellama.data.ingest import SourceSpec
+    from codellama.data.prepare import PrepareConfig, build_documents, documents_within
+
+    assert documents_within([5, 5, 5], 10) == 2 and documents_within([5, 5], 100) == 2
+    assert documents_within([12, 1], 10) == 1
+
+    def config(**kw) -> PrepareConfig:
+        return PrepareConfig(sources=(SourceSpec(location=str(small_repo)),), seed=3, **kw)
+
+    every, _ = build_documents(config())
+    sizes = [len(t.encode()) for t in every["text"]]
+    budget = sum(sizes) // 4
+    sample, stats = build_documents(config(sample_bytes=budget))
+    nofim, _ = build_documents(config(sample_bytes=budget, fim=FimOptions(fim_rate=0.0)))
+    n = len(sample)
+    assert sample["path"] == every["path"][:n] == nofim["path"]  # a prefix of the same shuffled order
+    assert sum(sizes[: n - 1]) < budget <= sum(sizes[:n]) and n < len(every)
+    assert stats["sample"] == {"documents": n, "of": len(every), "bytes": sum(sizes[:n])}
+    assert stats["documents"] == n

@@ -73,6 +73,8 @@ def test_memory_estimate_shards_model_states():
     assert eight.optimizer_gib == pytest.approx(one.optimizer_gib / 8)
     assert eight.activations_ckpt_gib < eight.activations_gib / 4  # checkpointing keeps only block inputs
     assert eight.total_gib < 80 < one.total_gib  # 7B needs sharding to fit an 80 GB GPU
+    twin = estimate(p, seq_len=4096, micro_batch_size=1, world_size=1, gradient_checkpointing=True, twin=True)
+    assert twin.total_gib - one.total_gib == pytest.approx(twin.twin_gib) == pytest.approx(4 * 6_738_415_616 / 2**30)
 
 
 def test_dry_run_prints_plan_and_memory(capsys):

@@ -10,9 +10,10 @@ import torch
 from _train_helpers import final_weights, metric_losses, write_code_shards
 
 from codellama.checkpoint import load_model
+from codellama.train import precision as precisions
 from codellama.train import resolve_config, state, train
 from codellama.train.loss import causal_lm_loss
-from codellama.train.precision import BF16Twin, use_bf16
+from codellama.train.precision import BF16Twin, resolve, use_bf16
 
 
 def test_the_twin_is_bf16_and_hands_fp32_gradients_to_the_masters(tiny_model_dir):
@@ -43,6 +44,19 @@ def test_the_twin_is_bf16_and_hands_fp32_gradients_to_the_masters(tiny_model_dir
     twin.refresh()
     assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(twin.params, twin.masters))
     assert use_bf16("bf16-weights", torch.device("cpu")) and not use_bf16("fp32", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_the_fastest_precision_the_device_does_natively(monkeypatch, native):
+    """auto: bf16 weights in one CPU process, bf16 on GPUs and under torchrun; fp32 where bf16 is emulated
+    (an AVX2-only CPU multiplies bf16 ~100x slower than fp32). An explicit precision is kept."""
+    monkeypatch.setattr(precisions, "native_bf16", lambda device: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    expected = ("bf16-weights", "bf16", "bf16") if native else ("fp32", "fp32", "fp32")
+    assert (resolve("auto", cpu), resolve("auto", cpu, distributed=True), resolve("auto", cuda)) == expected
+    assert use_bf16("auto", cpu) is native
+    for explicit in precisions.PRECISIONS[1:]:
+        assert resolve(explicit, cpu) == explicit
 
 
 @pytest.mark.slow
