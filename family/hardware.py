@@ -7,6 +7,10 @@ faster than fp32. A CPU without native bf16 (AVX2 only) emulates them ~100x slow
 
 from __future__ import annotations
 
+import os
+import platform
+from pathlib import Path
+
 import torch
 
 from codellama.config import serving_dtype
@@ -34,3 +38,27 @@ def slow_machine_note(cfg, train_precisions: list[str]) -> str | None:
         "smollm2 recipe's ~45 minutes were measured on a 2-core CPU with AMX (bf16 ~10x its fp32): expect many "
         "times longer here, or run on a GPU (README)"
     )
+
+
+def machine(cfg) -> dict:
+    """The machine a run computed on (the report's Stages section): its seconds compare only on the same kind."""
+    cpu = torch.device("cpu")
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16(cpu),
+        "amx": bool(torch.cpu._is_amx_tile_supported()),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "scoring_dtype": str(serving_dtype(cfg.eval.dtype)).removeprefix("torch."),
+    }
+
+
+def _cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

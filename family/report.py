@@ -167,9 +167,23 @@ def _markdown(results: dict, plots: dict[str, Path], claims: list[Claim] = ()) -
         if "long_ppl" in plots:
             lines += ["", f"![perplexity vs length]({plots['long_ppl'].name})"]
     if results.get("stages"):
-        lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
+        lines += ["", "## Stages", ""]
+        if results.get("machine"):
+            lines += [machine_line(results["machine"], results.get("models", {})), ""]
+        lines += ["| stage | seconds |", "|---|---|"]
         lines += [f"| {s} | {r.get('seconds', '–')} |" for s, r in results["stages"].items()]
     return "\n".join(lines) + "\n"
+
+
+def machine_line(m: dict, models: dict) -> str:
+    """Where the seconds below were measured, and what the recipe's `auto` settings became there."""
+    trained = sorted({p for x in models.values() if (p := (x.get("train") or {}).get("precision"))})
+    bf16 = "AMX" if m.get("amx") else "native bf16" if m.get("native_bf16") else "no native bf16"
+    where = m.get("gpu") or f"{m.get('cpu')}, {m.get('cores')} cores ({m.get('cpu_capability')}, {bf16})"
+    return (
+        f"Machine: {where}; torch {m.get('torch')}; training in {', '.join(trained) or '–'}, "
+        f"scoring in {m.get('scoring_dtype')}."
+    )
 
 
 def _plots(results: dict, out_dir: Path) -> dict[str, Path]:

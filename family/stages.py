@@ -44,6 +44,7 @@ from evals.infilling import NLL_FILE, BenchmarkConfig, pass_at_1_by_problem, run
 from evals.run import RunConfig, run_humaneval
 from evals.sandbox import LazySandboxPool
 from family.config import PipelineConfig
+from family.hardware import machine
 from family.report import write_report
 from family.runner import RunContext, RunState, Stage
 from family.split import chunk_rows, is_heldout, split_documents
@@ -394,6 +395,8 @@ def make_train_stage(model: str) -> Stage:
         )
 
         curve = [[r["step"], r["loss"]] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+        summary = out / "summary.json"
+        precision = json.loads(summary.read_text()).get("precision") if summary.is_file() else None
         first, final = _edge_means([loss for _, loss in curve]) if curve else (result.first_loss, result.last_loss)
         return {
             "path": str(result.final_dir),
@@ -404,6 +407,7 @@ def make_train_stage(model: str) -> Stage:
             "curve": curve,
             "from": base_of(ctx),
             "parameters": _parameters(result.final_dir),
+            "precision": precision,  # what `auto` became on this machine
         }
 
     def plan(ctx: RunContext) -> dict:
@@ -869,6 +873,7 @@ def run_report(ctx: RunContext) -> dict:
             "parameters": t["parameters"],
             "train": {
                 **{k: t[k] for k in ("curve", "tokens", "first_loss", "final_loss")},
+                "precision": t.get("precision"),
                 # where the branch starts on the family's step axis: after its parent
                 "start_step": ctx.outputs[TRAIN_STAGES[BRANCH_FROM[branch]]]["steps"] if branch in BRANCH_FROM else 0,
             },
@@ -880,6 +885,7 @@ def run_report(ctx: RunContext) -> dict:
         "models": models,
         **({"rope": ctx.outputs["eval-rope"]} if "eval-rope" in ctx.outputs else {}),
         "stages": {s: {"seconds": r["seconds"]} for s, r in state.items()},
+        "machine": machine(cfg),
         "summary": f"Scale `{cfg.scale}`, base `{cfg.base.model}`, tokenizer "
         f"{ctx.outputs['tokenizer']['vocab_size']} pieces; config: {cfg.source}.",
         "recipe": _recipe_table(cfg, models),

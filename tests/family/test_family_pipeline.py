@@ -54,6 +54,15 @@ def test_pipeline_trains_and_scores_every_model(small_config, tmp_path, capsys):
     report = (run / "report" / "report.md").read_text()
     for heading in ("## Models", "## HumanEval", "## Infilling", "## Long context"):
         assert heading in report
+    # where the stage seconds were measured, and what precision=auto became there
+    import torch
+
+    from codellama.train.precision import resolve
+
+    precision = resolve("auto", torch.device("cpu"))
+    assert {m["train"]["precision"] for m in models.values()} == {precision}
+    assert results["machine"]["cores"] == os.cpu_count() and results["machine"]["torch"] == torch.__version__
+    assert f"training in {precision}, scoring in float32" in report and "Machine: " in report
     for png in ("loss_curves.png", "pass_at_k.png", "infilling.png", "long_ppl.png"):
         assert (run / "report" / png).read_bytes()[:4] == b"\x89PNG"
     # Rerunning a finished run redoes nothing.
